@@ -1,0 +1,43 @@
+# Two commands for a newcomer: `make run` and `make test`. Each builds .venv first.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: venv run test test-unit test-integration lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "penny_cache needs Python >= 3.11")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## run: the main job: worker processes sharing one cache (embedded Redis unless PENNY_REDIS_URL)
+run: $(STAMP)
+	$(BIN)/penny-cache demo
+
+## test: the whole suite (integration tests start their own redis-server)
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: $(STAMP)
+	$(BIN)/python -m pytest tests/integration
+
+lint: $(STAMP)
+	$(BIN)/ruff check penny_cache tests bench
+	$(BIN)/ruff format --check penny_cache tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.bench_foundation --json bench/results.json
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench.bench_foundation --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,54 @@
+"""penny_cache: a shared, coherent, observable Redis cache of Penny's personality state."""
+
+from __future__ import annotations
+
+from penny_cache.cache import PersonalityCache
+from penny_cache.config import Settings
+from penny_cache.errors import (
+    CacheError,
+    ConfigurationError,
+    InvalidInputError,
+    InvalidStateError,
+    InvalidUserIdError,
+    InvalidValueError,
+    PennyCacheError,
+    StoreError,
+    StoreMismatchError,
+    StoreUnavailableError,
+    UnknownDimensionError,
+)
+from penny_cache.facade import get_cache, reset_cache
+from penny_cache.state import (
+    CATALOGUE,
+    EvolutionRecord,
+    PersonalityDimension,
+    PersonalityState,
+)
+from penny_cache.store import PersonalityStore
+from penny_cache.tracker import PersonalityTracker
+
+__all__ = [
+    "CATALOGUE",
+    "CacheError",
+    "ConfigurationError",
+    "EvolutionRecord",
+    "InvalidInputError",
+    "InvalidStateError",
+    "InvalidUserIdError",
+    "InvalidValueError",
+    "PennyCacheError",
+    "PersonalityCache",
+    "PersonalityDimension",
+    "PersonalityState",
+    "PersonalityStore",
+    "PersonalityTracker",
+    "Settings",
+    "StoreError",
+    "StoreMismatchError",
+    "StoreUnavailableError",
+    "UnknownDimensionError",
+    "get_cache",
+    "reset_cache",
+]
+
+__version__ = "0.1.0"

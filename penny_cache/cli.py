@@ -1,0 +1,131 @@
+"""``penny-cache``: the command line (settings are read from ``PENNY_*`` here, at the edge).
+
+penny-cache demo [--workers N] [--duration S] [--users N]   the ``make run`` job
+penny-cache stats [--json]                                  cross-process totals
+penny-cache check                                           exit 1 unless Redis and SQL answer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from penny_cache.cache import PersonalityCache
+from penny_cache.config import Settings
+from penny_cache.demo import DemoConfig, format_report, run_demo
+from penny_cache.embedded import embedded_redis
+from penny_cache.errors import ConfigurationError, StoreError
+from penny_cache.store import PersonalityStore
+
+__all__ = ["main"]
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="penny-cache", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run worker processes on a shared cache and report")
+    demo.add_argument("--workers", type=_positive_int, default=4)
+    demo.add_argument("--duration", type=_positive_float, default=5.0, help="seconds")
+    demo.add_argument("--users", type=_positive_int, default=1000)
+    stats = sub.add_parser("stats", help="print the hit rate and counters of all processes")
+    stats.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("check", help="exit non-zero unless Redis and SQL are reachable")
+    return parser
+
+
+def _demo(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    with tempfile.TemporaryDirectory(prefix="penny-demo-") as tmp:
+        database_url = environ.get("PENNY_DATABASE_URL") or f"sqlite:///{Path(tmp, 'demo.db')}"
+        if environ.get("PENNY_REDIS_URL"):
+            settings = Settings.from_env(environ)
+            print(f"redis            {settings.redis_url} (PENNY_REDIS_URL)")
+            return _run_demo(args, settings.redis_url, database_url)
+        with embedded_redis() as redis:
+            print(f"redis            {redis.description}; set PENNY_REDIS_URL to use yours")
+            return _run_demo(args, redis.url, database_url)
+
+
+def _run_demo(args: argparse.Namespace, redis_url: str, database_url: str) -> int:
+    config = DemoConfig(
+        redis_url=redis_url,
+        database_url=database_url,
+        namespace=f"demo-{uuid.uuid4().hex[:8]}",
+        workers=args.workers,
+        duration=args.duration,
+        users=args.users,
+    )
+    print(f"database         {config.database_url}")
+    print(f"namespace        {config.namespace}")
+    print(f"running {config.workers} workers for {config.duration:g} s ...", flush=True)
+    print(format_report(run_demo(config)))
+    return 0
+
+
+def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    with PersonalityCache.from_settings(settings) as cache:
+        stats = cache.get_stats()
+    if args.json:
+        print(json.dumps(stats, sort_keys=True))
+    else:
+        for name, value in stats.items():
+            shown = f"{value:.1%}" if name == "hit_rate" else value
+            print(f"{name:<16} {shown}")
+    return 0 if stats["shared"] else 1
+
+
+def _check(settings: Settings) -> int:
+    failures = 0
+    with PersonalityCache.from_settings(settings) as cache:
+        redis_ok = cache.ping()
+    print(f"redis   {'ok' if redis_ok else 'UNREACHABLE'}  {settings.redis_url}")
+    failures += not redis_ok
+    store = PersonalityStore(settings.database_url)
+    try:
+        store.ping()
+        print(f"sql     ok  {store.url}")
+    except StoreError as exc:
+        print(f"sql     UNREACHABLE  {store.url}: {exc}")
+        failures += 1
+    finally:
+        store.close()
+    return 1 if failures else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``penny-cache`` command."""
+    args = _parser().parse_args(argv)
+    environ = dict(os.environ)
+    try:
+        if args.command == "demo":
+            return _demo(args, environ)
+        settings = Settings.from_env(environ)
+        if args.command == "stats":
+            return _stats(args, settings)
+        return _check(settings)
+    except ConfigurationError as exc:
+        print(f"penny-cache: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""The versioned envelope that goes into Redis: JSON through msgspec, never pickle.
+
+Wire form (field order is part of the contract: ``scripts.SET_IF_NEWER`` reads the
+version from the prefix without parsing the whole value)::
+
+    {"schema":1,"version":7,"user":"user-1","state":{...PersonalityState...}}
+
+Anything that does not decode as the current schema, or names another user than the
+key it came from, raises ``CacheDecodeError`` (or its subclass ``CacheIntegrityError``);
+the cache treats both as a miss and deletes the entry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final, TypeVar
+
+import msgspec
+
+from penny_cache.errors import CacheDecodeError, CacheIntegrityError, InvalidStateError
+from penny_cache.state import PersonalityState, builtin_hook
+
+__all__ = [
+    "ENVELOPE_SCHEMA",
+    "MAX_ENTRY_BYTES",
+    "decode_mapping",
+    "decode_state",
+    "encode_mapping",
+    "encode_state",
+    "version_prefix",
+]
+
+ENVELOPE_SCHEMA: Final = 1
+MAX_ENTRY_BYTES: Final = 64 * 1024
+
+
+class _StateEnvelope(msgspec.Struct, frozen=True):
+    schema: int
+    version: int
+    user: str
+    state: PersonalityState
+
+
+class _MappingEnvelope(msgspec.Struct, frozen=True):
+    schema: int
+    version: int
+    user: str
+    state: dict[str, Any]
+
+
+class _Header(msgspec.Struct):
+    schema: int
+
+
+_E = TypeVar("_E", _StateEnvelope, _MappingEnvelope)
+_encoder = msgspec.json.Encoder(enc_hook=builtin_hook)
+_state_decoder = msgspec.json.Decoder(_StateEnvelope)
+_mapping_decoder = msgspec.json.Decoder(_MappingEnvelope)
+_header_decoder = msgspec.json.Decoder(_Header)
+
+
+def version_prefix() -> str:
+    """The literal start of every current envelope, as the Lua scripts match it."""
+    return f'{{"schema":{ENVELOPE_SCHEMA},"version":'
+
+
+def encode_state(state: PersonalityState) -> bytes:
+    """Serialise a state into a current-schema envelope."""
+    return _encode(_StateEnvelope(ENVELOPE_SCHEMA, state.version, state.user_id, state))
+
+
+def encode_mapping(user_id: str, value: Mapping[str, Any]) -> bytes:
+    """Serialise a JSON-ready mapping (the drop-in API) into an envelope."""
+    try:
+        return _encode(_MappingEnvelope(ENVELOPE_SCHEMA, 0, user_id, dict(value)))
+    except (TypeError, NotImplementedError, msgspec.EncodeError) as exc:
+        raise InvalidStateError(f"value is not JSON-serialisable: {exc}") from exc
+
+
+def _encode(envelope: msgspec.Struct) -> bytes:
+    payload = _encoder.encode(envelope)
+    if len(payload) > MAX_ENTRY_BYTES:
+        raise InvalidStateError(f"entry is {len(payload)} bytes; the limit is {MAX_ENTRY_BYTES}")
+    return payload
+
+
+def decode_state(payload: bytes, user_id: str) -> PersonalityState:
+    """Decode an entry read under ``user_id``'s key, or raise ``CacheDecodeError``."""
+    envelope = _decode(_state_decoder, payload)
+    if envelope.user != user_id or envelope.state.user_id != user_id:
+        raise CacheIntegrityError("entry belongs to another user than its key")
+    if envelope.version != envelope.state.version:
+        raise CacheDecodeError("envelope version differs from the state's version")
+    return envelope.state
+
+
+def decode_mapping(payload: bytes, user_id: str) -> dict[str, Any]:
+    """Decode a drop-in mapping entry, or raise ``CacheDecodeError``."""
+    envelope = _decode(_mapping_decoder, payload)
+    if envelope.user != user_id:
+        raise CacheIntegrityError("entry belongs to another user than its key")
+    return envelope.state
+
+
+def _decode(decoder: msgspec.json.Decoder[_E], payload: bytes) -> _E:
+    if len(payload) > MAX_ENTRY_BYTES:
+        raise CacheDecodeError("entry exceeds the size cap")
+    try:
+        envelope = decoder.decode(payload)
+    except (msgspec.DecodeError, InvalidStateError, ValueError) as exc:
+        raise CacheDecodeError(_describe_failure(payload, exc)) from exc
+    if envelope.schema != ENVELOPE_SCHEMA:
+        raise CacheDecodeError(f"entry has schema {envelope.schema}, expected {ENVELOPE_SCHEMA}")
+    return envelope
+
+
+def _describe_failure(payload: bytes, exc: Exception) -> str:
+    try:
+        schema = _header_decoder.decode(payload).schema
+    except (msgspec.DecodeError, ValueError):
+        return f"undecodable entry: {type(exc).__name__}"
+    if schema != ENVELOPE_SCHEMA:
+        return f"entry has schema {schema}, expected {ENVELOPE_SCHEMA}"
+    return f"invalid entry: {exc}"

@@ -1,0 +1,117 @@
+"""Settings: one frozen, typed object, read from ``PENNY_*`` variables at the edge.
+
+No I/O happens here; a bad value raises ``ConfigurationError`` naming the variable, so
+a misconfigured worker fails at start instead of on its first request.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Final, TypeVar
+from urllib.parse import urlsplit
+
+from penny_cache.errors import ConfigurationError
+
+__all__ = ["DEFAULT_REDIS_URL", "Settings", "validate_namespace", "validate_redis_url"]
+
+DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+_NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
+_T = TypeVar("_T")
+
+
+def validate_namespace(namespace: object, *, source: str = "namespace") -> str:
+    """A namespace becomes part of every key, so it must be short and glob-free."""
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise ConfigurationError(
+            f"{source} must be 1-64 characters of A-Z a-z 0-9 _ . -, got {namespace!r}"
+        )
+    return namespace
+
+
+def validate_redis_url(url: object, *, source: str = "redis url") -> str:
+    """Reject URLs redis-py would misread, before any connection is tried."""
+    if not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES:
+        raise ConfigurationError(
+            f"{source} must start with redis://, rediss:// or unix://, got {url!r}"
+        )
+    return url
+
+
+def _positive(value: float, name: str) -> float:
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a process needs to reach Redis and SQL and shape its cache."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = "sqlite:///penny.db"
+    namespace: str = "penny"
+    cache_ttl: float = 300.0
+    ttl_jitter: float = 0.0
+    redis_timeout: float = 0.1
+    redis_cooldown: float = 1.0
+    stats_flush_interval: float = 1.0
+    error_log_interval: float = 60.0
+
+    def __post_init__(self) -> None:
+        validate_redis_url(self.redis_url, source="PENNY_REDIS_URL")
+        validate_namespace(self.namespace, source="PENNY_NAMESPACE")
+        if not self.database_url.strip():
+            raise ConfigurationError("PENNY_DATABASE_URL must not be empty")
+        for name in ("cache_ttl", "redis_timeout", "redis_cooldown"):
+            _positive(getattr(self, name), _ENV_NAMES[name])
+        _positive(self.stats_flush_interval, "PENNY_STATS_FLUSH_INTERVAL")
+        _positive(self.error_log_interval, "PENNY_ERROR_LOG_INTERVAL")
+        if not 0.0 <= self.ttl_jitter < 1.0:
+            raise ConfigurationError(
+                f"PENNY_CACHE_TTL_JITTER must be a fraction in [0, 1), got {self.ttl_jitter!r}"
+            )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from ``PENNY_*`` variables; unset ones keep their defaults."""
+        values: dict[str, object] = {}
+        for field in fields(cls):
+            env_name = _ENV_NAMES[field.name]
+            raw = environ.get(env_name)
+            if raw is None or raw.strip() == "":
+                continue
+            parse = _PARSERS.get(field.name, str)
+            values[field.name] = _parse(parse, raw.strip(), env_name)
+        return cls(**values)  # type: ignore[arg-type]
+
+
+def _parse(parse: Callable[[str], _T], raw: str, env_name: str) -> _T:
+    try:
+        return parse(raw)
+    except ValueError:
+        raise ConfigurationError(f"{env_name} is not a valid value: {raw!r}") from None
+
+
+_ENV_NAMES: Final = {
+    "redis_url": "PENNY_REDIS_URL",
+    "database_url": "PENNY_DATABASE_URL",
+    "namespace": "PENNY_NAMESPACE",
+    "cache_ttl": "PENNY_CACHE_TTL",
+    "ttl_jitter": "PENNY_CACHE_TTL_JITTER",
+    "redis_timeout": "PENNY_REDIS_TIMEOUT",
+    "redis_cooldown": "PENNY_REDIS_COOLDOWN",
+    "stats_flush_interval": "PENNY_STATS_FLUSH_INTERVAL",
+    "error_log_interval": "PENNY_ERROR_LOG_INTERVAL",
+}
+_PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
+    "cache_ttl": float,
+    "ttl_jitter": float,
+    "redis_timeout": float,
+    "redis_cooldown": float,
+    "stats_flush_interval": float,
+    "error_log_interval": float,
+}

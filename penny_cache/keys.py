@@ -1,0 +1,81 @@
+"""The Redis key schema, in one place and versioned.
+
+Layout (``v1``), for namespace ``penny`` and store scope ``s``::
+
+    penny:v1:s:state:{<user>}      a PersonalityState envelope (string, TTL)
+    penny:v1:legacy:{<user>}       a drop-in PersonalityStateCache mapping (string, TTL)
+    {penny:stats}:v1:counters      per-process cumulative counters (hash, no TTL)
+    {penny:stats}:v1:retired:<p>   marker that process <p> folded its counters (string, TTL)
+
+A user id is percent-encoded, so no validated id can carry ``*?[]{}:`` or whitespace into a
+key: ``SCAN MATCH`` patterns stay exact and the braces are a Redis Cluster hash tag that
+keeps everything of one user on one slot. The encoded id is at most 768 characters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Final
+from urllib.parse import quote, unquote
+
+from penny_cache.config import validate_namespace
+from penny_cache.state import validate_user_id
+
+__all__ = ["KEY_SCHEMA", "UNBOUND_SCOPE", "KeySchema", "decode_user_id", "encode_user_id"]
+
+KEY_SCHEMA: Final = "v1"
+UNBOUND_SCOPE: Final = "_"
+_SAFE: Final = "-_.~@+="
+
+
+@lru_cache(maxsize=65536)
+def encode_user_id(user_id: str) -> str:
+    """Validate ``user_id`` and return its key-safe form (memoised: the hot path calls it)."""
+    return quote(validate_user_id(user_id), safe=_SAFE)
+
+
+def decode_user_id(encoded: str) -> str:
+    """Invert ``encode_user_id`` (for tools that list keys)."""
+    return unquote(encoded)
+
+
+@dataclass(frozen=True, slots=True)
+class KeySchema:
+    """Every key and pattern of one namespace and store scope."""
+
+    namespace: str
+    scope: str = UNBOUND_SCOPE
+
+    def __post_init__(self) -> None:
+        validate_namespace(self.namespace)
+        validate_namespace(self.scope, source="store scope")
+
+    @property
+    def base(self) -> str:
+        return f"{self.namespace}:{KEY_SCHEMA}"
+
+    def state(self, user_id: str) -> str:
+        return f"{self.base}:{self.scope}:state:{{{encode_user_id(user_id)}}}"
+
+    def state_pattern(self) -> str:
+        return f"{self.base}:{self.scope}:state:*"
+
+    def legacy(self, user_id: str) -> str:
+        return f"{self.base}:legacy:{{{encode_user_id(user_id)}}}"
+
+    def legacy_pattern(self) -> str:
+        return f"{self.base}:legacy:*"
+
+    @property
+    def _stats_tag(self) -> str:
+        return f"{{{self.namespace}:stats}}:{KEY_SCHEMA}"
+
+    def counters(self) -> str:
+        return f"{self._stats_tag}:counters"
+
+    def retired_marker(self, process_id: str) -> str:
+        return f"{self._stats_tag}:retired:{process_id}"
+
+    def with_scope(self, scope: str) -> KeySchema:
+        return KeySchema(self.namespace, scope)

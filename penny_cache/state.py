@@ -1,0 +1,285 @@
+"""Penny's personality record: the dimension catalogue, validation, and the immutable state.
+
+The state types are msgspec ``Struct`` classes so that a cached envelope decodes straight
+into them (no intermediate dicts on the hot path); ``__post_init__`` runs on decode too,
+so a value read back from Redis is validated exactly like one built in code.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from penny_cache.errors import (
+    InvalidStateError,
+    InvalidUserIdError,
+    InvalidValueError,
+    UnknownDimensionError,
+)
+
+__all__ = [
+    "CATALOGUE",
+    "DEFAULT_CONFIDENCE",
+    "DEFAULT_LEARNING_RATE",
+    "MAX_USER_ID_BYTES",
+    "DimensionSpec",
+    "EvolutionRecord",
+    "PersonalityDimension",
+    "PersonalityState",
+    "ValueType",
+    "apply_update",
+    "default_state",
+    "validate_confidence_change",
+    "validate_dimension_name",
+    "validate_dimension_value",
+    "validate_user_id",
+]
+
+ValueType = Literal["continuous", "categorical"]
+DimensionValue = float | str
+UnitInterval = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+
+MAX_USER_ID_BYTES: Final = 256
+DEFAULT_CONFIDENCE: Final = 0.3
+DEFAULT_LEARNING_RATE: Final = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class DimensionSpec:
+    """One catalogue entry: what a dimension may hold and where a new user starts."""
+
+    name: str
+    value_type: ValueType
+    default: DimensionValue
+    options: tuple[str, ...] = ()
+
+
+def _continuous(name: str, default: float) -> DimensionSpec:
+    return DimensionSpec(name, "continuous", default)
+
+
+def _categorical(name: str, default: str, options: tuple[str, ...]) -> DimensionSpec:
+    return DimensionSpec(name, "categorical", default, options)
+
+
+CATALOGUE: Final[Mapping[str, DimensionSpec]] = MappingProxyType(
+    {
+        spec.name: spec
+        for spec in (
+            _continuous("communication_formality", 0.5),
+            _continuous("technical_depth_preference", 0.5),
+            _continuous("conversation_pace_preference", 0.5),
+            _continuous("proactive_suggestions", 0.4),
+            _categorical(
+                "humor_style_preference",
+                "balanced",
+                ("dry", "playful", "roasting", "dad_jokes", "tech_humor", "balanced"),
+            ),
+            _categorical(
+                "response_length_preference",
+                "medium",
+                ("brief", "medium", "detailed", "comprehensive"),
+            ),
+            _categorical(
+                "emotional_support_style",
+                "balanced",
+                ("analytical", "empathetic", "solution_focused", "cheerleading", "balanced"),
+            ),
+        )
+    }
+)
+
+
+def validate_user_id(user_id: object) -> str:
+    """Return ``user_id`` if it is safe to key a cache entry and a SQL row with."""
+    if not isinstance(user_id, str):
+        raise InvalidUserIdError(f"user id must be a string, got {type(user_id).__name__}")
+    if not user_id:
+        raise InvalidUserIdError("user id must not be empty")
+    try:
+        size = len(user_id.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidUserIdError("user id is not valid UTF-8 (lone surrogate)") from None
+    if size > MAX_USER_ID_BYTES:
+        raise InvalidUserIdError(f"user id is {size} bytes; the limit is {MAX_USER_ID_BYTES}")
+    if any(unicodedata.category(ch) == "Cc" for ch in user_id):
+        raise InvalidUserIdError("user id must not contain control characters")
+    return user_id
+
+
+def validate_dimension_name(dimension: object) -> str:
+    """Return ``dimension`` if the catalogue has it, else raise ``UnknownDimensionError``."""
+    return _spec(dimension).name
+
+
+def _spec(dimension: object) -> DimensionSpec:
+    spec = CATALOGUE.get(dimension) if isinstance(dimension, str) else None
+    if spec is None:
+        known = ", ".join(CATALOGUE)
+        raise UnknownDimensionError(f"unknown dimension {dimension!r}; known: {known}")
+    return spec
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def validate_dimension_value(dimension: object, value: object) -> DimensionValue:
+    """Return the value normalised for ``dimension``, or raise naming what is wrong."""
+    spec = _spec(dimension)
+    if spec.value_type == "continuous":
+        if not _is_real(value):
+            raise InvalidValueError(f"{spec.name} takes a number in [0, 1], got {value!r}")
+        number = float(value)  # type: ignore[arg-type]
+        if not math.isfinite(number) or not 0.0 <= number <= 1.0:
+            raise InvalidValueError(f"{spec.name} must be in [0, 1], got {value!r}")
+        return number
+    if not isinstance(value, str) or value not in spec.options:
+        options = ", ".join(spec.options)
+        raise InvalidValueError(f"{spec.name} must be one of {options}; got {value!r}")
+    return value
+
+
+def validate_confidence_change(change: object) -> float:
+    """Return the change as a float if it is a finite real number."""
+    if not _is_real(change) or not math.isfinite(float(change)):  # type: ignore[arg-type]
+        raise InvalidValueError(f"confidence_change must be a finite number, got {change!r}")
+    return float(change)  # type: ignore[arg-type]
+
+
+def _require_utc(moment: datetime, field: str) -> datetime:
+    if moment.tzinfo is None:
+        raise InvalidStateError(f"{field} must be timezone-aware (UTC)")
+    return moment.astimezone(UTC)
+
+
+class PersonalityDimension(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One learned dimension: its value and how sure Penny is of it."""
+
+    value: DimensionValue
+    confidence: UnitInterval
+    learning_rate: UnitInterval
+    value_type: ValueType
+    last_updated: datetime
+
+    def __post_init__(self) -> None:
+        msgspec.structs.force_setattr(
+            self, "last_updated", _require_utc(self.last_updated, "last_updated")
+        )
+
+
+class PersonalityState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A user's whole personality record at one committed ``version``.
+
+    Immutable: ``dimensions`` is a read-only mapping, and a change is a new state.
+    """
+
+    user_id: str
+    version: Annotated[int, msgspec.Meta(ge=0)]
+    updated_at: datetime
+    dimensions: Mapping[str, PersonalityDimension]
+
+    def __post_init__(self) -> None:
+        validate_user_id(self.user_id)
+        if set(self.dimensions) != set(CATALOGUE):
+            missing = sorted(set(CATALOGUE) - set(self.dimensions))
+            extra = sorted(set(self.dimensions) - set(CATALOGUE))
+            raise InvalidStateError(f"dimensions do not match the catalogue: {missing=} {extra=}")
+        for name, dim in self.dimensions.items():
+            _check_dimension(name, dim)
+        force = msgspec.structs.force_setattr
+        force(self, "updated_at", _require_utc(self.updated_at, "updated_at"))
+        ordered = {name: self.dimensions[name] for name in CATALOGUE}
+        force(self, "dimensions", MappingProxyType(ordered))
+
+    @property
+    def overall_confidence(self) -> float:
+        """Mean confidence over all dimensions, as the original web panel showed."""
+        return sum(d.confidence for d in self.dimensions.values()) / len(self.dimensions)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping; ``from_dict(to_dict())`` gives an equal state."""
+        result: dict[str, Any] = msgspec.to_builtins(self, enc_hook=builtin_hook)
+        return result
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PersonalityState:
+        """Validate and build a state from ``to_dict()`` output."""
+        try:
+            return msgspec.convert(data, cls)
+        except (msgspec.ValidationError, InvalidUserIdError, ValueError) as exc:
+            raise InvalidStateError(f"not a valid personality state: {exc}") from exc
+
+
+def _check_dimension(name: str, dim: PersonalityDimension) -> None:
+    spec = _spec(name)
+    if dim.value_type != spec.value_type:
+        raise InvalidStateError(f"{name} is {spec.value_type}, not {dim.value_type}")
+    try:
+        validate_dimension_value(name, dim.value)
+    except InvalidValueError as exc:
+        raise InvalidStateError(str(exc)) from exc
+
+
+def builtin_hook(obj: Any) -> Any:
+    """msgspec encode hook: read-only mappings serialise as plain objects."""
+    if isinstance(obj, MappingProxyType):
+        return dict(obj)
+    raise NotImplementedError(f"cannot serialise {type(obj).__name__}")
+
+
+def default_state(user_id: str, now: datetime) -> PersonalityState:
+    """The state of a user Penny has not learned anything about yet (version 0)."""
+    dims = {
+        spec.name: PersonalityDimension(
+            value=spec.default,
+            confidence=DEFAULT_CONFIDENCE,
+            learning_rate=DEFAULT_LEARNING_RATE,
+            value_type=spec.value_type,
+            last_updated=now,
+        )
+        for spec in CATALOGUE.values()
+    }
+    return PersonalityState(user_id=user_id, version=0, updated_at=now, dimensions=dims)
+
+
+def apply_update(
+    state: PersonalityState,
+    dimension: str,
+    value: DimensionValue,
+    confidence_change: float,
+    now: datetime,
+) -> PersonalityState:
+    """The next version: ``dimension`` takes ``value``; confidence moves, clamped to [0, 1]."""
+    old = state.dimensions[dimension]
+    confidence = min(1.0, max(0.0, old.confidence + confidence_change))
+    new_dim = msgspec.structs.replace(old, value=value, confidence=confidence, last_updated=now)
+    dims = {**state.dimensions, dimension: new_dim}
+    return PersonalityState(
+        user_id=state.user_id, version=state.version + 1, updated_at=now, dimensions=dims
+    )
+
+
+class EvolutionRecord(msgspec.Struct, frozen=True):
+    """One committed change, as the evolution history returns it."""
+
+    user_id: str
+    dimension: str
+    old_value: DimensionValue
+    new_value: DimensionValue
+    confidence_change: float
+    trigger_context: str | None
+    timestamp: datetime
+    version: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready mapping of the record."""
+        result: dict[str, Any] = msgspec.to_builtins(self)
+        return result

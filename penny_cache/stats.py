@@ -1,0 +1,207 @@
+"""Counters that cost no round trip per lookup and still add up across processes.
+
+Each process keeps cumulative totals in memory and writes them, as absolute values, to
+its own fields of one Redis hash (``<process>|<counter>``) at most once per interval, on
+``close()`` and at exit. Writing absolutes makes a flush idempotent: a retried or
+repeated flush cannot double count, and after a Redis restart the next flush puts the
+live processes' totals back. A closing process folds its fields into ``retired|*``
+exactly once (guarded by a marker key), so the hash does not grow with restarts.
+Reading sums every field of the hash: one HGETALL, never SCAN.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Final, Protocol
+
+from penny_cache.errors import CacheError
+from penny_cache.keys import KeySchema
+
+__all__ = ["COUNTERS", "CounterBackend", "LocalCounters", "SharedCounters", "sum_counters"]
+
+COUNTERS: Final = (
+    "hits",
+    "misses",
+    "sets",
+    "fills_refused",
+    "invalidations",
+    "decode_errors",
+    "redis_errors",
+)
+_SEEN: Final = "seen"
+log = logging.getLogger("penny_cache.stats")
+
+
+class CounterBackend(Protocol):
+    """What the counters need from Redis (``RedisBackend`` provides it)."""
+
+    def write_fields(self, key: str, fields: Mapping[str, int | float | str]) -> None: ...
+    def read_fields(self, key: str) -> dict[str, str]: ...
+    def retire_counters(
+        self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
+    ) -> bool: ...
+
+
+class LocalCounters:
+    """This process's cumulative totals; cheap to bump from any thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._totals = dict.fromkeys(COUNTERS, 0)
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._totals[name] += amount
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._totals = dict.fromkeys(COUNTERS, 0)
+
+
+def new_process_id() -> str:
+    """Unique across hosts and restarts, readable in ``redis-cli HGETALL``."""
+    return f"{socket.gethostname()[:32]}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def sum_counters(fields: Mapping[str, str]) -> dict[str, int]:
+    """Sum ``<process>|<counter>`` fields over all processes (and the retired ones)."""
+    totals = dict.fromkeys(COUNTERS, 0)
+    for field, value in fields.items():
+        _, _, name = field.rpartition("|")
+        if name in totals:
+            totals[name] += int(value)
+    return totals
+
+
+class SharedCounters:
+    """Local counters plus their periodic, idempotent publication to Redis."""
+
+    def __init__(
+        self,
+        backend: CounterBackend,
+        keys: KeySchema,
+        *,
+        flush_interval: float | None = 1.0,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.local = LocalCounters()
+        self._backend = backend
+        self._key = keys.counters()
+        self._keys = keys
+        self._interval = flush_interval
+        self._wall_clock = wall_clock
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._published: dict[str, int] | None = None
+        self._closed = False
+        self.process_id = new_process_id()
+        _track_for_fork(self)
+
+    def incr(self, name: str, amount: int = 1) -> None:
+        """Count ``amount`` of ``name``; starts the flusher lazily (fork-safe)."""
+        self.local.incr(name, amount)
+        if self._thread is None and self._interval is not None and not self._closed:
+            self._start()
+
+    def _start(self) -> None:
+        with self._flush_lock:
+            if self._thread is not None:
+                return
+            self._stop.clear()
+            self._thread = threading.Thread(
+                target=self._run, name="penny-cache-counters", daemon=True
+            )
+            self._thread.start()
+        atexit.register(_close_at_exit, weakref.ref(self))
+
+    def _run(self) -> None:
+        assert self._interval is not None
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def flush(self) -> bool:
+        """Publish the totals if they changed; False when Redis could not be written."""
+        with self._flush_lock:
+            totals = self.local.snapshot()
+            if totals == self._published:
+                return True
+            fields: dict[str, int | float | str] = {
+                f"{self.process_id}|{name}": value for name, value in totals.items()
+            }
+            fields[f"{self.process_id}|{_SEEN}"] = round(self._wall_clock(), 3)
+            try:
+                self._backend.write_fields(self._key, fields)
+            except CacheError:
+                return False
+            self._published = totals
+            return True
+
+    def totals(self) -> dict[str, int]:
+        """All processes' totals from Redis, this process's own counts included.
+
+        Raises ``CacheError`` when Redis cannot be read.
+        """
+        self.flush()
+        return sum_counters(self._backend.read_fields(self._key))
+
+    def close(self) -> None:
+        """Stop the flusher and fold this process's totals into the retired ones."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        with self._flush_lock:
+            totals = self.local.snapshot()
+            if not any(totals.values()):
+                return
+            marker = self._keys.retired_marker(self.process_id)
+            try:
+                self._backend.retire_counters(self._key, marker, self.process_id, totals)
+            except CacheError as exc:
+                log.warning("could not publish final counters (%s); they are lost", exc)
+
+    def _after_fork(self) -> None:
+        """A forked child must not inherit the parent's counts, id or thread."""
+        self.local.reset()
+        self.process_id = new_process_id()
+        self._thread = None
+        self._published = None
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+
+
+def _close_at_exit(ref: weakref.ReferenceType[SharedCounters]) -> None:
+    counters = ref()
+    if counters is not None:
+        counters.close()
+
+
+_live: weakref.WeakSet[SharedCounters] = weakref.WeakSet()
+
+
+def _track_for_fork(counters: SharedCounters) -> None:
+    _live.add(counters)
+
+
+def _reset_all_after_fork() -> None:
+    for counters in list(_live):
+        counters._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_all_after_fork)

@@ -1,0 +1,324 @@
+"""The SQL source of truth (SQLAlchemy 2.x): the only module that imports SQLAlchemy.
+
+An update locks the user's row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN
+IMMEDIATE`` on SQLite), writes the dimension and the history, and bumps ``version``
+with a compare-and-set, all in one transaction; a lost race is retried, never lost.
+A read is one joined ``SELECT``, so it sees one committed version, never a mix.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+import msgspec
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection, Engine, Row
+
+from penny_cache.errors import (
+    InvalidInputError,
+    StoreConflictError,
+    StoreError,
+    StoreUnavailableError,
+)
+from penny_cache.state import (
+    CATALOGUE,
+    DimensionValue,
+    EvolutionRecord,
+    PersonalityDimension,
+    PersonalityState,
+    apply_update,
+    default_state,
+)
+from penny_cache.store_schema import dimensions, history, meta, metadata, users
+
+__all__ = ["EPOCH", "PersonalityStore"]
+
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MAX_ATTEMPTS: Final = 50
+_WRITE: Final = "penny_write"
+
+
+class _LostRaceError(Exception):
+    """Another writer moved the version between our read and our compare-and-set."""
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class PersonalityStore:
+    """Reads and commits personality states; tables are created on first use."""
+
+    def __init__(
+        self,
+        url: str = "sqlite:///penny.db",
+        *,
+        clock: Callable[[], datetime] = _utc_now,
+        echo: bool = False,
+    ) -> None:
+        try:
+            self._engine = _make_engine(url, echo=echo)
+        except (sa_exc.ArgumentError, ImportError) as exc:
+            raise InvalidInputError(f"not a usable database URL: {exc}") from exc
+        self._clock = clock
+        self._schema_lock = threading.Lock()
+        self._identity: str | None = None
+
+    @property
+    def url(self) -> str:
+        """The database URL with any password masked."""
+        return self._engine.url.render_as_string(hide_password=True)
+
+    @property
+    def identity(self) -> str:
+        """A random id stored in the database itself: equal for every URL that reaches it.
+
+        Caches key their entries by it, so two databases never share entries.
+        """
+        self._ensure_schema()
+        assert self._identity is not None
+        return self._identity
+
+    def _ensure_schema(self) -> None:
+        if self._identity is not None:
+            return
+        with self._schema_lock, _translated():
+            if self._identity is None:
+                self._identity = self._create_schema()
+
+    def _create_schema(self) -> str:
+        for attempt in range(3):
+            try:
+                metadata.create_all(self._engine, checkfirst=True)
+                break
+            except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
+                if attempt == 2:  # another process kept racing us to CREATE TABLE
+                    raise
+        with self._write() as conn:
+            _insert_ignore(conn, meta, {"key": "store_id", "value": uuid.uuid4().hex[:16]})
+            found = conn.execute(sa.select(meta.c.value).where(meta.c.key == "store_id"))
+            return str(found.scalar_one())
+
+    @contextmanager
+    def _write(self) -> Iterator[Connection]:
+        with self._engine.connect() as conn:
+            conn.execution_options(**{_WRITE: True})
+            with conn.begin():
+                yield conn
+
+    def load(self, user_id: str) -> PersonalityState:
+        """The committed state of ``user_id`` (version 0 defaults for an unknown user)."""
+        self._ensure_schema()
+        with _translated(), self._engine.connect() as conn, conn.begin():
+            rows = conn.execute(_state_query(user_id)).all()
+        return _state_from_rows(user_id, rows)
+
+    def update_dimension(
+        self,
+        user_id: str,
+        dimension: str,
+        value: DimensionValue,
+        confidence_change: float = 0.0,
+        context: str | None = None,
+    ) -> PersonalityState:
+        """Commit one change as the next version and return the committed state.
+
+        Arguments must already be validated (the tracker does it at the edge).
+        """
+        self._ensure_schema()
+        for attempt in range(_MAX_ATTEMPTS):
+            try:
+                with _translated():
+                    return self._try_update(user_id, dimension, value, confidence_change, context)
+            except _LostRaceError:
+                pass
+            time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # jitter, not security
+        raise StoreConflictError(f"update of {dimension} lost its race {_MAX_ATTEMPTS} times")
+
+    def _try_update(
+        self,
+        user_id: str,
+        dimension: str,
+        value: DimensionValue,
+        confidence_change: float,
+        context: str | None,
+    ) -> PersonalityState:
+        now = self._clock()
+        with self._write() as conn:
+            _insert_ignore(conn, users, {"user_id": user_id, "version": 0, "updated_at": EPOCH})
+            locked = sa.select(users.c.version).where(users.c.user_id == user_id)
+            conn.execute(locked.with_for_update())
+            current = _state_from_rows(user_id, conn.execute(_state_query(user_id)).all())
+            new = apply_update(current, dimension, value, confidence_change, now)
+            bumped = conn.execute(
+                sa.update(users)
+                .where(users.c.user_id == user_id, users.c.version == current.version)
+                .values(version=new.version, updated_at=now)
+            )
+            if bumped.rowcount != 1:
+                raise _LostRaceError  # rolls the transaction back; the caller retries
+            _upsert_dimension(conn, user_id, dimension, new.dimensions[dimension])
+            conn.execute(
+                sa.insert(history).values(
+                    user_id=user_id,
+                    dimension=dimension,
+                    old_value=_json(current.dimensions[dimension].value),
+                    new_value=_json(value),
+                    confidence_change=confidence_change,
+                    trigger_context=context,
+                    timestamp=now,
+                    version=new.version,
+                )
+            )
+        return new
+
+    def history(
+        self, user_id: str, dimension: str | None = None, days: float = 30
+    ) -> list[EvolutionRecord]:
+        """Committed changes of the last ``days`` days, oldest first."""
+        self._ensure_schema()
+        since = self._clock() - timedelta(days=days)
+        query = (
+            sa.select(history)
+            .where(history.c.user_id == user_id, history.c.timestamp >= since)
+            .order_by(history.c.version)
+        )
+        if dimension is not None:
+            query = query.where(history.c.dimension == dimension)
+        with _translated(), self._engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return [_record(row) for row in rows]
+
+    def ping(self) -> None:
+        """Raise ``StoreError`` unless the database answers."""
+        with _translated(), self._engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _make_engine(url: str, *, echo: bool) -> Engine:
+    engine = sa.create_engine(url, echo=echo, pool_pre_ping=True)
+    if engine.dialect.name == "sqlite":
+        _serialise_sqlite_writers(engine)
+    return engine
+
+
+def _serialise_sqlite_writers(engine: Engine) -> None:
+    """SQLite: WAL for concurrent readers; writers take the lock at BEGIN IMMEDIATE.
+
+    pysqlite's own BEGIN handling is switched off (the recipe in SQLAlchemy's SQLite
+    dialect docs), so a writer never upgrades a read lock and dies with SQLITE_BUSY.
+    """
+
+    @sa.event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @sa.event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        write = conn.get_execution_options().get(_WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> None:
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        conn.execute(pg_insert(table).values(values).on_conflict_do_nothing())
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        conn.execute(sqlite_insert(table).values(values).on_conflict_do_nothing())
+    else:
+        with conn.begin_nested(), suppress(sa_exc.IntegrityError):
+            conn.execute(sa.insert(table).values(values))
+
+
+def _upsert_dimension(conn: Connection, user_id: str, name: str, dim: PersonalityDimension) -> None:
+    numeric = dim.value if isinstance(dim.value, float) else None
+    category = dim.value if isinstance(dim.value, str) else None
+    values = {
+        "numeric_value": numeric,
+        "category_value": category,
+        "confidence": dim.confidence,
+        "learning_rate": dim.learning_rate,
+        "value_type": dim.value_type,
+        "last_updated": dim.last_updated,
+    }
+    where = (dimensions.c.user_id == user_id, dimensions.c.dimension == name)
+    updated = conn.execute(sa.update(dimensions).where(*where).values(values))
+    if updated.rowcount == 0:  # safe: the user's row lock serialises writers
+        conn.execute(sa.insert(dimensions).values(user_id=user_id, dimension=name, **values))
+
+
+def _state_query(user_id: str) -> sa.Select[Any]:
+    joined = users.outerjoin(dimensions, dimensions.c.user_id == users.c.user_id)
+    return (
+        sa.select(users.c.version, users.c.updated_at, *dimensions.c)
+        .select_from(joined)
+        .where(users.c.user_id == user_id)
+    )
+
+
+def _state_from_rows(user_id: str, rows: Sequence[Row[Any]]) -> PersonalityState:
+    base = default_state(user_id, EPOCH)
+    if not rows:
+        return base
+    dims = dict(base.dimensions)
+    for row in rows:
+        if row.dimension in CATALOGUE:
+            value = row.numeric_value if row.value_type == "continuous" else row.category_value
+            dims[row.dimension] = PersonalityDimension(
+                value=value,
+                confidence=row.confidence,
+                learning_rate=row.learning_rate,
+                value_type=row.value_type,
+                last_updated=row.last_updated,
+            )
+    first = rows[0]
+    return PersonalityState(
+        user_id=user_id, version=first.version, updated_at=first.updated_at, dimensions=dims
+    )
+
+
+def _json(value: DimensionValue) -> str:
+    return msgspec.json.encode(value).decode()
+
+
+def _record(row: Row[Any]) -> EvolutionRecord:
+    return EvolutionRecord(
+        user_id=row.user_id,
+        dimension=row.dimension,
+        old_value=msgspec.json.decode(row.old_value),
+        new_value=msgspec.json.decode(row.new_value),
+        confidence_change=row.confidence_change,
+        trigger_context=row.trigger_context,
+        timestamp=row.timestamp,
+        version=row.version,
+    )
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The one boundary where SQLAlchemy errors become ours."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
+        raise StoreUnavailableError(f"database unavailable: {exc.__class__.__name__}") from exc
+    except sa_exc.SQLAlchemyError as exc:
+        raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc

@@ -1,0 +1,69 @@
+"""The ``penny-cache`` command as a user runs it: demo, stats, check, bad settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from penny_cache.cache import PersonalityCache
+from penny_cache.embedded import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PENNY_")}
+    environ.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "penny_cache.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_demo_runs_workers_on_an_embedded_redis() -> None:
+    """With no PENNY_REDIS_URL the demo starts its own Redis, and the shared counters
+    equal the lookups the worker processes made."""
+    result = run_cli("demo", "--workers", "2", "--duration", "1", "--users", "50")
+    assert result.returncode == 0, result.stderr
+    assert "embedded redis-server" in result.stdout
+    assert "counted in Redis: exact" in result.stdout
+    assert "shared hit rate" in result.stdout
+
+
+def test_stats_json_and_check(redis_url: str, namespace: str, sqlite_url: str) -> None:
+    """stats --json prints the cross-process totals; check exits 0 when all answer."""
+    with PersonalityCache.from_url(redis_url, namespace=namespace) as cache:
+        cache.get("somebody")
+    env = {"PENNY_REDIS_URL": redis_url, "PENNY_NAMESPACE": namespace}
+    stats = run_cli("stats", "--json", **env)
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["misses"] == 1
+    check = run_cli("check", **env, PENNY_DATABASE_URL=sqlite_url)
+    assert check.returncode == 0, check.stdout
+
+
+def test_check_fails_when_redis_is_unreachable(sqlite_url: str) -> None:
+    """check exits non-zero and names Redis when nothing listens at PENNY_REDIS_URL."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli("check", PENNY_REDIS_URL=dead, PENNY_DATABASE_URL=sqlite_url)
+    assert result.returncode == 1
+    assert "redis   UNREACHABLE" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("PENNY_CACHE_TTL", "abc"), ("PENNY_REDIS_URL", "http://x"), ("PENNY_NAMESPACE", "a b")],
+)
+def test_bad_settings_fail_at_start_naming_the_variable(variable: str, value: str) -> None:
+    """A bad PENNY_* value exits 2 with a message that names the variable."""
+    result = run_cli("stats", **{variable: value})
+    assert result.returncode == 2
+    assert variable in result.stderr

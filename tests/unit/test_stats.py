@@ -1,0 +1,76 @@
+"""SharedCounters: absolute, idempotent publication that sums exactly across processes."""
+
+from __future__ import annotations
+
+import fakeredis
+
+from penny_cache.keys import KeySchema
+from penny_cache.redis_backend import RedisBackend
+from penny_cache.stats import SharedCounters, sum_counters
+
+
+def counters(fake_redis: fakeredis.FakeRedis, namespace: str) -> SharedCounters:
+    return SharedCounters(RedisBackend(fake_redis), KeySchema(namespace), flush_interval=None)
+
+
+def test_repeated_flushes_do_not_double_count(
+    fake_redis: fakeredis.FakeRedis, namespace: str
+) -> None:
+    """Flushing absolute totals twice (as a retry would) leaves the sum unchanged."""
+    c = counters(fake_redis, namespace)
+    c.incr("hits", 5)
+    assert c.flush()
+    c._published = None  # force a second write of the same totals, as a retried command
+    assert c.flush()
+    assert c.totals()["hits"] == 5
+
+
+def test_totals_survive_a_redis_data_loss(fake_redis: fakeredis.FakeRedis, namespace: str) -> None:
+    """After Redis loses the hash, the next flush puts this process's totals back."""
+    c = counters(fake_redis, namespace)
+    c.incr("misses", 3)
+    c.flush()
+    fake_redis.flushall()
+    c.incr("misses")
+    assert c.totals()["misses"] == 4
+
+
+def test_close_folds_into_retired_exactly_once(
+    fake_redis: fakeredis.FakeRedis, namespace: str
+) -> None:
+    """A closed process's counts stay in the sum, under 'retired', and only once."""
+    keys = KeySchema(namespace)
+    a, b = counters(fake_redis, namespace), counters(fake_redis, namespace)
+    a.incr("hits", 7)
+    b.incr("hits", 1)
+    a.flush()
+    a.close()
+    backend = RedisBackend(fake_redis)
+    retried = backend.retire_counters(
+        keys.counters(), keys.retired_marker(a.process_id), a.process_id, {"hits": 7}
+    )
+    assert retried is False
+    fields = {
+        str(k, "utf-8") if isinstance(k, bytes) else k for k in fake_redis.hkeys(keys.counters())
+    }
+    assert not any(f.startswith(a.process_id) for f in fields)
+    assert b.totals()["hits"] == 8
+
+
+def test_sum_ignores_unknown_fields() -> None:
+    """Fields other than known counters (e.g. 'seen' timestamps) never enter the totals."""
+    totals = sum_counters({"p1|hits": "2", "p2|hits": "3", "p1|seen": "1700000000.5"})
+    assert totals["hits"] == 5
+    assert "seen" not in totals
+
+
+def test_after_fork_the_child_starts_from_zero(
+    fake_redis: fakeredis.FakeRedis, namespace: str
+) -> None:
+    """A forked child gets a new process id and no inherited counts (no double count)."""
+    c = counters(fake_redis, namespace)
+    c.incr("hits", 4)
+    parent_id = c.process_id
+    c._after_fork()
+    assert c.process_id != parent_id
+    assert c.local.snapshot()["hits"] == 0
