@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol, Self, TypeVar
 
 from penny_cache.codec import decode_state, encode_state, version_prefix
-from penny_cache.config import Settings
+from penny_cache.config import Settings, positive_seconds, validate_jitter, validate_redis_url
 from penny_cache.errors import (
     CacheDecodeError,
     CacheError,
@@ -78,15 +78,15 @@ class PersonalityCache:
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        # Settings validates ttl, jitter and namespace exactly as it does for PENNY_* vars.
-        Settings(namespace=namespace, cache_ttl=ttl, ttl_jitter=ttl_jitter)
         self._backend = backend
         self._keys = KeySchema(namespace)
-        self._ttl = float(ttl)
-        self._jitter = ttl_jitter
+        self._ttl = positive_seconds(ttl, "ttl")
+        self._jitter = validate_jitter(ttl_jitter, "ttl_jitter")
         self._rand = rand
         self._prefix = version_prefix()
         self._bind_lock = threading.Lock()
+        if stats_flush_interval is not None:
+            positive_seconds(stats_flush_interval, "stats_flush_interval")
         self._counters = SharedCounters(backend, self._keys, flush_interval=stats_flush_interval)
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
         self._pending: dict[str, PersonalityState] = {}
@@ -107,8 +107,12 @@ class PersonalityCache:
         """A cache on the Redis at ``url`` (connections open lazily, on first use)."""
         from penny_cache.redis_backend import RedisBackend
 
-        Settings(redis_url=url, redis_timeout=timeout, redis_cooldown=cooldown)
-        backend = RedisBackend.from_url(url, timeout=timeout, cooldown=cooldown)
+        validate_redis_url(url)
+        backend = RedisBackend.from_url(
+            url,
+            timeout=positive_seconds(timeout, "timeout"),
+            cooldown=positive_seconds(cooldown, "cooldown"),
+        )
         return cls(
             backend,
             namespace=namespace,

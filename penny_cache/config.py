@@ -15,7 +15,14 @@ from urllib.parse import urlsplit
 
 from penny_cache.errors import ConfigurationError
 
-__all__ = ["DEFAULT_REDIS_URL", "Settings", "validate_namespace", "validate_redis_url"]
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "Settings",
+    "positive_seconds",
+    "validate_jitter",
+    "validate_namespace",
+    "validate_redis_url",
+]
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
@@ -41,10 +48,20 @@ def validate_redis_url(url: object, *, source: str = "redis url") -> str:
     return url
 
 
-def _positive(value: float, name: str) -> float:
+def positive_seconds(value: object, name: str) -> float:
+    """A finite duration above zero, or ``ConfigurationError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
     if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
-    return value
+    return float(value)
+
+
+def validate_jitter(value: object, name: str) -> float:
+    """A TTL jitter is a fraction in [0, 1): 1 would allow a zero TTL."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1:
+        raise ConfigurationError(f"{name} must be a fraction in [0, 1), got {value!r}")
+    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,14 +83,9 @@ class Settings:
         validate_namespace(self.namespace, source="PENNY_NAMESPACE")
         if not self.database_url.strip():
             raise ConfigurationError("PENNY_DATABASE_URL must not be empty")
-        for name in ("cache_ttl", "redis_timeout", "redis_cooldown"):
-            _positive(getattr(self, name), _ENV_NAMES[name])
-        _positive(self.stats_flush_interval, "PENNY_STATS_FLUSH_INTERVAL")
-        _positive(self.error_log_interval, "PENNY_ERROR_LOG_INTERVAL")
-        if not 0.0 <= self.ttl_jitter < 1.0:
-            raise ConfigurationError(
-                f"PENNY_CACHE_TTL_JITTER must be a fraction in [0, 1), got {self.ttl_jitter!r}"
-            )
+        for name in _DURATIONS:
+            positive_seconds(getattr(self, name), _ENV_NAMES[name])
+        validate_jitter(self.ttl_jitter, "PENNY_CACHE_TTL_JITTER")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -107,6 +119,13 @@ _ENV_NAMES: Final = {
     "stats_flush_interval": "PENNY_STATS_FLUSH_INTERVAL",
     "error_log_interval": "PENNY_ERROR_LOG_INTERVAL",
 }
+_DURATIONS: Final = (
+    "cache_ttl",
+    "redis_timeout",
+    "redis_cooldown",
+    "stats_flush_interval",
+    "error_log_interval",
+)
 _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "cache_ttl": float,
     "ttl_jitter": float,

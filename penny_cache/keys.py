@@ -20,6 +20,7 @@ from typing import Final
 from urllib.parse import quote, unquote
 
 from penny_cache.config import validate_namespace
+from penny_cache.errors import ConfigurationError
 from penny_cache.state import validate_user_id
 
 __all__ = ["KEY_SCHEMA", "UNBOUND_SCOPE", "KeySchema", "decode_user_id", "encode_user_id"]
@@ -29,9 +30,15 @@ UNBOUND_SCOPE: Final = "_"
 _SAFE: Final = "-_.~@+="
 
 
-@lru_cache(maxsize=65536)
 def encode_user_id(user_id: str) -> str:
     """Validate ``user_id`` and return its key-safe form (memoised: the hot path calls it)."""
+    if not isinstance(user_id, str):  # unhashable ids would fail inside lru_cache
+        validate_user_id(user_id)
+    return _encode_user_id(user_id)
+
+
+@lru_cache(maxsize=65536)
+def _encode_user_id(user_id: str) -> str:
     return quote(validate_user_id(user_id), safe=_SAFE)
 
 
@@ -50,6 +57,8 @@ class KeySchema:
     def __post_init__(self) -> None:
         validate_namespace(self.namespace)
         validate_namespace(self.scope, source="store scope")
+        if self.scope == "legacy":  # legacy_pattern() would match this scope's keys
+            raise ConfigurationError("'legacy' is reserved and cannot be a store scope")
 
     @property
     def base(self) -> str:

@@ -154,6 +154,11 @@ def validate_confidence_change(change: object) -> float:
     return float(change)  # type: ignore[arg-type]
 
 
+def _require_unit(field: str, value: float) -> None:
+    if not _is_real(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+        raise InvalidStateError(f"{field} must be in [0, 1], got {value!r}")
+
+
 def _require_utc(moment: datetime, field: str) -> datetime:
     if moment.tzinfo is None:
         raise InvalidStateError(f"{field} must be timezone-aware (UTC)")
@@ -170,6 +175,9 @@ class PersonalityDimension(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     last_updated: datetime
 
     def __post_init__(self) -> None:
+        # msgspec checks the Meta bounds only when decoding; code-built values get the same.
+        _require_unit("confidence", self.confidence)
+        _require_unit("learning_rate", self.learning_rate)
         msgspec.structs.force_setattr(
             self, "last_updated", _require_utc(self.last_updated, "last_updated")
         )
@@ -188,6 +196,8 @@ class PersonalityState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         validate_user_id(self.user_id)
+        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+            raise InvalidStateError(f"version must be an integer >= 0, got {self.version!r}")
         if set(self.dimensions) != set(CATALOGUE):
             missing = sorted(set(CATALOGUE) - set(self.dimensions))
             extra = sorted(set(self.dimensions) - set(CATALOGUE))

@@ -136,3 +136,44 @@ def test_clear_uses_scan_and_leaves_other_keys(
     assert real_cache.size() == 0
     assert client.get("penny-test-unrelated") == b"x"
     client.delete("penny-test-unrelated")
+
+
+def _forked_child(cache: PersonalityCache) -> None:
+    cache.get("child-miss-1")
+    cache.get("child-miss-2")
+    cache.close()
+
+
+def test_forked_worker_does_not_inherit_the_parents_counts(redis_url: str, namespace: str) -> None:
+    """Under a pre-fork server the child counts only its own lookups: no double count."""
+    cache = PersonalityCache.from_url(redis_url, namespace=namespace, stats_flush_interval=0.05)
+    for _ in range(5):
+        cache.get("parent-miss")
+    child = multiprocessing.get_context("fork").Process(target=_forked_child, args=(cache,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert cache.get_stats()["misses"] == 7
+    cache.close()
+
+
+def test_drop_in_module_shares_entries_between_instances(redis_url: str, namespace: str) -> None:
+    """Two PersonalityStateCache objects (two workers) share entries and counts via Redis."""
+    from penny_cache.personality_state_cache import PersonalityStateCache
+
+    one = PersonalityStateCache(ttl_seconds=300, redis_url=redis_url, namespace=namespace)
+    two = PersonalityStateCache(ttl_seconds=300, redis_url=redis_url, namespace=namespace)
+    one.set("default", {"formality": 0.46})
+    assert two.get("default") == {"formality": 0.46}
+    two.invalidate("default")
+    assert one.get("default") is None
+    two.close()  # publishes its counts
+    assert one.get_stats() | {"cache_size": 0} == {
+        "hits": 1,
+        "misses": 1,
+        "invalidations": 1,
+        "hit_rate": 0.5,
+        "cache_size": 0,
+        "ttl_seconds": 300,
+    }
+    one.close()

@@ -1,0 +1,136 @@
+"""Settings: typed defaults, PENNY_* parsing, and errors that name the bad variable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from penny_cache.config import DEFAULT_REDIS_URL, Settings
+from penny_cache.errors import ConfigurationError
+
+ALL_VARIABLES = {
+    "PENNY_REDIS_URL": "rediss://cache.internal:6380/2",
+    "PENNY_DATABASE_URL": "postgresql+psycopg://u:p@db/penny",
+    "PENNY_NAMESPACE": "penny-prod.v2",
+    "PENNY_CACHE_TTL": "600",
+    "PENNY_CACHE_TTL_JITTER": "0.25",
+    "PENNY_REDIS_TIMEOUT": "0.05",
+    "PENNY_REDIS_COOLDOWN": "2.5",
+    "PENNY_STATS_FLUSH_INTERVAL": "5",
+    "PENNY_ERROR_LOG_INTERVAL": "30",
+}
+
+
+def test_defaults() -> None:
+    """Settings() carries the documented defaults."""
+    settings = Settings()
+    assert settings.redis_url == DEFAULT_REDIS_URL == "redis://127.0.0.1:6379/0"
+    assert settings.database_url == "sqlite:///penny.db"
+    assert settings.namespace == "penny"
+    assert settings.cache_ttl == 300.0
+    assert settings.ttl_jitter == 0.0
+    assert settings.redis_timeout == 0.1
+    assert settings.redis_cooldown == 1.0
+    assert settings.stats_flush_interval == 1.0
+    assert settings.error_log_interval == 60.0
+
+
+def test_empty_environment_gives_defaults() -> None:
+    """from_env of an environment without PENNY_* variables equals Settings()."""
+    assert Settings.from_env({}) == Settings()
+    assert Settings.from_env({"HOME": "/root", "REDIS_URL": "http://ignored"}) == Settings()
+
+
+def test_every_variable_is_parsed() -> None:
+    """Each PENNY_* variable sets its field, numbers parsed as float."""
+    settings = Settings.from_env(ALL_VARIABLES)
+    assert settings == Settings(
+        redis_url="rediss://cache.internal:6380/2",
+        database_url="postgresql+psycopg://u:p@db/penny",
+        namespace="penny-prod.v2",
+        cache_ttl=600.0,
+        ttl_jitter=0.25,
+        redis_timeout=0.05,
+        redis_cooldown=2.5,
+        stats_flush_interval=5.0,
+        error_log_interval=30.0,
+    )
+    assert isinstance(settings.cache_ttl, float)
+
+
+def test_every_field_has_a_variable() -> None:
+    """No field is unreachable from the environment: changing each variable changes a field."""
+    assert len(ALL_VARIABLES) == len(dataclasses.fields(Settings))
+    defaults = dataclasses.asdict(Settings())
+    for name, value in ALL_VARIABLES.items():
+        changed = dataclasses.asdict(Settings.from_env({name: value}))
+        differing = [field for field in defaults if defaults[field] != changed[field]]
+        assert len(differing) == 1, name
+
+
+@pytest.mark.parametrize("name", list(ALL_VARIABLES))
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_blank_values_keep_defaults(name: str, blank: str) -> None:
+    """A set-but-blank variable is treated as unset."""
+    assert Settings.from_env({name: blank}) == Settings()
+
+
+def test_values_are_stripped() -> None:
+    """Surrounding whitespace is ignored."""
+    settings = Settings.from_env({"PENNY_CACHE_TTL": " 12.5 ", "PENNY_NAMESPACE": "\tns\n"})
+    assert (settings.cache_ttl, settings.namespace) == (12.5, "ns")
+
+
+@pytest.mark.parametrize("url", ["redis://h", "rediss://h:1/0", "unix:///tmp/redis.sock"])
+def test_accepted_redis_urls(url: str) -> None:
+    """redis://, rediss:// and unix:// URLs are accepted verbatim."""
+    assert Settings.from_env({"PENNY_REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("PENNY_CACHE_TTL", "abc"),
+        ("PENNY_CACHE_TTL", "-1"),
+        ("PENNY_CACHE_TTL", "0"),
+        ("PENNY_CACHE_TTL", "nan"),
+        ("PENNY_CACHE_TTL", "inf"),
+        ("PENNY_CACHE_TTL", "-inf"),
+        ("PENNY_CACHE_TTL_JITTER", "1.5"),
+        ("PENNY_CACHE_TTL_JITTER", "1"),
+        ("PENNY_CACHE_TTL_JITTER", "-0.1"),
+        ("PENNY_CACHE_TTL_JITTER", "nan"),
+        ("PENNY_CACHE_TTL_JITTER", "half"),
+        ("PENNY_REDIS_URL", "http://x"),
+        ("PENNY_REDIS_URL", "localhost:6379"),
+        ("PENNY_NAMESPACE", "a b"),
+        ("PENNY_NAMESPACE", "x" * 65),
+        ("PENNY_NAMESPACE", "a:b"),
+        ("PENNY_NAMESPACE", "a*"),
+        ("PENNY_REDIS_TIMEOUT", "0"),
+        ("PENNY_REDIS_TIMEOUT", "1s"),
+        ("PENNY_REDIS_COOLDOWN", "-5"),
+        ("PENNY_STATS_FLUSH_INTERVAL", "0"),
+        ("PENNY_ERROR_LOG_INTERVAL", "inf"),
+    ],
+)
+def test_bad_values_name_the_variable(name: str, value: str) -> None:
+    """A bad value raises ConfigurationError (a ValueError) whose message names the variable."""
+    with pytest.raises(ConfigurationError, match=rf"\b{name}\b") as info:
+        Settings.from_env({name: value})
+    assert isinstance(info.value, ValueError)
+
+
+def test_settings_are_frozen() -> None:
+    """Settings cannot be changed after construction, field by field."""
+    settings = Settings()
+    for field in dataclasses.fields(Settings):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(settings, field.name, getattr(settings, field.name))
+
+
+def test_replace_revalidates() -> None:
+    """dataclasses.replace goes through the same validation as construction."""
+    with pytest.raises(ConfigurationError, match="PENNY_CACHE_TTL"):
+        dataclasses.replace(Settings(), cache_ttl=-1.0)

@@ -1,0 +1,137 @@
+"""The public surface: what ``import penny_cache`` exports and the exception tree."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import penny_cache
+from penny_cache import errors
+
+PUBLIC_NAMES = [
+    "CATALOGUE",
+    "CacheError",
+    "ConfigurationError",
+    "EvolutionRecord",
+    "InvalidInputError",
+    "InvalidStateError",
+    "InvalidUserIdError",
+    "InvalidValueError",
+    "PennyCacheError",
+    "PersonalityCache",
+    "PersonalityDimension",
+    "PersonalityState",
+    "PersonalityStore",
+    "PersonalityTracker",
+    "Settings",
+    "StoreError",
+    "StoreMismatchError",
+    "StoreUnavailableError",
+    "UnknownDimensionError",
+    "get_cache",
+    "reset_cache",
+]
+
+ERROR_NAMES = [
+    "CacheDecodeError",
+    "CacheError",
+    "CacheIntegrityError",
+    "CacheTimeoutError",
+    "CacheUnavailableError",
+    "ConfigurationError",
+    "InvalidInputError",
+    "InvalidStateError",
+    "InvalidUserIdError",
+    "InvalidValueError",
+    "PennyCacheError",
+    "StoreConflictError",
+    "StoreError",
+    "StoreMismatchError",
+    "StoreUnavailableError",
+    "UnknownDimensionError",
+]
+
+# Each error and its direct parent, as drawn in the errors module docstring.
+PARENTS = {
+    "InvalidInputError": "PennyCacheError",
+    "InvalidUserIdError": "InvalidInputError",
+    "UnknownDimensionError": "InvalidInputError",
+    "InvalidValueError": "InvalidInputError",
+    "InvalidStateError": "InvalidInputError",
+    "ConfigurationError": "PennyCacheError",
+    "StoreMismatchError": "ConfigurationError",
+    "CacheError": "PennyCacheError",
+    "CacheUnavailableError": "CacheError",
+    "CacheTimeoutError": "CacheError",
+    "CacheDecodeError": "CacheError",
+    "CacheIntegrityError": "CacheDecodeError",
+    "StoreError": "PennyCacheError",
+    "StoreUnavailableError": "StoreError",
+    "StoreConflictError": "StoreError",
+}
+
+
+def test_package_all_is_pinned() -> None:
+    """penny_cache.__all__ is exactly the agreed, sorted list of public names."""
+    assert sorted(PUBLIC_NAMES) == PUBLIC_NAMES
+    assert list(penny_cache.__all__) == PUBLIC_NAMES
+
+
+@pytest.mark.parametrize("name", PUBLIC_NAMES)
+def test_every_public_name_is_importable(name: str) -> None:
+    """Each exported name resolves on a fresh import of the package."""
+    module = importlib.import_module("penny_cache")
+    assert getattr(module, name) is not None
+
+
+def test_star_import_gives_exactly_the_public_names() -> None:
+    """``from penny_cache import *`` binds every name in __all__ and nothing else public."""
+    namespace: dict[str, object] = {}
+    exec("from penny_cache import *", namespace)
+    assert sorted(k for k in namespace if k != "__builtins__") == PUBLIC_NAMES
+
+
+def test_errors_all_is_pinned() -> None:
+    """penny_cache.errors.__all__ is exactly the sorted list of the sixteen errors."""
+    assert list(errors.__all__) == ERROR_NAMES
+    for name in ERROR_NAMES:
+        assert isinstance(getattr(errors, name), type)
+
+
+def test_exported_errors_are_the_errors_module_classes() -> None:
+    """The package re-exports the very classes in penny_cache.errors, not copies."""
+    for name in PUBLIC_NAMES:
+        if name in ERROR_NAMES:
+            assert getattr(penny_cache, name) is getattr(errors, name)
+
+
+@pytest.mark.parametrize(("child", "parent"), PARENTS.items())
+def test_exception_tree(child: str, parent: str) -> None:
+    """Each error derives from its documented parent and hence from PennyCacheError."""
+    child_cls = getattr(errors, child)
+    assert issubclass(child_cls, getattr(errors, parent))
+    assert issubclass(child_cls, errors.PennyCacheError)
+    assert issubclass(child_cls, Exception)
+
+
+def test_every_error_is_placed_in_the_tree() -> None:
+    """The tree covers every exported error (the root excepted)."""
+    assert sorted([*PARENTS, "PennyCacheError"]) == ERROR_NAMES
+
+
+def test_value_errors_are_input_and_configuration_errors_only() -> None:
+    """Input and configuration errors are ValueErrors; Redis and SQL failures are not."""
+    assert issubclass(errors.InvalidInputError, ValueError)
+    assert issubclass(errors.ConfigurationError, ValueError)
+    for name in ERROR_NAMES:
+        cls = getattr(errors, name)
+        expected = issubclass(cls, errors.InvalidInputError | errors.ConfigurationError)
+        assert issubclass(cls, ValueError) == expected, name
+
+
+def test_integrity_error_is_a_decode_error() -> None:
+    """Catching CacheDecodeError also catches CacheIntegrityError (both mean: drop entry)."""
+    assert issubclass(errors.CacheIntegrityError, errors.CacheDecodeError)
+    with pytest.raises(errors.CacheDecodeError):
+        raise errors.CacheIntegrityError("wrong user")
