@@ -75,8 +75,14 @@ class RedisServerProcess:
         log = Path(self._dir, "redis.log").open("ab")  # noqa: SIM115 - owned by the process
         self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
         log.close()
-        wait_until(lambda: _answers_ping(self.port), timeout, f"redis-server :{self.port}")
+        wait_until(self._ready, timeout, f"redis-server :{self.port}")
         return self
+
+    def _ready(self) -> bool:
+        if self._proc is not None and self._proc.poll() is not None:
+            log = Path(self._dir, "redis.log").read_text(errors="replace")[-500:]
+            raise RuntimeError(f"redis-server exited with {self._proc.returncode}: {log}")
+        return _answers_ping(self.port)
 
     def version(self) -> str:
         out = subprocess.run([self.binary, "--version"], capture_output=True, check=True)  # noqa: S603

@@ -12,6 +12,7 @@ import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Annotated, Any, Final, Literal
 
@@ -155,18 +156,31 @@ def validate_confidence_change(change: object) -> float:
 
 
 def _require_unit(field: str, value: float) -> None:
-    if not _is_real(value) or not 0.0 <= value <= 1.0:  # NaN fails both comparisons
+    if value.__class__ not in _REALS or not 0.0 <= value <= 1.0:  # NaN fails both
         raise InvalidStateError(f"{field} must be in [0, 1], got {value!r}")
 
 
 def _require_utc(moment: datetime, field: str) -> datetime:
+    if moment.tzinfo is UTC:  # what msgspec decodes: the fast path of every cache hit
+        return moment
     if moment.tzinfo is None:
         raise InvalidStateError(f"{field} must be timezone-aware (UTC)")
     return moment.astimezone(UTC)
 
 
+_REALS: Final = frozenset({float, int})
+
+
+@lru_cache(maxsize=65536)
+def _checked_user_id(user_id: str) -> None:
+    validate_user_id(user_id)
+
+
 class PersonalityDimension(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One learned dimension: its value and how sure Penny is of it."""
+    """One learned dimension: its value and how sure Penny is of it.
+
+    A dimension is checked (range, kind, UTC time) when a ``PersonalityState`` holds it.
+    """
 
     value: DimensionValue
     confidence: UnitInterval
@@ -174,13 +188,8 @@ class PersonalityDimension(msgspec.Struct, frozen=True, forbid_unknown_fields=Tr
     value_type: ValueType
     last_updated: datetime
 
-    def __post_init__(self) -> None:
-        # msgspec checks the Meta bounds only when decoding; code-built values get the same.
-        _require_unit("confidence", self.confidence)
-        _require_unit("learning_rate", self.learning_rate)
-        msgspec.structs.force_setattr(
-            self, "last_updated", _require_utc(self.last_updated, "last_updated")
-        )
+    # Validated as part of its PersonalityState (one pass over all dimensions per state,
+    # instead of one Python call per dimension on every cache hit).
 
 
 class PersonalityState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -195,19 +204,25 @@ class PersonalityState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dimensions: Mapping[str, PersonalityDimension]
 
     def __post_init__(self) -> None:
-        validate_user_id(self.user_id)
-        if isinstance(self.version, bool) or not isinstance(self.version, int) or self.version < 0:
+        # Runs on every decode (every cache hit): cheap checks, fast paths first.
+        if self.user_id.__class__ is not str:
+            validate_user_id(self.user_id)
+        _checked_user_id(self.user_id)
+        if self.version.__class__ is not int or self.version < 0:
             raise InvalidStateError(f"version must be an integer >= 0, got {self.version!r}")
-        if set(self.dimensions) != set(CATALOGUE):
-            missing = sorted(set(CATALOGUE) - set(self.dimensions))
-            extra = sorted(set(self.dimensions) - set(CATALOGUE))
+        dims = self.dimensions
+        if dims.keys() != _NAMES:
+            missing = sorted(_NAMES - set(dims))
+            extra = sorted(set(dims) - _NAMES)
             raise InvalidStateError(f"dimensions do not match the catalogue: {missing=} {extra=}")
-        for name, dim in self.dimensions.items():
-            _check_dimension(name, dim)
+        checked = {name: dims[name] for name in _ORDER}
+        for name, dim in checked.items():
+            if not _dimension_ok(name, dim):
+                checked[name] = _checked_dimension(name, dim)  # raises, or normalises to UTC
         force = msgspec.structs.force_setattr
-        force(self, "updated_at", _require_utc(self.updated_at, "updated_at"))
-        ordered = {name: self.dimensions[name] for name in CATALOGUE}
-        force(self, "dimensions", MappingProxyType(ordered))
+        if self.updated_at.tzinfo is not UTC:
+            force(self, "updated_at", _require_utc(self.updated_at, "updated_at"))
+        force(self, "dimensions", MappingProxyType(checked))
 
     @property
     def overall_confidence(self) -> float:
@@ -228,14 +243,42 @@ class PersonalityState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise InvalidStateError(f"not a valid personality state: {exc}") from exc
 
 
-def _check_dimension(name: str, dim: PersonalityDimension) -> None:
-    spec = _spec(name)
+_NAMES: Final = frozenset(CATALOGUE)
+_ORDER: Final = tuple(CATALOGUE)
+_OPTIONS: Final = {spec.name: frozenset(spec.options) for spec in CATALOGUE.values()}
+_KINDS: Final = {spec.name: (spec.value_type, _OPTIONS[spec.name]) for spec in CATALOGUE.values()}
+
+
+def _dimension_ok(name: str, dim: PersonalityDimension) -> bool:
+    """The fast check every cache hit runs, seven times: comparisons only."""
+    kind, options = _KINDS[name]
+    value, confidence, rate = dim.value, dim.confidence, dim.learning_rate
+    return (
+        dim.value_type == kind
+        and (
+            value in options if options else value.__class__ in _REALS and 0.0 <= value <= 1.0  # type: ignore[operator]
+        )
+        and confidence.__class__ in _REALS
+        and 0.0 <= confidence <= 1.0
+        and rate.__class__ in _REALS
+        and 0.0 <= rate <= 1.0
+        and dim.last_updated.tzinfo is UTC
+    )
+
+
+def _checked_dimension(name: str, dim: PersonalityDimension) -> PersonalityDimension:
+    """The slow path: say exactly what is wrong, or return the dimension in UTC."""
+    spec = CATALOGUE[name]
     if dim.value_type != spec.value_type:
         raise InvalidStateError(f"{name} is {spec.value_type}, not {dim.value_type}")
     try:
         validate_dimension_value(name, dim.value)
     except InvalidValueError as exc:
         raise InvalidStateError(str(exc)) from exc
+    _require_unit(f"{name}.confidence", dim.confidence)
+    _require_unit(f"{name}.learning_rate", dim.learning_rate)
+    moment = _require_utc(dim.last_updated, f"{name}.last_updated")
+    return msgspec.structs.replace(dim, last_updated=moment)
 
 
 def builtin_hook(obj: Any) -> Any:

@@ -43,6 +43,7 @@ __all__ = ["EPOCH", "PersonalityStore"]
 
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ATTEMPTS: Final = 50
+_DEFAULT_DIMENSIONS: Final = default_state("defaults", EPOCH).dimensions
 _WRITE: Final = "penny_write"
 
 
@@ -118,7 +119,7 @@ class PersonalityStore:
         """The committed state of ``user_id`` (version 0 defaults for an unknown user)."""
         self._ensure_schema()
         with _translated(), self._engine.connect() as conn, conn.begin():
-            rows = conn.execute(_state_query(user_id)).all()
+            rows = _load_rows(conn, user_id)
         return _state_from_rows(user_id, rows)
 
     def update_dimension(
@@ -156,7 +157,7 @@ class PersonalityStore:
             _insert_ignore(conn, users, {"user_id": user_id, "version": 0, "updated_at": EPOCH})
             locked = sa.select(users.c.version).where(users.c.user_id == user_id)
             conn.execute(locked.with_for_update())
-            current = _state_from_rows(user_id, conn.execute(_state_query(user_id)).all())
+            current = _state_from_rows(user_id, _load_rows(conn, user_id))
             new = apply_update(current, dimension, value, confidence_change, now)
             bumped = conn.execute(
                 sa.update(users)
@@ -266,20 +267,22 @@ def _upsert_dimension(conn: Connection, user_id: str, name: str, dim: Personalit
         conn.execute(sa.insert(dimensions).values(user_id=user_id, dimension=name, **values))
 
 
-def _state_query(user_id: str) -> sa.Select[Any]:
-    joined = users.outerjoin(dimensions, dimensions.c.user_id == users.c.user_id)
-    return (
-        sa.select(users.c.version, users.c.updated_at, *dimensions.c)
-        .select_from(joined)
-        .where(users.c.user_id == user_id)
-    )
+# Built once: constructing a Select costs more Python time than SQLite takes to run it.
+_STATE_QUERY: Final = (
+    sa.select(users.c.version, users.c.updated_at, *dimensions.c)
+    .select_from(users.outerjoin(dimensions, dimensions.c.user_id == users.c.user_id))
+    .where(users.c.user_id == sa.bindparam("user_id"))
+)
+
+
+def _load_rows(conn: Connection, user_id: str) -> Sequence[Row[Any]]:
+    return conn.execute(_STATE_QUERY, {"user_id": user_id}).all()
 
 
 def _state_from_rows(user_id: str, rows: Sequence[Row[Any]]) -> PersonalityState:
-    base = default_state(user_id, EPOCH)
     if not rows:
-        return base
-    dims = dict(base.dimensions)
+        return default_state(user_id, EPOCH)
+    dims = dict(_DEFAULT_DIMENSIONS)
     for row in rows:
         if row.dimension in CATALOGUE:
             value = row.numeric_value if row.value_type == "continuous" else row.category_value
