@@ -1,0 +1,30 @@
+"""`make bench-quick` keeps working: a smoke run, checked for shape, never for speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_quick_benchmark_runs_and_its_counters_add_up(tmp_path: Path) -> None:
+    """The quick benchmark exits 0, writes every ratio, and its self-check of the cache's
+    counters (one hit per timed hit, one miss per timed miss) holds."""
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.bench_foundation", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["counters_check"]["ok"] is True
+    assert set(report["ratios"]) == {"hit_vs_raw", "miss_vs_budget"}
+    assert all(ratio > 0 for ratio in report["ratios"].values())
