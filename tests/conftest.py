@@ -6,6 +6,7 @@ Integration fixtures skip when a service cannot be had, unless ``PENNY_REQUIRE_S
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -109,38 +110,40 @@ def store(sqlite_url: str, utc_clock: FakeUTCClock) -> Iterator[PersonalityStore
     s.close()
 
 
-@pytest.fixture(scope="session")
-def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    """A real Redis: ``--redis-url``/``PENNY_TEST_REDIS_URL``, else a private redis-server."""
-    given = request.config.getoption("--redis-url")
-    if given:
-        if not redis.Redis.from_url(given, socket_timeout=1).ping():
-            unavailable(f"no Redis at {given}")
-        yield given
-        return
+@contextlib.contextmanager
+def private_redis() -> Iterator[RedisServerProcess]:
+    """Start a redis-server on a free loopback port (or skip/fail) and always stop it."""
     try:
         server = RedisServerProcess().start()
-    except (FileNotFoundError, TimeoutError) as exc:
-        unavailable(f"cannot start redis-server: {exc}")
-        return
-    try:
-        yield server.url
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def own_redis() -> Iterator[RedisServerProcess]:
-    """A private redis-server this test may kill, pause or restart."""
-    try:
-        server = RedisServerProcess().start()
-    except (FileNotFoundError, TimeoutError) as exc:
+    except (FileNotFoundError, TimeoutError, RuntimeError) as exc:
         unavailable(f"cannot start redis-server: {exc}")
         raise
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A real Redis: ``--redis-url``/``PENNY_TEST_REDIS_URL``, else a private redis-server."""
+    given = request.config.getoption("--redis-url")
+    if given:
+        try:
+            redis.Redis.from_url(given, socket_timeout=1).ping()
+        except redis.RedisError as exc:
+            unavailable(f"no Redis at {given}: {exc}")
+        yield given
+        return
+    with private_redis() as server:
+        yield server.url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServerProcess]:
+    """A private redis-server this test may kill, pause or restart."""
+    with private_redis() as server:
+        yield server
 
 
 @pytest.fixture
