@@ -13,7 +13,7 @@ the cache treats both as a miss and deletes the entry.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Final, TypeVar
+from typing import Any, Final, NamedTuple, TypeVar
 
 import msgspec
 
@@ -23,6 +23,7 @@ from penny_cache.state import PersonalityState, builtin_hook
 __all__ = [
     "ENVELOPE_SCHEMA",
     "MAX_ENTRY_BYTES",
+    "Entry",
     "decode_mapping",
     "decode_state",
     "encode_mapping",
@@ -32,6 +33,15 @@ __all__ = [
 
 ENVELOPE_SCHEMA: Final = 1
 MAX_ENTRY_BYTES: Final = 64 * 1024
+
+
+class Entry(NamedTuple):
+    """One envelope to write under ``key``, version-checked against what is there."""
+
+    key: str
+    version: int
+    payload: bytes
+    ttl_ms: int
 
 
 class _StateEnvelope(msgspec.Struct, frozen=True):

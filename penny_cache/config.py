@@ -77,15 +77,39 @@ class Settings:
     redis_cooldown: float = 1.0
     stats_flush_interval: float = 1.0
     error_log_interval: float = 60.0
+    near_cache: bool = True
+    near_cache_size: int = 10_000
+    near_cache_ttl: float | None = None  # None: min(10 s, cache_ttl / 10)
+    max_staleness: float = 0.5
+    lease_ttl: float = 0.25
 
     def __post_init__(self) -> None:
-        validate_redis_url(self.redis_url, source="PENNY_REDIS_URL")
-        validate_namespace(self.namespace, source="PENNY_NAMESPACE")
+        validate_redis_url(self.redis_url, source=_label("redis_url"))
+        validate_namespace(self.namespace, source=_label("namespace"))
         if not self.database_url.strip():
             raise ConfigurationError("PENNY_DATABASE_URL must not be empty")
         for name in _DURATIONS:
-            positive_seconds(getattr(self, name), _ENV_NAMES[name])
-        validate_jitter(self.ttl_jitter, "PENNY_CACHE_TTL_JITTER")
+            positive_seconds(getattr(self, name), _label(name))
+        validate_jitter(self.ttl_jitter, _label("ttl_jitter"))
+        if self.near_cache_ttl is not None:
+            positive_seconds(self.near_cache_ttl, _label("near_cache_ttl"))
+        size = self.near_cache_size
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 10_000_000:
+            raise ConfigurationError(
+                f"{_label('near_cache_size')} must be 1..10000000, got {size!r}"
+            )
+        if self.near_cache_ttl is not None and self.near_cache_ttl >= self.cache_ttl:
+            raise ConfigurationError(
+                f"{_label('near_cache_ttl')} ({self.near_cache_ttl}) must be below "
+                f"{_label('cache_ttl')} ({self.cache_ttl})"
+            )
+
+    @property
+    def near_ttl(self) -> float:
+        """How long a near-cache entry lives: well below the Redis TTL."""
+        if self.near_cache_ttl is not None:
+            return self.near_cache_ttl
+        return min(10.0, self.cache_ttl / 10)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
@@ -118,6 +142,11 @@ _ENV_NAMES: Final = {
     "redis_cooldown": "PENNY_REDIS_COOLDOWN",
     "stats_flush_interval": "PENNY_STATS_FLUSH_INTERVAL",
     "error_log_interval": "PENNY_ERROR_LOG_INTERVAL",
+    "near_cache": "PENNY_NEAR_CACHE",
+    "near_cache_size": "PENNY_NEAR_CACHE_SIZE",
+    "near_cache_ttl": "PENNY_NEAR_CACHE_TTL",
+    "max_staleness": "PENNY_MAX_STALENESS",
+    "lease_ttl": "PENNY_LEASE_TTL",
 }
 _DURATIONS: Final = (
     "cache_ttl",
@@ -125,7 +154,25 @@ _DURATIONS: Final = (
     "redis_cooldown",
     "stats_flush_interval",
     "error_log_interval",
+    "max_staleness",
+    "lease_ttl",
 )
+
+
+def _label(field: str) -> str:
+    """How an error names a setting: its variable, and the argument it comes from."""
+    return f"{_ENV_NAMES[field]} ({field})"
+
+
+def _parse_bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(text)
+
+
 _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "cache_ttl": float,
     "ttl_jitter": float,
@@ -133,4 +180,9 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "redis_cooldown": float,
     "stats_flush_interval": float,
     "error_log_interval": float,
+    "near_cache": _parse_bool,
+    "near_cache_size": int,
+    "near_cache_ttl": float,
+    "max_staleness": float,
+    "lease_ttl": float,
 }

@@ -3,7 +3,10 @@
 Layout (``v1``), for namespace ``penny`` and store scope ``s``::
 
     penny:v1:s:state:{<user>}      a PersonalityState envelope (string, TTL)
+    penny:v1:s:lease:{<user>}      a loader lease against stampedes (string, short TTL)
     penny:v1:legacy:{<user>}       a drop-in PersonalityStateCache mapping (string, TTL)
+    penny:v1:inv:seq               the invalidation sequence number (integer, no TTL)
+    penny:v1:inv                   the invalidation pub/sub channel
     {penny:stats}:v1:counters      per-process cumulative counters (hash, no TTL)
     {penny:stats}:v1:retired:<p>   marker that process <p> folded its counters (string, TTL)
 
@@ -66,6 +69,18 @@ class KeySchema:
 
     def state(self, user_id: str) -> str:
         return f"{self.base}:{self.scope}:state:{{{encode_user_id(user_id)}}}"
+
+    def lease(self, user_id: str) -> str:
+        """The loader lease of a user: same hash tag (slot) as the entry."""
+        return f"{self.base}:{self.scope}:lease:{{{encode_user_id(user_id)}}}"
+
+    def sequence(self) -> str:
+        """The namespace's invalidation sequence counter."""
+        return f"{self.base}:inv:seq"
+
+    def channel(self) -> str:
+        """The namespace's invalidation channel (one per namespace, all scopes)."""
+        return f"{self.base}:inv"
 
     def state_pattern(self) -> str:
         return f"{self.base}:{self.scope}:state:*"

@@ -7,6 +7,7 @@ so a dead or hanging Redis costs one timeout per cooldown, not one per request.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,11 +18,32 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from penny_cache import scripts
+from penny_cache.codec import Entry, version_prefix
 from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
 
 __all__ = ["RedisBackend"]
 
 _SCAN_BATCH = 500
+
+
+class _Script:
+    """A Lua source and its SHA1, for EVALSHA."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+
+def _entry_args(entry: Entry) -> tuple[int, bytes, int, str]:
+    return entry.version, entry.payload, entry.ttl_ms, _PREFIX
+
+
+_PREFIX = version_prefix()
+_FILL = _Script(scripts.FILL)
+_WRITE_PUBLISH = _Script(scripts.WRITE_PUBLISH)
+_INVALIDATE_PUBLISH = _Script(scripts.INVALIDATE_PUBLISH)
+_PUBLISH_FLUSH = _Script(scripts.PUBLISH_FLUSH)
+_RETIRE = _Script(scripts.RETIRE_COUNTERS)
 _T = TypeVar("_T")
 
 
@@ -40,8 +62,6 @@ class RedisBackend:
         self._monotonic = monotonic
         self._down_until = 0.0
         self._lock = threading.Lock()
-        self._set_if_newer = client.register_script(scripts.SET_IF_NEWER)
-        self._retire = client.register_script(scripts.RETIRE_COUNTERS)
 
     @classmethod
     def from_url(
@@ -112,11 +132,49 @@ class RedisBackend:
     def set(self, key: str, payload: bytes, ttl_ms: int) -> None:
         self._run(lambda: self._client.set(key, payload, px=ttl_ms))
 
-    def set_if_newer(
-        self, key: str, version: int, payload: bytes, ttl_ms: int, prefix: str
-    ) -> bool:
-        args: list[bytes | str | int] = [version, payload, ttl_ms, prefix]
-        return bool(self._run(lambda: self._set_if_newer(keys=[key], args=args)))
+    def _eval(self, script: _Script, keys: list[str], args: list[bytes | str | int]) -> Any:
+        """EVALSHA, loading the script once if the server lost it (restart, FLUSHALL)."""
+        client = self._client
+        try:
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(script.source)
+            return client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def fill(self, entry: Entry, lease_key: str, token: str = "") -> bool:
+        """Version-checked write of a SQL read; releases ``token``'s lease."""
+        args: list[bytes | str | int] = [*_entry_args(entry), token]
+        return bool(self._run(lambda: self._eval(_FILL, [entry.key, lease_key], args)))
+
+    def write_publish(self, entry: Entry, seq_key: str, channel: str, encoded_user: str) -> bool:
+        """Version-checked write-through plus the invalidation message, in one trip."""
+        args: list[bytes | str | int] = [*_entry_args(entry), channel, encoded_user]
+        written, _seq = self._run(lambda: self._eval(_WRITE_PUBLISH, [entry.key, seq_key], args))
+        return bool(written)
+
+    def invalidate_publish(self, key: str, seq_key: str, channel: str, encoded_user: str) -> None:
+        args: list[bytes | str | int] = [channel, encoded_user]
+        self._run(lambda: self._eval(_INVALIDATE_PUBLISH, [key, seq_key], args))
+
+    def publish_flush(self, seq_key: str, channel: str) -> None:
+        self._run(lambda: self._eval(_PUBLISH_FLUSH, [seq_key], [channel]))
+
+    def try_lease(self, key: str, token: str, ttl_ms: int) -> bool:
+        """SET NX PX: True when this caller may load; one loader per user per lease."""
+        return bool(self._run(lambda: self._client.set(key, token, nx=True, px=ttl_ms)))
+
+    def subscriber(self, socket_timeout: float) -> redis.Redis:
+        """A fresh client for one pub/sub subscription: no retries, so a dropped
+        connection surfaces to the listener instead of being papered over."""
+        kwargs = dict(self._client.connection_pool.connection_kwargs)
+        kwargs.update(
+            socket_timeout=socket_timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        pool = redis.ConnectionPool(
+            connection_class=self._client.connection_pool.connection_class, **kwargs
+        )
+        return redis.Redis(connection_pool=pool)
 
     def delete(self, key: str) -> bool:
         return bool(self._run(lambda: self._client.unlink(key)))
@@ -152,10 +210,10 @@ class RedisBackend:
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
     ) -> bool:
-        args: list[str | int] = [process_id, 7 * 86400]
+        args: list[bytes | str | int] = [process_id, 7 * 86400]
         for name, value in totals.items():
             args += [name, value]
-        return bool(self._run(lambda: self._retire(keys=[key, marker], args=args)))
+        return bool(self._run(lambda: self._eval(_RETIRE, [key, marker], args)))
 
     def ping(self) -> bool:
         return bool(self._run(self._client.ping))

@@ -1,36 +1,89 @@
 """Lua sources. Each is headed by its KEYS/ARGV contract; each is atomic on the server.
 
-redis-py's ``Script`` objects call EVALSHA and reload on NOSCRIPT, so a restarted Redis
+The backend runs them with EVALSHA and reloads on NOSCRIPT, so a restarted Redis
 (scripts gone) costs one extra round trip, never an error.
+
+The version compare-and-set is one Lua function (``_CAS``) shared by the scripts that
+write entries; an entry whose version cannot be read is overwritten (a read would drop
+it anyway).
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["RETIRE_COUNTERS", "SET_IF_NEWER"]
+__all__ = ["FILL", "INVALIDATE_PUBLISH", "PUBLISH_FLUSH", "RETIRE_COUNTERS", "WRITE_PUBLISH"]
 
-SET_IF_NEWER: Final = """
--- Version compare-and-set fill: never replace an entry of the same or a newer version.
--- KEYS[1]  entry key
--- ARGV[1]  version of the new entry (integer)
--- ARGV[2]  the new envelope
--- ARGV[3]  TTL in milliseconds
--- ARGV[4]  literal prefix of a current-schema envelope, up to the version digits
--- returns  1 when written, 0 when a same-or-newer version is already there
--- An entry whose version cannot be read is overwritten (a read would drop it anyway).
-local current = redis.call('GET', KEYS[1])
-if current then
-  local prefix = ARGV[4]
-  if string.sub(current, 1, #prefix) == prefix then
+_CAS: Final = """
+local function cas(key, version, payload, ttl_ms, prefix)
+  local current = redis.call('GET', key)
+  if current and string.sub(current, 1, #prefix) == prefix then
     local stored = tonumber(string.match(current, '^(%d+),', #prefix + 1))
-    if stored and stored >= tonumber(ARGV[1]) then
+    if stored and stored >= tonumber(version) then
       return 0
     end
   end
+  redis.call('SET', key, payload, 'PX', ttl_ms)
+  return 1
 end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-return 1
+"""
+
+FILL: Final = (
+    """
+-- A fill after a SQL read: write unless the same or a newer version is there; release
+-- the loader lease if this loader still holds it. Publishes nothing: a fill never
+-- replaces anything another process may hold.
+-- KEYS[1]  entry key          KEYS[2]  lease key (same slot)
+-- ARGV[1]  version            ARGV[2]  envelope         ARGV[3]  TTL in ms
+-- ARGV[4]  envelope prefix up to the version digits     ARGV[5]  lease token ('' = none)
+-- returns  1 when written, 0 when a same-or-newer version is already there
+"""
+    + _CAS
+    + """
+local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) == ARGV[5] then
+  redis.call('DEL', KEYS[2])
+end
+return written
+"""
+)
+
+WRITE_PUBLISH: Final = (
+    """
+-- Write a committed (or explicitly set) state through, and tell every near cache.
+-- KEYS[1]  entry key          KEYS[2]  sequence key
+-- ARGV[1]  version            ARGV[2]  envelope         ARGV[3]  TTL in ms
+-- ARGV[4]  envelope prefix    ARGV[5]  channel          ARGV[6]  encoded user id
+-- returns  {written (1/0), sequence number published}
+-- Publishes even when a newer version is there: it only ever makes caches drop more.
+"""
+    + _CAS
+    + """
+local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[5], seq .. '|' .. ARGV[1] .. '|' .. ARGV[6])
+return {written, seq}
+"""
+)
+
+INVALIDATE_PUBLISH: Final = """
+-- Drop an entry and tell every near cache to drop the user, whatever its version.
+-- KEYS[1]  entry key          KEYS[2]  sequence key
+-- ARGV[1]  channel            ARGV[2]  encoded user id
+-- returns  the sequence number published
+redis.call('UNLINK', KEYS[1])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[1], seq .. '|*|' .. ARGV[2])
+return seq
+"""
+
+PUBLISH_FLUSH: Final = """
+-- Tell every near cache to empty itself (after clear()).
+-- KEYS[1]  sequence key       ARGV[1]  channel
+-- returns  the sequence number published
+local seq = redis.call('INCR', KEYS[1])
+redis.call('PUBLISH', ARGV[1], seq .. '|flush|')
+return seq
 """
 
 RETIRE_COUNTERS: Final = """

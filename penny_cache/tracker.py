@@ -9,10 +9,14 @@ Redis trouble never reaches the caller: the cache answers a miss and SQL answers
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 from typing import Any, Final
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.errors import InvalidInputError
+from penny_cache.flight import SingleFlight
+from penny_cache.near import Ticket
 from penny_cache.state import (
     EvolutionRecord,
     PersonalityState,
@@ -51,7 +55,14 @@ def _validate_days(days: object) -> float:
 class PersonalityTracker:
     """Penny's personality tracker, sharing one cache across processes."""
 
-    def __init__(self, store: PersonalityStore, cache: PersonalityCache | None = None) -> None:
+    def __init__(
+        self,
+        store: PersonalityStore,
+        cache: PersonalityCache | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if cache is None:
             from penny_cache.facade import get_cache
 
@@ -59,6 +70,9 @@ class PersonalityTracker:
         self._store = store
         self._cache = cache
         self._bound = False
+        self._loads: SingleFlight[PersonalityState] = SingleFlight()
+        self._monotonic = monotonic
+        self._sleep = sleep
 
     @property
     def store(self) -> PersonalityStore:
@@ -79,12 +93,34 @@ class PersonalityTracker:
         """The user's current state: from the cache when present, else from SQL."""
         validate_user_id(user_id)
         self._bind()
+        ticket = self._cache.ticket()  # before the lookup: a later invalidation wins
         cached = self._cache.get(user_id)
         if cached is not None:
             return cached
+        return self._loads.run(user_id, lambda: self._load(user_id, ticket))
+
+    def _load(self, user_id: str, ticket: Ticket | None) -> PersonalityState:
+        """One loader per user per process; across processes, one per lease."""
+        lease = self._cache.acquire_lease(user_id)
+        if lease is None:
+            state = self._wait_for_other_loader(user_id)
+            if state is not None:
+                return state
+            lease = ""  # the other loader is late: read SQL ourselves
         state = self._store.load(user_id)
-        self._cache.set(user_id, state)
+        self._cache.fill(state, ticket, lease)
         return state
+
+    def _wait_for_other_loader(self, user_id: str) -> PersonalityState | None:
+        deadline = self._monotonic() + self._cache.lease_ttl
+        delay = 0.001
+        while self._monotonic() < deadline:
+            self._sleep(delay)
+            state = self._cache.peek(user_id)
+            if state is not None:
+                return state
+            delay = min(delay * 2, 0.02)
+        return None
 
     def update_personality_dimension(
         self,

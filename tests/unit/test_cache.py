@@ -9,6 +9,7 @@ import fakeredis
 import pytest
 
 from penny_cache.cache import PersonalityCache
+from penny_cache.codec import Entry
 from penny_cache.errors import CacheUnavailableError, InvalidStateError, InvalidUserIdError
 from penny_cache.redis_backend import RedisBackend
 from penny_cache.state import PersonalityState, apply_update, default_state
@@ -205,9 +206,16 @@ class _DownBackend(RedisBackend):
     def get(self, key: str) -> bytes | None:
         raise CacheUnavailableError("down")
 
-    def set_if_newer(
-        self, key: str, version: int, payload: bytes, ttl_ms: int, prefix: str
-    ) -> bool:
+    def fill(self, entry: Entry, lease_key: str, token: str = "") -> bool:
+        raise CacheUnavailableError("down")
+
+    def write_publish(self, entry: Entry, seq_key: str, channel: str, encoded_user: str) -> bool:
+        raise CacheUnavailableError("down")
+
+    def invalidate_publish(self, key: str, seq_key: str, channel: str, encoded_user: str) -> None:
+        raise CacheUnavailableError("down")
+
+    def try_lease(self, key: str, token: str, ttl_ms: int) -> bool:
         raise CacheUnavailableError("down")
 
     def delete(self, key: str) -> bool:
@@ -244,12 +252,10 @@ class _FlakyBackend(RedisBackend):
 
     down = False
 
-    def set_if_newer(
-        self, key: str, version: int, payload: bytes, ttl_ms: int, prefix: str
-    ) -> bool:
+    def write_publish(self, entry: Entry, seq_key: str, channel: str, encoded_user: str) -> bool:
         if self.down:
             raise CacheUnavailableError("down")
-        return super().set_if_newer(key, version, payload, ttl_ms, prefix)
+        return super().write_publish(entry, seq_key, channel, encoded_user)
 
 
 def test_undelivered_write_through_is_kept_and_delivered(

@@ -19,6 +19,11 @@ ALL_VARIABLES = {
     "PENNY_REDIS_COOLDOWN": "2.5",
     "PENNY_STATS_FLUSH_INTERVAL": "5",
     "PENNY_ERROR_LOG_INTERVAL": "30",
+    "PENNY_NEAR_CACHE": "off",
+    "PENNY_NEAR_CACHE_SIZE": "500",
+    "PENNY_NEAR_CACHE_TTL": "3",
+    "PENNY_MAX_STALENESS": "0.25",
+    "PENNY_LEASE_TTL": "0.5",
 }
 
 
@@ -55,6 +60,11 @@ def test_every_variable_is_parsed() -> None:
         redis_cooldown=2.5,
         stats_flush_interval=5.0,
         error_log_interval=30.0,
+        near_cache=False,
+        near_cache_size=500,
+        near_cache_ttl=3.0,
+        max_staleness=0.25,
+        lease_ttl=0.5,
     )
     assert isinstance(settings.cache_ttl, float)
 
@@ -74,6 +84,29 @@ def test_every_field_has_a_variable() -> None:
 def test_blank_values_keep_defaults(name: str, blank: str) -> None:
     """A set-but-blank variable is treated as unset."""
     assert Settings.from_env({name: blank}) == Settings()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PENNY_NEAR_CACHE", "maybe"),
+        ("PENNY_NEAR_CACHE_SIZE", "0"),
+        ("PENNY_NEAR_CACHE_SIZE", "1.5"),
+        ("PENNY_NEAR_CACHE_TTL", "900"),
+        ("PENNY_MAX_STALENESS", "0"),
+        ("PENNY_LEASE_TTL", "-1"),
+    ],
+)
+def test_bad_near_cache_settings_name_the_variable(variable: str, value: str) -> None:
+    """Near-cache settings are validated like the rest, naming the variable."""
+    with pytest.raises(ConfigurationError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_near_ttl_defaults_well_below_the_redis_ttl() -> None:
+    """Without PENNY_NEAR_CACHE_TTL the near TTL is min(10 s, cache TTL / 10)."""
+    assert Settings().near_ttl == 10.0
+    assert Settings(cache_ttl=20).near_ttl == 2.0
 
 
 def test_values_are_stripped() -> None:

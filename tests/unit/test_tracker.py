@@ -11,6 +11,7 @@ import pytest
 from penny_cache.cache import PersonalityCache
 from penny_cache.codec import encode_state
 from penny_cache.errors import InvalidInputError, StoreMismatchError, UnknownDimensionError
+from penny_cache.near import Ticket
 from penny_cache.redis_backend import RedisBackend
 from penny_cache.state import PersonalityState
 from penny_cache.store import PersonalityStore
@@ -50,8 +51,8 @@ class ParkingStore(PersonalityStore):
 class PlainCacheAside(PersonalityCache):
     """The naive policy the race test must catch: a fill is an unconditional SET."""
 
-    def set(self, user_id: str, state: PersonalityState) -> bool:
-        return self.store_unversioned(self.keys.state(user_id), encode_state(state))
+    def fill(self, state: PersonalityState, ticket: Ticket | None, lease: str = "") -> bool:
+        return self.store_unversioned(self.keys.state(state.user_id), encode_state(state))
 
 
 @pytest.fixture

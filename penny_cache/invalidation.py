@@ -1,0 +1,231 @@
+"""Invalidation over Redis pub/sub: the message format and the listener that applies it.
+
+Every write that changes what a near cache may hold (an update's write-through, ``set``,
+``invalidate``, ``clear``) runs one Lua script that also takes the namespace's next
+sequence number and publishes ``<seq>|<version>|<user>`` (``*`` for "any version",
+``flush`` to empty every near cache). The listener, one daemon thread per process,
+applies each message to its near cache and keeps the near cache *trusted* only while
+it can prove it has seen everything:
+
+* a sequence number that is not the last one plus one (a lost message, a Redis restart
+  that reset the counter) flushes the near cache;
+* a dropped connection, or a reconnect made behind our back by redis-py (it resubscribes
+  silently), flushes it and distrusts it until the new subscription is proven;
+* trust lasts ``max_staleness`` after a PING whose PONG came back: Redis answers in
+  order on the subscriber connection, so every message published before that PING was
+  applied before the PONG was read. No PONG in time means reads go to Redis;
+* a message that does not parse (or is forged) flushes, which is always safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import redis
+from redis.client import PubSub
+
+from penny_cache.keys import decode_user_id
+from penny_cache.near import NearCache
+from penny_cache.state import validate_user_id
+
+__all__ = ["InvalidationListener", "Message", "format_message", "parse_message"]
+
+log = logging.getLogger("penny_cache.invalidation")
+ANY_VERSION: Final = "*"
+FLUSH: Final = "flush"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One parsed invalidation: ``user_id`` None means flush everything."""
+
+    seq: int
+    user_id: str | None
+    version: int | None
+
+
+def format_message(seq: int, version: int | str, encoded_user: str) -> bytes:
+    """The wire form the Lua scripts build (kept here for tests and tools)."""
+    return f"{seq}|{version}|{encoded_user}".encode()
+
+
+def parse_message(data: bytes) -> Message:
+    """Parse a message, or raise ``ValueError`` for anything malformed or forged."""
+    seq_text, version_text, user_text = data.decode("ascii").split("|", 2)
+    if not seq_text.isdigit():
+        raise ValueError("bad sequence number")
+    seq = int(seq_text)
+    if version_text == FLUSH:
+        if user_text:
+            raise ValueError("flush carries no user")
+        return Message(seq, None, None)
+    user_id = validate_user_id(decode_user_id(user_text))
+    if version_text == ANY_VERSION:
+        return Message(seq, user_id, None)
+    if not version_text.isdigit():
+        raise ValueError("bad version")
+    return Message(seq, user_id, int(version_text))
+
+
+class _TrackedPubSub(PubSub):
+    """Counts (re)connections: redis-py resubscribes after a reconnect and tells nobody."""
+
+    connects = 0
+
+    def on_connect(self, connection: Any) -> None:
+        self.connects += 1
+        super().on_connect(connection)
+
+
+class InvalidationListener:
+    """Applies invalidations to a near cache and says when the near cache may be trusted."""
+
+    def __init__(
+        self,
+        client_factory: Callable[[], redis.Redis],
+        channel: str,
+        near: NearCache,
+        *,
+        max_staleness: float = 0.5,
+        monotonic: Callable[[], float] = time.monotonic,
+        on_event: Callable[[str], None] = lambda _event: None,
+    ) -> None:
+        self._client_factory = client_factory
+        self._channel = channel
+        self._near = near
+        self._max_staleness = max_staleness
+        self._ping_every = max_staleness / 4
+        self._monotonic = monotonic
+        self._on_event = on_event
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pings: dict[str, float] = {}
+        self._last_seq: int | None = None
+        self.trusted_until = 0.0
+        self.last_applied_lag: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> None:
+        """Start the daemon thread (idempotent)."""
+        if self.running:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="penny-cache-listener", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self.trusted_until = 0.0
+
+    def after_fork(self) -> None:
+        """A forked child has no thread and no subscription: start over, distrusted."""
+        self._thread = None
+        self._stop = threading.Event()
+        self._distrust()
+
+    def _distrust(self) -> None:
+        self.trusted_until = 0.0
+        self._last_seq = None
+        self._pings.clear()
+        self._near.flush()
+
+    def _run(self) -> None:
+        backoff = 0.01
+        while not self._stop.is_set():
+            try:
+                self._listen()
+                backoff = 0.01
+            except (redis.RedisError, OSError, ValueError) as exc:
+                log.warning("invalidation listener lost its subscription: %s", exc)
+            self._distrust()
+            self._on_event("reconnect")
+            self._stop.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+
+    def _listen(self) -> None:
+        client = self._client_factory()
+        pubsub = _TrackedPubSub(connection_pool=client.connection_pool)
+        try:
+            pubsub.subscribe(self._channel)
+            self._pump(pubsub)
+        finally:
+            pubsub.close()
+            client.close()
+
+    def _pump(self, pubsub: _TrackedPubSub) -> None:
+        last_ping = 0.0
+        connects = None
+        while not self._stop.is_set():
+            now = self._monotonic()
+            if now - last_ping >= self._ping_every:
+                self._send_ping(pubsub, now)
+                last_ping = now
+            if self._overdue(now):
+                raise ValueError("no pong within three staleness windows")
+            message = pubsub.get_message(timeout=self._ping_every)
+            if connects is None:
+                connects = pubsub.connects
+            elif pubsub.connects != connects:
+                raise ValueError("redis-py reconnected the subscriber behind our back")
+            if message is not None:
+                self._handle(message)
+
+    def _send_ping(self, pubsub: _TrackedPubSub, now: float) -> None:
+        token = f"penny-{now:.6f}"
+        self._pings[token] = now
+        pubsub.ping(token)
+
+    def _overdue(self, now: float) -> bool:
+        oldest = min(self._pings.values(), default=now)
+        return now - oldest > 3 * self._max_staleness
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "pong":
+            self._on_pong(message["data"])
+        elif kind == "message":
+            self._apply(message["data"])
+        elif kind == "subscribe":
+            # Only now is every later publish sure to reach us. Whatever the near cache
+            # took in before may have missed one: start over (and refuse older tickets).
+            self._near.flush()
+            self._last_seq = None
+
+    def _on_pong(self, data: bytes | str) -> None:
+        token = data.decode() if isinstance(data, bytes) else data
+        sent = self._pings.pop(token, None)
+        if sent is None:
+            return
+        for older in [t for t, at in self._pings.items() if at < sent]:
+            del self._pings[older]  # answered in order: older pings were lost with a reset
+        self.trusted_until = max(self.trusted_until, sent + self._max_staleness)
+
+    def _apply(self, data: bytes) -> None:
+        try:
+            message = parse_message(data)
+        except (ValueError, UnicodeDecodeError):
+            self._on_event("malformed")
+            self._near.flush()
+            return
+        expected = None if self._last_seq is None else self._last_seq + 1
+        self._last_seq = message.seq
+        if expected is not None and message.seq != expected:
+            self._on_event("gap")
+            self._near.flush()
+            return
+        if message.user_id is None:
+            self._near.flush()
+        else:
+            self._near.invalidate(message.user_id, message.version)
+        self._on_event("applied")

@@ -1,0 +1,80 @@
+"""Assembly: Settings in, a wired ``PersonalityCache`` out (backend, near cache, listener).
+
+Kept apart so the policy (``cache.py``) never imports redis-py: only this module, the
+backend and the listener know which driver sits underneath.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+
+from penny_cache.config import Settings
+from penny_cache.errors import ConfigurationError
+from penny_cache.invalidation import InvalidationListener
+from penny_cache.near import NearCache
+from penny_cache.redis_backend import RedisBackend
+
+if TYPE_CHECKING:
+    from penny_cache.cache import PersonalityCache
+
+__all__ = ["cache_from_settings", "cache_from_url"]
+
+# from_url() keeps the short argument names of the original API.
+_ALIASES: Final = {"ttl": "cache_ttl", "timeout": "redis_timeout", "cooldown": "redis_cooldown"}
+
+
+def cache_from_url(cls: type[PersonalityCache], url: str, **options: Any) -> PersonalityCache:
+    """``PersonalityCache.from_url``: options are ``Settings`` fields (or their aliases);
+    ``stats_flush_interval=None`` turns the background flusher off (tests)."""
+    flush: Any = options.pop("stats_flush_interval", 1.0)
+    fields = {_ALIASES.get(name, name): value for name, value in options.items()}
+    unknown = set(fields) - set(Settings.__dataclass_fields__)
+    if unknown:
+        raise ConfigurationError(f"unknown cache options: {', '.join(sorted(unknown))}")
+    settings = Settings(redis_url=url, **fields)
+    return cache_from_settings(cls, settings, stats_flush_interval=flush)
+
+
+def cache_from_settings(
+    cls: type[PersonalityCache],
+    settings: Settings,
+    *,
+    stats_flush_interval: float | object | None = ...,
+) -> PersonalityCache:
+    """A cache shaped by ``settings`` on a redis-py backend."""
+    backend = RedisBackend.from_url(
+        settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
+    )
+    near = None
+    if settings.near_cache:
+        near = NearCache(settings.near_cache_size, settings.near_ttl)
+    flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
+    return cls(
+        backend,
+        namespace=settings.namespace,
+        ttl=settings.cache_ttl,
+        ttl_jitter=settings.ttl_jitter,
+        stats_flush_interval=flush,  # type: ignore[arg-type]
+        error_log_interval=settings.error_log_interval,
+        near=near,
+        listener=_listener_factory(backend, settings),
+        lease_ttl=settings.lease_ttl,
+    )
+
+
+def _listener_factory(
+    backend: RedisBackend, settings: Settings
+) -> Callable[[NearCache, str, Callable[[str], None]], InvalidationListener]:
+    def build(
+        near: NearCache, channel: str, on_event: Callable[[str], None]
+    ) -> InvalidationListener:
+        return InvalidationListener(
+            lambda: backend.subscriber(socket_timeout=max(settings.max_staleness, 0.5)),
+            channel,
+            near,
+            max_staleness=settings.max_staleness,
+            on_event=on_event,
+        )
+
+    return build
