@@ -17,6 +17,7 @@ from penny_cache.cache import PersonalityCache
 from penny_cache.errors import InvalidInputError
 from penny_cache.flight import SingleFlight
 from penny_cache.near import Ticket
+from penny_cache.policy import CachePolicy, Flow, drive
 from penny_cache.state import (
     EvolutionRecord,
     PersonalityState,
@@ -27,7 +28,7 @@ from penny_cache.state import (
 )
 from penny_cache.store import PersonalityStore
 
-__all__ = ["MAX_CONTEXT_CHARS", "PersonalityTracker"]
+__all__ = ["MAX_CONTEXT_CHARS", "PersonalityTracker", "TrackerPolicy"]
 
 MAX_CONTEXT_CHARS: Final = 4096
 
@@ -52,7 +53,83 @@ def _validate_days(days: object) -> float:
     return float(days)
 
 
-class PersonalityTracker:
+class TrackerPolicy:
+    """Validation and the read/update flows, shared by the sync and async trackers.
+
+    Flows yield cache backend operations plus two of their own, ``sql_load`` and
+    ``sleep``, which each driver runs its own way (a call, or a thread and ``await``).
+    """
+
+    def __init__(
+        self,
+        store: PersonalityStore,
+        cache: CachePolicy,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._policy = cache
+        self._bound = False
+        self._monotonic = monotonic
+
+    @property
+    def store(self) -> PersonalityStore:
+        return self._store
+
+    def _bind(self) -> None:
+        # Lazy: reading the store's identity touches the database, which a constructor
+        # should not do (and the database may come up after the process).
+        if not self._bound:
+            self._policy.bind_store(self._store.identity)
+            self._bound = True
+
+    def _load_flow(self, user_id: str, ticket: Ticket | None) -> Flow[PersonalityState]:
+        """One loader per user per lease across processes; the rest wait for its fill."""
+        lease = yield from self._policy.lease_flow(user_id)
+        if lease is None:
+            state = yield from self._wait_flow(user_id)
+            if state is not None:
+                return state
+            lease = ""  # the other loader is late: read SQL ourselves
+        state = yield ("sql_load", (user_id,))
+        yield from self._policy.fill_flow(state, ticket, lease)
+        return state  # type: ignore[no-any-return]
+
+    def _wait_flow(self, user_id: str) -> Flow[PersonalityState | None]:
+        deadline = self._monotonic() + self._policy.lease_ttl
+        delay = 0.001
+        while self._monotonic() < deadline:
+            yield ("sleep", (delay,))
+            state = yield from self._policy.peek_flow(user_id)
+            if state is not None:
+                return state
+            delay = min(delay * 2, 0.02)
+        return None
+
+    def _update_args(
+        self, user_id: str, dimension: str, value: object, change: object, context: object
+    ) -> tuple[str, str, float | str, float, str | None]:
+        """Validate at the edge: bad input raises ``InvalidInputError``, nothing written."""
+        validate_user_id(user_id)
+        normalised = validate_dimension_value(dimension, value)
+        return (
+            user_id,
+            dimension,
+            normalised,
+            validate_confidence_change(change),
+            _validate_context(context),
+        )
+
+    def _history_args(
+        self, user_id: str, dimension: str | None, days: object
+    ) -> tuple[str, str | None, float]:
+        validate_user_id(user_id)
+        if dimension is not None:
+            validate_dimension_name(dimension)
+        return user_id, dimension, _validate_days(days)
+
+
+class PersonalityTracker(TrackerPolicy):
     """Penny's personality tracker, sharing one cache across processes."""
 
     def __init__(
@@ -67,27 +144,20 @@ class PersonalityTracker:
             from penny_cache.facade import get_cache
 
             cache = get_cache()
-        self._store = store
+        super().__init__(store, cache, monotonic=monotonic)
         self._cache = cache
-        self._bound = False
         self._loads: SingleFlight[PersonalityState] = SingleFlight()
-        self._monotonic = monotonic
-        self._sleep = sleep
-
-    @property
-    def store(self) -> PersonalityStore:
-        return self._store
+        self._local_ops: dict[str, Callable[..., Any]] = {"sql_load": store.load, "sleep": sleep}
 
     @property
     def cache(self) -> PersonalityCache:
         return self._cache
 
-    def _bind(self) -> None:
-        # Lazy: reading the store's identity touches the database, which a constructor
-        # should not do (and the database may come up after the process).
-        if not self._bound:
-            self._cache.bind_store(self._store.identity)
-            self._bound = True
+    def _call(self, name: str, args: tuple[Any, ...]) -> Any:
+        local = self._local_ops.get(name)
+        if local is not None:
+            return local(*args)
+        return self._cache.call_backend(name, args)
 
     def get_current_personality_state(self, user_id: str) -> PersonalityState:
         """The user's current state: from the cache when present, else from SQL."""
@@ -97,30 +167,7 @@ class PersonalityTracker:
         cached = self._cache.get(user_id)
         if cached is not None:
             return cached
-        return self._loads.run(user_id, lambda: self._load(user_id, ticket))
-
-    def _load(self, user_id: str, ticket: Ticket | None) -> PersonalityState:
-        """One loader per user per process; across processes, one per lease."""
-        lease = self._cache.acquire_lease(user_id)
-        if lease is None:
-            state = self._wait_for_other_loader(user_id)
-            if state is not None:
-                return state
-            lease = ""  # the other loader is late: read SQL ourselves
-        state = self._store.load(user_id)
-        self._cache.fill(state, ticket, lease)
-        return state
-
-    def _wait_for_other_loader(self, user_id: str) -> PersonalityState | None:
-        deadline = self._monotonic() + self._cache.lease_ttl
-        delay = 0.001
-        while self._monotonic() < deadline:
-            self._sleep(delay)
-            state = self._cache.peek(user_id)
-            if state is not None:
-                return state
-            delay = min(delay * 2, 0.02)
-        return None
+        return self._loads.run(user_id, lambda: drive(self._load_flow(user_id, ticket), self._call))
 
     def update_personality_dimension(
         self,
@@ -135,12 +182,9 @@ class PersonalityTracker:
         ``confidence_change`` is added to the stored confidence, clamped to [0, 1].
         Bad input raises an ``InvalidInputError`` and writes nothing.
         """
-        validate_user_id(user_id)
-        normalised = validate_dimension_value(dimension, value)
-        change = validate_confidence_change(confidence_change)
-        trigger = _validate_context(context)
+        args = self._update_args(user_id, dimension, value, confidence_change, context)
         self._bind()
-        state = self._store.update_dimension(user_id, dimension, normalised, change, trigger)
+        state = self._store.update_dimension(*args)
         self._cache.write_through(state)
         return state
 
@@ -148,10 +192,7 @@ class PersonalityTracker:
         self, user_id: str, dimension: str | None = None, days: float = 30
     ) -> list[EvolutionRecord]:
         """Committed changes of the last ``days`` days, oldest first."""
-        validate_user_id(user_id)
-        if dimension is not None:
-            validate_dimension_name(dimension)
-        return self._store.history(user_id, dimension, _validate_days(days))
+        return self._store.history(*self._history_args(user_id, dimension, days))
 
     def get_cache_stats(self) -> dict[str, Any]:
         """The shared cache's totals across all processes (see ``PersonalityCache``)."""

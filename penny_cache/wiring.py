@@ -55,7 +55,7 @@ def cache_from_settings(
         namespace=settings.namespace,
         ttl=settings.cache_ttl,
         ttl_jitter=settings.ttl_jitter,
-        stats_flush_interval=flush,  # type: ignore[arg-type]
+        stats_flush_interval=flush,
         error_log_interval=settings.error_log_interval,
         near=near,
         listener=_listener_factory(backend, settings),

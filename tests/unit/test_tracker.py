@@ -12,6 +12,7 @@ from penny_cache.cache import PersonalityCache
 from penny_cache.codec import encode_state
 from penny_cache.errors import InvalidInputError, StoreMismatchError, UnknownDimensionError
 from penny_cache.near import Ticket
+from penny_cache.policy import Flow
 from penny_cache.redis_backend import RedisBackend
 from penny_cache.state import PersonalityState
 from penny_cache.store import PersonalityStore
@@ -51,8 +52,9 @@ class ParkingStore(PersonalityStore):
 class PlainCacheAside(PersonalityCache):
     """The naive policy the race test must catch: a fill is an unconditional SET."""
 
-    def fill(self, state: PersonalityState, ticket: Ticket | None, lease: str = "") -> bool:
-        return self.store_unversioned(self.keys.state(state.user_id), encode_state(state))
+    def fill_flow(self, state: PersonalityState, ticket: Ticket | None, lease: str) -> Flow[bool]:
+        key = self.keys.state(state.user_id)
+        return (yield from self.store_unversioned_flow(key, encode_state(state)))
 
 
 @pytest.fixture

@@ -1,0 +1,437 @@
+"""The cache policy, written once for the sync and the asyncio API.
+
+Every operation that needs Redis is a *flow*: a generator that yields ``(operation,
+arguments)`` for a backend call and receives its result (or has the ``CacheError``
+thrown in). ``PersonalityCache`` drives flows with plain calls, ``AsyncPersonalityCache``
+with ``await``; the decisions in between (near cache, tickets, counting, version rules,
+undelivered write-throughs) exist only here. The near-cache hit needs no I/O and never
+enters a flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, Protocol, TypeVar
+
+from penny_cache.codec import Entry, decode_state, encode_state
+from penny_cache.config import positive_seconds, validate_jitter
+from penny_cache.errors import CacheDecodeError, CacheError, InvalidStateError, StoreMismatchError
+from penny_cache.keys import UNBOUND_SCOPE, KeySchema, encode_user_id
+from penny_cache.near import NearCache, Ticket
+from penny_cache.ratelog import RateLimitedLog
+from penny_cache.state import PersonalityState
+from penny_cache.stats import CounterBackend, SharedCounters
+
+__all__ = ["CachePolicy", "Flow", "Listener", "Op", "drive", "stats_view"]
+
+log = logging.getLogger("penny_cache")
+_T = TypeVar("_T")
+_V = TypeVar("_V")
+Op = tuple[str, tuple[Any, ...]]
+Flow = Generator[Op, Any, _T]
+_LISTENER_COUNTERS = {
+    "reconnect": "listener_reconnects",
+    "gap": "sequence_gaps",
+    "malformed": "malformed_messages",
+}
+
+
+def _io(name: str, *args: Any) -> Flow[Any]:
+    """One backend call inside a flow."""
+    return (yield (name, args))
+
+
+def drive(flow: Flow[_T], call: Callable[[str, tuple[Any, ...]], Any]) -> _T:
+    """Run a flow to its end with synchronous calls (the async twin is in ``aio.py``)."""
+    try:
+        op = next(flow)
+        while True:
+            try:
+                result = call(*op)
+            except CacheError as exc:
+                op = flow.throw(exc)
+            else:
+                op = flow.send(result)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    finally:
+        flow.close()
+
+
+class Listener(Protocol):
+    """What the policy needs from the invalidation listener."""
+
+    trusted_until: float
+
+    @property
+    def running(self) -> bool: ...
+    def start(self) -> None: ...
+    def stop(self) -> None: ...
+    def after_fork(self) -> None: ...
+
+
+ListenerFactory = Callable[[NearCache, str, Callable[[str], None]], Listener]
+
+
+def stats_view(totals: Mapping[str, int], *, shared: bool) -> dict[str, Any]:
+    """The ``get_stats()`` mapping: totals plus requests and a 0..1 hit rate."""
+    requests = totals["hits"] + totals["misses"]
+    view: dict[str, Any] = dict(totals)
+    view["requests"] = requests
+    view["hit_rate"] = totals["hits"] / requests if requests else 0.0
+    view["shared"] = shared
+    return view
+
+
+class CachePolicy:
+    """State and decisions shared by the sync and async caches."""
+
+    def __init__(
+        self,
+        counter_backend: CounterBackend,
+        *,
+        namespace: str = "penny",
+        ttl: float = 300.0,
+        ttl_jitter: float = 0.0,
+        stats_flush_interval: float | None = 1.0,
+        error_log_interval: float = 60.0,
+        near: NearCache | None = None,
+        listener: ListenerFactory | None = None,
+        lease_ttl: float = 0.25,
+        rand: Callable[[], float] = random.random,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._keys = KeySchema(namespace)
+        self._ttl = positive_seconds(ttl, "ttl")
+        self._jitter = validate_jitter(ttl_jitter, "ttl_jitter")
+        self._lease_ms = int(positive_seconds(lease_ttl, "lease_ttl") * 1000)
+        self._rand = rand
+        self._monotonic = monotonic
+        self._bind_lock = threading.Lock()
+        if stats_flush_interval is not None:
+            positive_seconds(stats_flush_interval, "stats_flush_interval")
+        self._counters = SharedCounters(
+            counter_backend, self._keys, flush_interval=stats_flush_interval
+        )
+        self._errors = RateLimitedLog(log, error_log_interval, monotonic)
+        self._pending: dict[str, PersonalityState] = {}
+        self._pending_lock = threading.Lock()
+        self._near = near
+        self._listener: Listener | None = None
+        if near is not None and listener is not None:
+            self._listener = listener(near, self._keys.channel(), self._on_listener_event)
+
+    # -- identity and state ---------------------------------------------------------------
+
+    @property
+    def namespace(self) -> str:
+        return self._keys.namespace
+
+    @property
+    def ttl(self) -> float:
+        return self._ttl
+
+    @property
+    def scope(self) -> str:
+        """The store identity this cache is bound to (``_`` until a tracker binds it)."""
+        return self._keys.scope
+
+    @property
+    def keys(self) -> KeySchema:
+        """The key schema in force (namespace and bound store scope)."""
+        return self._keys
+
+    @property
+    def process_id(self) -> str:
+        """This process's id in the shared counters hash."""
+        return self._counters.process_id
+
+    @property
+    def near(self) -> NearCache | None:
+        return self._near
+
+    @property
+    def near_trusted(self) -> bool:
+        """True while the listener vouches for the near cache."""
+        return self._listener is not None and self._monotonic() < self._listener.trusted_until
+
+    @property
+    def lease_ttl(self) -> float:
+        return self._lease_ms / 1000
+
+    @property
+    def pending_writes(self) -> int:
+        """Committed states not yet delivered to Redis (this process)."""
+        return len(self._pending)
+
+    def bind_store(self, identity: str) -> None:
+        """Key all further entries by a database's identity, so stores never mix.
+
+        A cache serves one database: binding it to a second raises ``StoreMismatchError``.
+        """
+        with self._bind_lock:
+            if self._keys.scope == identity:
+                return
+            if self._keys.scope != UNBOUND_SCOPE:
+                raise StoreMismatchError(
+                    f"this cache serves database {self._keys.scope}, not {identity}; "
+                    "give each database its own cache (or namespace)"
+                )
+            self._keys = self._keys.with_scope(identity)
+            if self._near is not None:
+                self._near.flush()
+
+    # -- reads ----------------------------------------------------------------------------
+
+    def near_get(self, user_id: str) -> PersonalityState | None:
+        """The near-cache answer, counted as a hit, or None: no I/O, the hot path."""
+        near = self._near
+        if near is not None and user_id.__class__ is str:
+            now = self._monotonic()
+            listener = self._listener
+            if listener is not None and now < listener.trusted_until:
+                state = near.get(user_id, now)
+                if state is not None:
+                    self._counters.local.near_hit()
+                    return state
+        return None
+
+    def ticket(self) -> Ticket | None:
+        """Take before a read whose result may go into the near cache (see ``NearCache``)."""
+        if self._near is None:
+            return None
+        if self._listener is not None and not self._listener.running:
+            self._listener.start()  # lazily, in the process that reads (fork-safe)
+        return self._near.ticket()
+
+    def get_flow(self, user_id: str) -> Flow[PersonalityState | None]:
+        """The shared-tier read behind a near miss; counts one hit or miss."""
+        key = self._keys.state(user_id)
+        ticket = self.ticket()
+        if self._pending:
+            delivered = yield from self._drain_flow(user_id)
+            if not delivered:
+                self._counters.incr("misses")  # Redis may still hold a version we replaced
+                return None
+        state = yield from self.lookup_flow(key, user_id, decode_state)
+        if state is not None and self._near is not None and ticket is not None:
+            self._near.put(state, ticket)
+        return state
+
+    def lookup_flow(
+        self, key: str, user_id: str, decode: Callable[[bytes, str], _V]
+    ) -> Flow[_V | None]:
+        """Read and decode one entry, counting one hit or miss (shared with the drop-in)."""
+        try:
+            payload = yield from _io("get", key)
+        except CacheError as exc:
+            self._redis_failed("get", exc)
+            payload = None
+        value = None
+        if payload is not None:
+            try:
+                value = decode(payload, user_id)
+            except CacheDecodeError as exc:
+                self._counters.incr("decode_errors")
+                self._errors.warning("decode", f"dropping an undecodable cache entry: {exc}")
+                yield from self._quiet("delete", key)
+        self._counters.incr("hits" if value is not None else "misses")
+        return value
+
+    def peek_flow(self, user_id: str) -> Flow[PersonalityState | None]:
+        """Read Redis without counting a lookup (a loader waiting on another's lease)."""
+        try:
+            payload = yield from _io("get", self._keys.state(user_id))
+            return decode_state(payload, user_id) if payload is not None else None
+        except CacheError:
+            return None
+
+    # -- loads ----------------------------------------------------------------------------
+
+    def lease_flow(self, user_id: str) -> Flow[str | None]:
+        """A token if this caller should load ``user_id`` from SQL, None if another
+        process holds the lease. Redis trouble grants a token: SQL must still answer."""
+        token = uuid.uuid4().hex
+        try:
+            granted = yield from _io("try_lease", self._keys.lease(user_id), token, self._lease_ms)
+        except CacheError as exc:
+            self._redis_failed("lease", exc)
+            return token
+        return token if granted else None
+
+    def fill_flow(self, state: PersonalityState, ticket: Ticket | None, lease: str) -> Flow[bool]:
+        """Cache a state just read from SQL, unless a newer version is already cached."""
+        entry = self._entry(state.user_id, state)
+        try:
+            written = yield from _io("fill", entry, self._keys.lease(state.user_id), lease)
+        except CacheError as exc:
+            self._redis_failed("fill", exc)
+            return False
+        self._counters.incr("sets" if written else "fills_refused")
+        if self._near is not None and ticket is not None:
+            self._near.put(state, ticket)
+        return bool(written)
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def set_flow(self, user_id: str, state: PersonalityState) -> Flow[bool]:
+        """Write ``state`` unless Redis holds the same or a newer version, and drop older
+        copies from every near cache. Bad states raise ``InvalidStateError``."""
+        entry = self._entry(user_id, state)
+        try:
+            return (yield from self._publish_flow(entry, user_id, "sets"))
+        except CacheError as exc:
+            self._redis_failed("set", exc)
+            return False
+
+    def write_through_flow(self, state: PersonalityState) -> Flow[bool]:
+        """Publish a just-committed state; this process sees it at once. If Redis cannot
+        take it, it is kept and written before this process trusts Redis for that user
+        again (newest version per user wins)."""
+        entry = self._entry(state.user_id, state)
+        if self._near is not None:
+            self._near.invalidate(state.user_id, state.version)
+            self._near.put(state, self._near.ticket())
+        try:
+            return (yield from self._publish_flow(entry, state.user_id, "invalidations"))
+        except CacheError as exc:
+            self._redis_failed("write-through", exc)
+            with self._pending_lock:
+                queued = self._pending.get(state.user_id)
+                if queued is None or queued.version < state.version:
+                    self._pending[state.user_id] = state
+            return False
+
+    def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
+        seq_key, channel = self._keys.sequence(), self._keys.channel()
+        written = yield from _io("write_publish", entry, seq_key, channel, encode_user_id(user_id))
+        self._counters.incr(counter if written else "fills_refused")
+        return bool(written)
+
+    def _drain_flow(self, user_id: str) -> Flow[bool]:
+        """Deliver queued write-throughs; False while ``user_id``'s is still undelivered."""
+        with self._pending_lock:
+            queued = list(self._pending.values())
+        for state in queued:
+            try:
+                entry = self._entry(state.user_id, state)
+                yield from self._publish_flow(entry, state.user_id, "invalidations")
+            except CacheError:
+                break
+            with self._pending_lock:
+                if self._pending.get(state.user_id) is state:
+                    del self._pending[state.user_id]
+        return user_id not in self._pending
+
+    def _entry(self, user_id: str, state: PersonalityState) -> Entry:
+        if not isinstance(state, PersonalityState) or state.user_id != user_id:
+            raise InvalidStateError(f"expected a PersonalityState of user {user_id!r}")
+        spread = 1.0 - self._jitter * self._rand()
+        ttl_ms = max(1, int(self._ttl * spread * 1000))
+        return Entry(self._keys.state(user_id), state.version, encode_state(state), ttl_ms)
+
+    def store_unversioned_flow(self, key: str, payload: bytes) -> Flow[bool]:
+        """Plain SET with the TTL, for the drop-in's unversioned mappings."""
+        ttl_ms = max(1, int(self._ttl * 1000))
+        if not (yield from self._quiet("set", key, payload, ttl_ms, default=False)):
+            return False
+        self._counters.incr("sets")
+        return True
+
+    def invalidate_flow(self, user_id: str) -> Flow[bool]:
+        """Drop ``user_id``'s entry here, in Redis and in every near cache; False if Redis
+        could not be reached (other processes then learn it when their listener drops)."""
+        key, seq_key, channel = (
+            self._keys.state(user_id),
+            self._keys.sequence(),
+            self._keys.channel(),
+        )
+        if self._near is not None:
+            self._near.invalidate(user_id, None)
+        args = (key, seq_key, channel, encode_user_id(user_id))
+        if not (yield from self._quiet("invalidate_publish", *args, default=False)):
+            return False
+        self._counters.incr("invalidations")
+        return True
+
+    def invalidate_key_flow(self, key: str) -> Flow[bool]:
+        """Drop one entry by key and count an invalidation (the drop-in's entries)."""
+        if not (yield from self._quiet("delete", key, default=False)):
+            return False
+        self._counters.incr("invalidations")
+        return True
+
+    def clear_flow(self, pattern: str | None = None) -> Flow[int]:
+        """Remove this namespace and store's entries (SCAN + UNLINK) and empty every near
+        cache; counters stay."""
+        if self._near is not None:
+            self._near.flush()
+        removed = yield from self._quiet("unlink_matching", pattern or self._keys.state_pattern())
+        yield from self._quiet("publish_flush", self._keys.sequence(), self._keys.channel())
+        return int(removed or 0)
+
+    def size_flow(self, pattern: str | None = None) -> Flow[int]:
+        """Entries cached for this namespace and store (a SCAN: for tools, not hot paths)."""
+        found = yield from self._quiet("count_matching", pattern or self._keys.state_pattern())
+        return int(found or 0)
+
+    def _quiet(self, name: str, *args: Any, default: Any = None) -> Flow[Any]:
+        """A backend call whose failure is counted and logged, and answers ``default``;
+        a call that returns nothing answers True."""
+        try:
+            result = yield from _io(name, *args)
+        except CacheError as exc:
+            self._redis_failed(name, exc)
+            return default
+        return True if result is None else result
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def get_stats(self) -> dict[str, Any]:
+        """Totals of all processes on this namespace, with ``hit_rate`` in 0..1.
+
+        When Redis cannot be read the view holds this process's counts and
+        ``shared`` is False.
+        """
+        try:
+            totals = self._counters.totals()
+        except CacheError as exc:
+            self._redis_failed("stats", exc, count=False)
+            return stats_view(self._counters.local.snapshot(), shared=False)
+        return stats_view(totals, shared=True)
+
+    def local_stats(self) -> dict[str, Any]:
+        """This process's own counts (what it has added to the shared totals)."""
+        return stats_view(self._counters.local.snapshot(), shared=False)
+
+    def flush_stats(self) -> bool:
+        """Publish this process's counters now; False if Redis could not be written."""
+        return self._counters.flush()
+
+    def _on_listener_event(self, event: str) -> None:
+        counter = _LISTENER_COUNTERS.get(event)
+        if counter is not None:
+            self._counters.incr(counter)
+
+    def _redis_failed(self, operation: str, exc: CacheError, *, count: bool = True) -> None:
+        if count:
+            self._counters.incr("redis_errors")
+        self._errors.warning(
+            f"redis:{type(exc).__name__}",
+            f"redis {operation} failed, answering without the cache: {exc}",
+        )
+
+    def after_fork(self) -> None:
+        """Forget the parent's listener thread; the child starts its own on first read."""
+        if self._listener is not None:
+            self._listener.after_fork()
+
+    def _close_policy(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+        self._counters.close()
