@@ -21,12 +21,12 @@ from penny_cache import scripts
 from penny_cache.codec import Entry, version_prefix
 from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
 
-__all__ = ["RedisBackend"]
+__all__ = ["ErrorBoundary", "RedisBackend", "Script", "client_options", "entry_args"]
 
 _SCAN_BATCH = 500
 
 
-class _Script:
+class Script:
     """A Lua source and its SHA1, for EVALSHA."""
 
     def __init__(self, source: str) -> None:
@@ -34,57 +34,27 @@ class _Script:
         self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
 
 
-def _entry_args(entry: Entry) -> tuple[int, bytes, int, str]:
+def entry_args(entry: Entry) -> tuple[int, bytes, int, str]:
     return entry.version, entry.payload, entry.ttl_ms, _PREFIX
 
 
 _PREFIX = version_prefix()
-_FILL = _Script(scripts.FILL)
-_WRITE_PUBLISH = _Script(scripts.WRITE_PUBLISH)
-_INVALIDATE_PUBLISH = _Script(scripts.INVALIDATE_PUBLISH)
-_PUBLISH_FLUSH = _Script(scripts.PUBLISH_FLUSH)
-_RETIRE = _Script(scripts.RETIRE_COUNTERS)
+_FILL = Script(scripts.FILL)
+_WRITE_PUBLISH = Script(scripts.WRITE_PUBLISH)
+_INVALIDATE_PUBLISH = Script(scripts.INVALIDATE_PUBLISH)
+_PUBLISH_FLUSH = Script(scripts.PUBLISH_FLUSH)
+_RETIRE = Script(scripts.RETIRE_COUNTERS)
 _T = TypeVar("_T")
 
 
-class RedisBackend:
-    """Byte-level Redis operations with bounded time and translated errors."""
+class ErrorBoundary:
+    """Error translation and the cooldown, shared by the sync and asyncio backends."""
 
-    def __init__(
-        self,
-        client: redis.Redis,
-        *,
-        cooldown: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> None:
-        self._client = client
+    def __init__(self, cooldown: float, monotonic: Callable[[], float]) -> None:
         self._cooldown = cooldown
         self._monotonic = monotonic
         self._down_until = 0.0
         self._lock = threading.Lock()
-
-    @classmethod
-    def from_url(
-        cls,
-        url: str,
-        *,
-        timeout: float = 0.1,
-        cooldown: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
-    ) -> RedisBackend:
-        """Connect lazily with short timeouts and one retry on a dropped connection only.
-
-        Every command we send is idempotent (plain reads, version-checked writes,
-        cumulative counter writes), so the single reconnect-retry cannot double-apply.
-        """
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-            health_check_interval=0,
-        )
-        return cls(client, cooldown=cooldown, monotonic=monotonic)
 
     def _check_cooldown(self) -> None:
         if self._down_until and self._monotonic() < self._down_until:
@@ -100,15 +70,6 @@ class RedisBackend:
             return CacheUnavailableError(f"redis unreachable: {exc}")
         return CacheError(f"redis error: {type(exc).__name__}: {exc}")
 
-    def _run(self, command: Callable[[], _T]) -> _T:
-        self._check_cooldown()
-        try:
-            result = command()
-        except redis.RedisError as exc:
-            raise self._translate(exc) from exc
-        self._down_until = 0.0
-        return result
-
     def _trip(self) -> None:
         with self._lock:
             self._down_until = self._monotonic() + self._cooldown
@@ -117,6 +78,57 @@ class RedisBackend:
     def available(self) -> bool:
         """False while cooling down after a failure."""
         return not self._down_until or self._monotonic() >= self._down_until
+
+
+def client_options(timeout: float) -> dict[str, Any]:
+    """Short timeouts and one retry on a dropped connection only.
+
+    Every command we send is idempotent or harmless to repeat (plain reads,
+    version-checked writes, absolute counter writes; a repeated invalidation only drops
+    more), so the single reconnect-retry cannot do harm; a timeout is not retried.
+    """
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": 0,
+    }
+
+
+class RedisBackend(ErrorBoundary):
+    """Byte-level Redis operations with bounded time and translated errors."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        cooldown: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(cooldown, monotonic)
+        self._client = client
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout: float = 0.1,
+        cooldown: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> RedisBackend:
+        """A backend whose connections open lazily, on first use."""
+        client = redis.Redis.from_url(url, **client_options(timeout))
+        return cls(client, cooldown=cooldown, monotonic=monotonic)
+
+    def _run(self, command: Callable[[], _T]) -> _T:
+        self._check_cooldown()
+        try:
+            result = command()
+        except redis.RedisError as exc:
+            raise self._translate(exc) from exc
+        self._down_until = 0.0
+        return result
 
     def get(self, key: str) -> bytes | None:
         # The hot path: inlined rather than through _run (saves a call per cache hit).
@@ -132,7 +144,7 @@ class RedisBackend:
     def set(self, key: str, payload: bytes, ttl_ms: int) -> None:
         self._run(lambda: self._client.set(key, payload, px=ttl_ms))
 
-    def _eval(self, script: _Script, keys: list[str], args: list[bytes | str | int]) -> Any:
+    def _eval(self, script: Script, keys: list[str], args: list[bytes | str | int]) -> Any:
         """EVALSHA, loading the script once if the server lost it (restart, FLUSHALL)."""
         client = self._client
         try:
@@ -143,12 +155,12 @@ class RedisBackend:
 
     def fill(self, entry: Entry, lease_key: str, token: str = "") -> bool:
         """Version-checked write of a SQL read; releases ``token``'s lease."""
-        args: list[bytes | str | int] = [*_entry_args(entry), token]
+        args: list[bytes | str | int] = [*entry_args(entry), token]
         return bool(self._run(lambda: self._eval(_FILL, [entry.key, lease_key], args)))
 
     def write_publish(self, entry: Entry, seq_key: str, channel: str, encoded_user: str) -> bool:
         """Version-checked write-through plus the invalidation message, in one trip."""
-        args: list[bytes | str | int] = [*_entry_args(entry), channel, encoded_user]
+        args: list[bytes | str | int] = [*entry_args(entry), channel, encoded_user]
         written, _seq = self._run(lambda: self._eval(_WRITE_PUBLISH, [entry.key, seq_key], args))
         return bool(written)
 

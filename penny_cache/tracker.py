@@ -31,6 +31,7 @@ from penny_cache.store import PersonalityStore
 __all__ = ["MAX_CONTEXT_CHARS", "PersonalityTracker", "TrackerPolicy"]
 
 MAX_CONTEXT_CHARS: Final = 4096
+_RECENT_LOADS: Final = 1024
 
 
 def _validate_context(context: object) -> str | None:
@@ -71,6 +72,7 @@ class TrackerPolicy:
         self._policy = cache
         self._bound = False
         self._monotonic = monotonic
+        self._recent: dict[str, tuple[float, PersonalityState]] = {}
 
     @property
     def store(self) -> PersonalityStore:
@@ -91,9 +93,21 @@ class TrackerPolicy:
             if state is not None:
                 return state
             lease = ""  # the other loader is late: read SQL ourselves
+        started = self._monotonic()
         state = yield ("sql_load", (user_id,))
         yield from self._policy.fill_flow(state, ticket, lease)
+        if len(self._recent) > _RECENT_LOADS:
+            self._recent.clear()
+        self._recent[user_id] = (started, state)
         return state  # type: ignore[no-any-return]
+
+    def _recent_load(self, user_id: str, began: float) -> PersonalityState | None:
+        """A load that started after this read began is as fresh as this read may be:
+        a miss that raced a just-finished load returns its result, not a second load."""
+        recent = self._recent.get(user_id)
+        if recent is not None and recent[0] >= began:
+            return recent[1]
+        return None
 
     def _wait_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         deadline = self._monotonic() + self._policy.lease_ttl
@@ -163,10 +177,14 @@ class PersonalityTracker(TrackerPolicy):
         """The user's current state: from the cache when present, else from SQL."""
         validate_user_id(user_id)
         self._bind()
+        began = self._monotonic()
         ticket = self._cache.ticket()  # before the lookup: a later invalidation wins
         cached = self._cache.get(user_id)
         if cached is not None:
             return cached
+        recent = self._recent_load(user_id, began)
+        if recent is not None:
+            return recent
         return self._loads.run(user_id, lambda: drive(self._load_flow(user_id, ticket), self._call))
 
     def update_personality_dimension(

@@ -16,9 +16,10 @@ from penny_cache.near import NearCache
 from penny_cache.redis_backend import RedisBackend
 
 if TYPE_CHECKING:
+    from penny_cache.aio import AsyncPersonalityCache
     from penny_cache.cache import PersonalityCache
 
-__all__ = ["cache_from_settings", "cache_from_url"]
+__all__ = ["async_cache_from_url", "cache_from_settings", "cache_from_url"]
 
 # from_url() keeps the short argument names of the original API.
 _ALIASES: Final = {"ttl": "cache_ttl", "timeout": "redis_timeout", "cooldown": "redis_cooldown"}
@@ -28,12 +29,15 @@ def cache_from_url(cls: type[PersonalityCache], url: str, **options: Any) -> Per
     """``PersonalityCache.from_url``: options are ``Settings`` fields (or their aliases);
     ``stats_flush_interval=None`` turns the background flusher off (tests)."""
     flush: Any = options.pop("stats_flush_interval", 1.0)
+    return cache_from_settings(cls, _settings(url, options), stats_flush_interval=flush)
+
+
+def _settings(url: str, options: dict[str, Any]) -> Settings:
     fields = {_ALIASES.get(name, name): value for name, value in options.items()}
     unknown = set(fields) - set(Settings.__dataclass_fields__)
     if unknown:
         raise ConfigurationError(f"unknown cache options: {', '.join(sorted(unknown))}")
-    settings = Settings(redis_url=url, **fields)
-    return cache_from_settings(cls, settings, stats_flush_interval=flush)
+    return Settings(redis_url=url, **fields)
 
 
 def cache_from_settings(
@@ -46,21 +50,24 @@ def cache_from_settings(
     backend = RedisBackend.from_url(
         settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
     )
+    flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
+    return cls(backend, **_policy_options(settings, backend, flush))
+
+
+def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[str, Any]:
     near = None
     if settings.near_cache:
         near = NearCache(settings.near_cache_size, settings.near_ttl)
-    flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
-    return cls(
-        backend,
-        namespace=settings.namespace,
-        ttl=settings.cache_ttl,
-        ttl_jitter=settings.ttl_jitter,
-        stats_flush_interval=flush,
-        error_log_interval=settings.error_log_interval,
-        near=near,
-        listener=_listener_factory(backend, settings),
-        lease_ttl=settings.lease_ttl,
-    )
+    return {
+        "namespace": settings.namespace,
+        "ttl": settings.cache_ttl,
+        "ttl_jitter": settings.ttl_jitter,
+        "stats_flush_interval": flush,
+        "error_log_interval": settings.error_log_interval,
+        "near": near,
+        "listener": _listener_factory(sync, settings),
+        "lease_ttl": settings.lease_ttl,
+    }
 
 
 def _listener_factory(
@@ -78,3 +85,21 @@ def _listener_factory(
         )
 
     return build
+
+
+def async_cache_from_url(
+    cls: type[AsyncPersonalityCache], url: str, **options: Any
+) -> AsyncPersonalityCache:
+    """``AsyncPersonalityCache.from_url``: the same settings; redis.asyncio for requests,
+    a sync client for the counters' flusher and the listener thread."""
+    from penny_cache.redis_async import AsyncRedisBackend
+
+    flush: Any = options.pop("stats_flush_interval", 1.0)
+    settings = _settings(url, options)
+    backend = AsyncRedisBackend.from_url(
+        url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
+    )
+    sync = RedisBackend.from_url(
+        url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
+    )
+    return cls(backend, sync, **_policy_options(settings, sync, flush))

@@ -227,3 +227,27 @@ def test_two_databases_on_one_namespace_never_mix(
     b_state = b.get_current_personality_state("u")
     assert (b_state.version, b_state.dimensions["communication_formality"].value) == (1, 0.1)
     assert a.cache.keys.state("u") != b.cache.keys.state("u")
+
+
+def test_concurrent_cold_reads_in_a_process_make_one_sql_load(
+    sqlite_url: str, cache: PersonalityCache
+) -> None:
+    """50 threads missing the same user: single-flight plus the recent-load rule give one
+    SQL read, and every thread gets that state."""
+    store = CountingStore(sqlite_url)
+    tracker = PersonalityTracker(store=store, cache=cache)
+    tracker.get_current_personality_state("warm-up")  # bind the store outside the race
+    barrier = threading.Barrier(50)
+    results: list[PersonalityState] = []
+
+    def read() -> None:
+        barrier.wait(10)
+        results.append(tracker.get_current_personality_state("cold"))
+
+    threads = [threading.Thread(target=read) for _ in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 50 and len({r.version for r in results}) == 1
+    assert store.loads == 2  # the warm-up user and "cold", once

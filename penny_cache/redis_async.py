@@ -1,0 +1,144 @@
+"""The asyncio twin of ``RedisBackend`` (``redis.asyncio``): same operations, awaited.
+
+Error translation and the cooldown come from the same ``ErrorBoundary``, the Lua
+sources and their argument order from the same helpers, so the two backends cannot
+drift apart in what they send.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar, cast
+
+import redis
+import redis.asyncio as aredis
+
+from penny_cache.codec import Entry
+from penny_cache.redis_backend import (
+    _FILL,
+    _INVALIDATE_PUBLISH,
+    _PUBLISH_FLUSH,
+    _SCAN_BATCH,
+    _WRITE_PUBLISH,
+    ErrorBoundary,
+    Script,
+    client_options,
+    entry_args,
+)
+
+__all__ = ["AsyncRedisBackend"]
+
+_T = TypeVar("_T")
+_MAX_CONNECTIONS = 64
+
+
+class AsyncRedisBackend(ErrorBoundary):
+    """Byte-level Redis operations for asyncio, with bounded time and translated errors."""
+
+    def __init__(
+        self,
+        client: aredis.Redis,
+        *,
+        cooldown: float = 1.0,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(cooldown, monotonic)
+        self._client = client
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, timeout: float = 0.1, cooldown: float = 1.0
+    ) -> AsyncRedisBackend:
+        """A backend whose connections open lazily, on the event loop that uses them.
+
+        The pool is bounded and blocking: a burst of coroutines waits up to ``timeout``
+        for a connection instead of opening hundreds (or failing with "Too many
+        connections").
+        """
+        options = client_options(timeout)
+        options["retry"] = aredis.retry.Retry(
+            redis.backoff.NoBackoff(), 1, supported_errors=(redis.ConnectionError,)
+        )
+        pool = aredis.BlockingConnectionPool.from_url(
+            url, max_connections=_MAX_CONNECTIONS, timeout=timeout, **options
+        )
+        return cls(aredis.Redis(connection_pool=pool), cooldown=cooldown)
+
+    async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
+        self._check_cooldown()
+        try:
+            result = await command()
+        except redis.RedisError as exc:
+            raise self._translate(exc) from exc
+        self._down_until = 0.0
+        return result
+
+    async def _eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        client = self._client
+        try:
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(script.source)
+            return await client.evalsha(script.sha, len(keys), *keys, *args)
+
+    async def get(self, key: str) -> bytes | None:
+        result = await self._run(lambda: self._client.get(key))
+        return cast("bytes | None", result)
+
+    async def set(self, key: str, payload: bytes, ttl_ms: int) -> None:
+        await self._run(lambda: self._client.set(key, payload, px=ttl_ms))
+
+    async def fill(self, entry: Entry, lease_key: str, token: str = "") -> bool:
+        args = [*entry_args(entry), token]
+        return bool(await self._run(lambda: self._eval(_FILL, [entry.key, lease_key], args)))
+
+    async def write_publish(
+        self, entry: Entry, seq_key: str, channel: str, encoded_user: str
+    ) -> bool:
+        args = [*entry_args(entry), channel, encoded_user]
+        keys = [entry.key, seq_key]
+        written, _seq = await self._run(lambda: self._eval(_WRITE_PUBLISH, keys, args))
+        return bool(written)
+
+    async def invalidate_publish(
+        self, key: str, seq_key: str, channel: str, encoded_user: str
+    ) -> None:
+        args = [channel, encoded_user]
+        await self._run(lambda: self._eval(_INVALIDATE_PUBLISH, [key, seq_key], args))
+
+    async def publish_flush(self, seq_key: str, channel: str) -> None:
+        await self._run(lambda: self._eval(_PUBLISH_FLUSH, [seq_key], [channel]))
+
+    async def try_lease(self, key: str, token: str, ttl_ms: int) -> bool:
+        return bool(await self._run(lambda: self._client.set(key, token, nx=True, px=ttl_ms)))
+
+    async def delete(self, key: str) -> bool:
+        return bool(await self._run(lambda: self._client.unlink(key)))
+
+    async def unlink_matching(self, pattern: str) -> int:
+        return await self._run(lambda: self._unlink_scanned(pattern))
+
+    async def _unlink_scanned(self, pattern: str) -> int:
+        removed = 0
+        batch: list[Any] = []
+        async for key in self._client.scan_iter(match=pattern, count=_SCAN_BATCH):
+            batch.append(key)
+            if len(batch) >= _SCAN_BATCH:
+                removed += int(await self._client.unlink(*batch))
+                batch.clear()
+        if batch:
+            removed += int(await self._client.unlink(*batch))
+        return removed
+
+    async def count_matching(self, pattern: str) -> int:
+        async def count() -> int:
+            return sum([1 async for _ in self._client.scan_iter(match=pattern, count=_SCAN_BATCH)])
+
+        return await self._run(count)
+
+    async def ping(self) -> bool:
+        return bool(await self._run(self._client.ping))
+
+    async def close(self) -> None:
+        await self._client.aclose()
