@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from penny_cache.aio import AsyncPersonalityCache, AsyncPersonalityTracker
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
 from penny_cache.errors import (
@@ -28,6 +29,8 @@ from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 __all__ = [
+    "AsyncPersonalityCache",
+    "AsyncPersonalityTracker",
     "CATALOGUE",
     "CacheError",
     "ConfigurationError",

@@ -15,12 +15,13 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from penny_cache.codec import Entry, decode_state, encode_state
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, InvalidStateError, StoreMismatchError
+from penny_cache.flows import Flow, Listener, ListenerFactory, Op, _io, drive, stats_view
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, encode_user_id
 from penny_cache.near import NearCache, Ticket
 from penny_cache.ratelog import RateLimitedLog
@@ -32,60 +33,11 @@ __all__ = ["CachePolicy", "Flow", "Listener", "Op", "drive", "stats_view"]
 log = logging.getLogger("penny_cache")
 _T = TypeVar("_T")
 _V = TypeVar("_V")
-Op = tuple[str, tuple[Any, ...]]
-Flow = Generator[Op, Any, _T]
 _LISTENER_COUNTERS = {
     "reconnect": "listener_reconnects",
     "gap": "sequence_gaps",
     "malformed": "malformed_messages",
 }
-
-
-def _io(name: str, *args: Any) -> Flow[Any]:
-    """One backend call inside a flow."""
-    return (yield (name, args))
-
-
-def drive(flow: Flow[_T], call: Callable[[str, tuple[Any, ...]], Any]) -> _T:
-    """Run a flow to its end with synchronous calls (the async twin is in ``aio.py``)."""
-    try:
-        op = next(flow)
-        while True:
-            try:
-                result = call(*op)
-            except CacheError as exc:
-                op = flow.throw(exc)
-            else:
-                op = flow.send(result)
-    except StopIteration as done:
-        return done.value  # type: ignore[no-any-return]
-    finally:
-        flow.close()
-
-
-class Listener(Protocol):
-    """What the policy needs from the invalidation listener."""
-
-    trusted_until: float
-
-    @property
-    def running(self) -> bool: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def after_fork(self) -> None: ...
-
-
-ListenerFactory = Callable[[NearCache, str, Callable[[str], None]], Listener]
-
-
-def stats_view(totals: Mapping[str, int], *, shared: bool) -> dict[str, Any]:
-    """The ``get_stats()`` mapping: totals plus requests and a 0..1 hit rate."""
-    requests = totals["hits"] + totals["misses"]
-    view: dict[str, Any] = dict(totals)
-    view["requests"] = requests
-    view["hit_rate"] = totals["hits"] / requests if requests else 0.0
-    view["shared"] = shared
-    return view
 
 
 class CachePolicy:

@@ -10,6 +10,8 @@ import penny_cache
 from penny_cache import errors
 
 PUBLIC_NAMES = [
+    "AsyncPersonalityCache",
+    "AsyncPersonalityTracker",
     "CATALOGUE",
     "CacheError",
     "ConfigurationError",
