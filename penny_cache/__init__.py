@@ -28,7 +28,7 @@ from penny_cache.state import (
 from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - plain sorted order, pinned by tests/unit/test_public_api.py
     "AsyncPersonalityCache",
     "AsyncPersonalityTracker",
     "CATALOGUE",

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.state import CATALOGUE
+from penny_cache.state import CATALOGUE, PersonalityState
 from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
@@ -48,6 +48,7 @@ class WorkerReport:
     read_us: list[float] = field(default_factory=list)
     update_us: list[float] = field(default_factory=list)
     lookups_counted: int = 0
+    sql_loads: int = 0
 
 
 @dataclass
@@ -80,11 +81,21 @@ def _random_change(rng: random.Random) -> tuple[str, float | str]:
     return name, rng.choice(spec.options)
 
 
+class _CountingStore(PersonalityStore):
+    """Counts SQL reads, to show that loads stay at or below misses."""
+
+    loads = 0
+
+    def load(self, user_id: str) -> PersonalityState:
+        self.loads += 1
+        return super().load(user_id)
+
+
 def _work(config: DemoConfig, index: int) -> WorkerReport:
     rng = random.Random(config.seed * 1000 + index)
     population = [f"user-{n}" for n in range(config.users)]
     weights = _zipf_weights(config.users, config.zipf_s)
-    store = PersonalityStore(config.database_url)
+    store = _CountingStore(config.database_url)
     cache = PersonalityCache.from_url(config.redis_url, namespace=config.namespace)
     tracker = PersonalityTracker(store=store, cache=cache)
     report = WorkerReport()
@@ -103,6 +114,7 @@ def _work(config: DemoConfig, index: int) -> WorkerReport:
                 report.read_us.append((time.perf_counter() - started) * 1e6)
                 report.reads += 1
         report.lookups_counted = cache.local_stats()["requests"]
+        report.sql_loads = store.loads
     finally:
         cache.close()
         store.close()
@@ -148,8 +160,10 @@ def format_report(report: DemoReport) -> str:
         f"update latency   p50 {_percentile(updates, 50):.0f} us, "
         f"p99 {_percentile(updates, 99):.0f} us",
         f"shared hit rate  {stats['hit_rate']:.1%} "
-        f"({stats['hits']} hits, {stats['misses']} misses, all processes, from Redis)",
-        f"SQL loads        {stats['misses']} (one per miss); "
+        f"({stats['hits']} hits, of which {stats['near_hits']} in-process near hits; "
+        f"{stats['misses']} misses; all processes, from Redis)",
+        f"SQL loads        {sum(w.sql_loads for w in report.workers)} "
+        f"for {stats['misses']} misses; "
         f"{stats['invalidations']} write-throughs, {stats['fills_refused']} stale fills refused",
         f"errors           {stats['redis_errors']} redis, {stats['decode_errors']} decode",
         f"count check      {lookups} lookups made, {counted} counted in Redis: "
