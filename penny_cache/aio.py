@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, Self, TypeVar
 
+from penny_cache import forks
 from penny_cache.codec import Entry
 from penny_cache.errors import CacheError
 from penny_cache.near import Ticket
@@ -64,9 +65,7 @@ class AsyncPersonalityCache(CachePolicy):
         super().__init__(counter_backend, **options)
         self._backend = backend
         self._counter_backend = counter_backend
-        from penny_cache.cache import track_for_fork
-
-        track_for_fork(self)
+        forks.track(self)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> AsyncPersonalityCache:

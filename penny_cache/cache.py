@@ -9,11 +9,10 @@ are shared with ``AsyncPersonalityCache``.
 
 from __future__ import annotations
 
-import os
-import weakref
 from collections.abc import Callable
 from typing import Any, Protocol, Self, TypeVar
 
+from penny_cache import forks
 from penny_cache.codec import Entry
 from penny_cache.config import Settings
 from penny_cache.errors import CacheError
@@ -54,7 +53,7 @@ class PersonalityCache(CachePolicy):
     def __init__(self, backend: CacheBackend, **options: Any) -> None:
         super().__init__(backend, **options)
         self._backend = backend
-        track_for_fork(self)
+        forks.track(self)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> PersonalityCache:
@@ -148,19 +147,3 @@ class PersonalityCache(CachePolicy):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-_live: weakref.WeakSet[CachePolicy] = weakref.WeakSet()
-
-
-def track_for_fork(cache: CachePolicy) -> None:
-    """Caches whose listener must be forgotten in a forked child."""
-    _live.add(cache)
-
-
-def _after_fork_in_child() -> None:
-    for cache in list(_live):
-        cache.after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)

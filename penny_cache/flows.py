@@ -20,7 +20,7 @@ Op = tuple[str, tuple[Any, ...]]
 Flow = Generator[Op, Any, _T]
 
 
-def _io(name: str, *args: Any) -> Flow[Any]:
+def backend_op(name: str, *args: Any) -> Flow[Any]:
     """One backend call inside a flow."""
     return (yield (name, args))
 

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from penny_cache.codec import Entry, decode_state, encode_state
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, InvalidStateError, StoreMismatchError
-from penny_cache.flows import Flow, Listener, ListenerFactory, Op, _io, drive, stats_view
+from penny_cache.flows import Flow, Listener, ListenerFactory, Op, backend_op, drive, stats_view
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, encode_user_id
 from penny_cache.near import NearCache, Ticket
 from penny_cache.ratelog import RateLimitedLog
@@ -180,7 +180,7 @@ class CachePolicy:
     ) -> Flow[_V | None]:
         """Read and decode one entry, counting one hit or miss (shared with the drop-in)."""
         try:
-            payload = yield from _io("get", key)
+            payload = yield from backend_op("get", key)
         except CacheError as exc:
             self._redis_failed("get", exc)
             payload = None
@@ -198,7 +198,7 @@ class CachePolicy:
     def peek_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         """Read Redis without counting a lookup (a loader waiting on another's lease)."""
         try:
-            payload = yield from _io("get", self._keys.state(user_id))
+            payload = yield from backend_op("get", self._keys.state(user_id))
             return decode_state(payload, user_id) if payload is not None else None
         except CacheError:
             return None
@@ -210,7 +210,8 @@ class CachePolicy:
         process holds the lease. Redis trouble grants a token: SQL must still answer."""
         token = uuid.uuid4().hex
         try:
-            granted = yield from _io("try_lease", self._keys.lease(user_id), token, self._lease_ms)
+            lease_key = self._keys.lease(user_id)
+            granted = yield from backend_op("try_lease", lease_key, token, self._lease_ms)
         except CacheError as exc:
             self._redis_failed("lease", exc)
             return token
@@ -220,7 +221,7 @@ class CachePolicy:
         """Cache a state just read from SQL, unless a newer version is already cached."""
         entry = self._entry(state.user_id, state)
         try:
-            written = yield from _io("fill", entry, self._keys.lease(state.user_id), lease)
+            written = yield from backend_op("fill", entry, self._keys.lease(state.user_id), lease)
         except CacheError as exc:
             self._redis_failed("fill", exc)
             return False
@@ -261,7 +262,8 @@ class CachePolicy:
 
     def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
         seq_key, channel = self._keys.sequence(), self._keys.channel()
-        written = yield from _io("write_publish", entry, seq_key, channel, encode_user_id(user_id))
+        user = encode_user_id(user_id)
+        written = yield from backend_op("write_publish", entry, seq_key, channel, user)
         self._counters.incr(counter if written else "fills_refused")
         return bool(written)
 
@@ -336,7 +338,7 @@ class CachePolicy:
         """A backend call whose failure is counted and logged, and answers ``default``;
         a call that returns nothing answers True."""
         try:
-            result = yield from _io(name, *args)
+            result = yield from backend_op(name, *args)
         except CacheError as exc:
             self._redis_failed(name, exc)
             return default

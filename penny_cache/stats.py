@@ -23,6 +23,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Final, Protocol
 
+from penny_cache import forks
 from penny_cache.errors import CacheError
 from penny_cache.keys import KeySchema
 
@@ -123,7 +124,7 @@ class SharedCounters:
         self._published: dict[str, int] | None = None
         self._closed = False
         self.process_id = new_process_id()
-        _track_for_fork(self)
+        forks.track(self)
 
     def near_hit(self) -> None:
         """Count one near-cache hit (also a hit); lock-free."""
@@ -195,7 +196,7 @@ class SharedCounters:
             except CacheError as exc:
                 log.warning("could not publish final counters (%s); they are lost", exc)
 
-    def _after_fork(self) -> None:
+    def after_fork(self) -> None:
         """A forked child must not inherit the parent's counts, id or thread."""
         self.local.reset()
         self.process_id = new_process_id()
@@ -209,18 +210,3 @@ def _close_at_exit(ref: weakref.ReferenceType[SharedCounters]) -> None:
     counters = ref()
     if counters is not None:
         counters.close()
-
-
-_live: weakref.WeakSet[SharedCounters] = weakref.WeakSet()
-
-
-def _track_for_fork(counters: SharedCounters) -> None:
-    _live.add(counters)
-
-
-def _reset_all_after_fork() -> None:
-    for counters in list(_live):
-        counters._after_fork()
-
-
-os.register_at_fork(after_in_child=_reset_all_after_fork)

@@ -71,6 +71,6 @@ def test_after_fork_the_child_starts_from_zero(
     c = counters(fake_redis, namespace)
     c.incr("hits", 4)
     parent_id = c.process_id
-    c._after_fork()
+    c.after_fork()
     assert c.process_id != parent_id
     assert c.local.snapshot()["hits"] == 0
