@@ -33,11 +33,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check penny_cache tests bench
 	$(BIN)/mypy
 
+## bench: every benchmark, side by side with its baselines, in one run each (ratios)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_foundation --json bench/results.json
+	$(BIN)/python -m bench.bench_near --json bench/results_near.json
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.bench_foundation --quick
+	$(BIN)/python -m bench.bench_near --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
