@@ -166,6 +166,10 @@ class AsyncPersonalityTracker(TrackerPolicy):
 
     async def get_current_personality_state(self, user_id: str) -> PersonalityState:
         """As ``PersonalityTracker.get_current_personality_state``."""
+        if self._bound:
+            near = self._cache.near_get(user_id)
+            if near is not None:
+                return near
         validate_user_id(user_id)
         await self._bind_async()
         began = self._monotonic()

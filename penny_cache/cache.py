@@ -39,7 +39,7 @@ class CacheBackend(CounterBackend, Protocol):
         self, key: str, seq_key: str, channel: str, encoded_user: str
     ) -> None: ...
     def publish_flush(self, seq_key: str, channel: str) -> None: ...
-    def try_lease(self, key: str, token: str, ttl_ms: int) -> bool: ...
+    def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool: ...
     def delete(self, key: str) -> bool: ...
     def unlink_matching(self, pattern: str) -> int: ...
     def count_matching(self, pattern: str) -> int: ...
@@ -79,9 +79,15 @@ class PersonalityCache(CachePolicy):
 
     def get(self, user_id: str) -> PersonalityState | None:
         """The cached state, or None on a miss; counts exactly one hit or miss."""
-        state = self.near_get(user_id)
-        if state is not None:
-            return state
+        # near_get() inlined: this is the hot path, a Python frame costs a third of it.
+        near, listener = self._near, self._listener
+        if near is not None and listener is not None and user_id.__class__ is str:
+            now = self._monotonic()
+            if now < listener.trusted_until:
+                entry = near.lookup(user_id)
+                if entry is not None and now < entry.expires_at:
+                    self._local_counters.near_hit()
+                    return entry.state
         return self._run(self.get_flow(user_id))
 
     def lookup(self, key: str, user_id: str, decode: Callable[[bytes, str], _V]) -> _V | None:
@@ -92,8 +98,8 @@ class PersonalityCache(CachePolicy):
         """Read Redis without counting a lookup."""
         return self._run(self.peek_flow(user_id))
 
-    def acquire_lease(self, user_id: str) -> str | None:
-        """A loader token, or None while another process loads ``user_id``."""
+    def acquire_lease(self, user_id: str) -> str | PersonalityState | None:
+        """A loader token; the state if another loader filled it; None while one loads."""
         return self._run(self.lease_flow(user_id))
 
     def fill(self, state: PersonalityState, ticket: Ticket | None, lease: str = "") -> bool:

@@ -107,7 +107,6 @@ class InvalidationListener:
         self._pings: dict[str, float] = {}
         self._last_seq: int | None = None
         self.trusted_until = 0.0
-        self.last_applied_lag: float | None = None
 
     @property
     def running(self) -> bool:

@@ -26,7 +26,7 @@ import cachebox
 
 from penny_cache.state import PersonalityState
 
-__all__ = ["NearCache", "Ticket"]
+__all__ = ["NearCache", "NearEntry", "Ticket"]
 
 _UNVERSIONED: Final = -1
 
@@ -38,7 +38,7 @@ class Ticket(NamedTuple):
     applied: int
 
 
-class _Entry(NamedTuple):
+class NearEntry(NamedTuple):
     state: PersonalityState
     expires_at: float
 
@@ -53,7 +53,9 @@ class NearCache:
         *,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._entries: cachebox.LRUCache[str, _Entry] = cachebox.LRUCache(maxsize)
+        self._entries: cachebox.LRUCache[str, NearEntry] = cachebox.LRUCache(maxsize)
+        # The raw lookup, for the hot path in PersonalityCache.get (no extra frame).
+        self.lookup: Callable[[str], NearEntry | None] = self._entries.get
         self._ttl = ttl
         self._monotonic = monotonic
         self._lock = threading.Lock()
@@ -90,7 +92,7 @@ class NearCache:
             if current is not None and current.state.version > state.version:
                 return False
             expires_at = self._monotonic() + self._ttl
-            self._entries.insert(state.user_id, _Entry(state, expires_at))
+            self._entries.insert(state.user_id, NearEntry(state, expires_at))
             return True
 
     def invalidate(self, user_id: str, version: int | None) -> None:

@@ -70,6 +70,7 @@ class CachePolicy:
         self._counters = SharedCounters(
             counter_backend, self._keys, flush_interval=stats_flush_interval
         )
+        self._local_counters = self._counters.local  # reset in place after a fork
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
         self._pending: dict[str, PersonalityState] = {}
         self._pending_lock = threading.Lock()
@@ -149,7 +150,7 @@ class CachePolicy:
             if listener is not None and now < listener.trusted_until:
                 state = near.get(user_id, now)
                 if state is not None:
-                    self._counters.local.near_hit()
+                    self._local_counters.near_hit()
                     return state
         return None
 
@@ -205,17 +206,23 @@ class CachePolicy:
 
     # -- loads ----------------------------------------------------------------------------
 
-    def lease_flow(self, user_id: str) -> Flow[str | None]:
-        """A token if this caller should load ``user_id`` from SQL, None if another
-        process holds the lease. Redis trouble grants a token: SQL must still answer."""
+    def lease_flow(self, user_id: str) -> Flow[str | PersonalityState | None]:
+        """Who loads ``user_id`` from SQL: a token for this caller; the state if another
+        loader's fill landed meanwhile; None while another process holds the lease.
+        Redis trouble grants a token: SQL must still answer."""
         token = uuid.uuid4().hex
+        keys = (self._keys.state(user_id), self._keys.lease(user_id))
         try:
-            lease_key = self._keys.lease(user_id)
-            granted = yield from backend_op("try_lease", lease_key, token, self._lease_ms)
+            result = yield from backend_op("try_lease", *keys, token, self._lease_ms)
         except CacheError as exc:
             self._redis_failed("lease", exc)
             return token
-        return token if granted else None
+        if isinstance(result, bytes):
+            try:
+                return decode_state(result, user_id)
+            except CacheDecodeError:
+                return token  # unreadable entry: load; the fill will overwrite it
+        return token if result else None
 
     def fill_flow(self, state: PersonalityState, ticket: Ticket | None, lease: str) -> Flow[bool]:
         """Cache a state just read from SQL, unless a newer version is already cached."""

@@ -18,6 +18,7 @@ from penny_cache.codec import Entry
 from penny_cache.redis_backend import (
     _FILL,
     _INVALIDATE_PUBLISH,
+    _LEASE,
     _PUBLISH_FLUSH,
     _SCAN_BATCH,
     _WRITE_PUBLISH,
@@ -110,8 +111,10 @@ class AsyncRedisBackend(ErrorBoundary):
     async def publish_flush(self, seq_key: str, channel: str) -> None:
         await self._run(lambda: self._eval(_PUBLISH_FLUSH, [seq_key], [channel]))
 
-    async def try_lease(self, key: str, token: str, ttl_ms: int) -> bool:
-        return bool(await self._run(lambda: self._client.set(key, token, nx=True, px=ttl_ms)))
+    async def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool:
+        keys, args = [key, lease_key], [token, ttl_ms]
+        result = await self._run(lambda: self._eval(_LEASE, keys, args))
+        return result if isinstance(result, bytes) else bool(result)
 
     async def delete(self, key: str) -> bool:
         return bool(await self._run(lambda: self._client.unlink(key)))

@@ -43,6 +43,7 @@ _FILL = Script(scripts.FILL)
 _WRITE_PUBLISH = Script(scripts.WRITE_PUBLISH)
 _INVALIDATE_PUBLISH = Script(scripts.INVALIDATE_PUBLISH)
 _PUBLISH_FLUSH = Script(scripts.PUBLISH_FLUSH)
+_LEASE = Script(scripts.LEASE)
 _RETIRE = Script(scripts.RETIRE_COUNTERS)
 _T = TypeVar("_T")
 
@@ -171,9 +172,10 @@ class RedisBackend(ErrorBoundary):
     def publish_flush(self, seq_key: str, channel: str) -> None:
         self._run(lambda: self._eval(_PUBLISH_FLUSH, [seq_key], [channel]))
 
-    def try_lease(self, key: str, token: str, ttl_ms: int) -> bool:
-        """SET NX PX: True when this caller may load; one loader per user per lease."""
-        return bool(self._run(lambda: self._client.set(key, token, nx=True, px=ttl_ms)))
+    def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool:
+        """The entry if it appeared meanwhile, else True when this caller may load."""
+        result = self._run(lambda: self._eval(_LEASE, [key, lease_key], [token, ttl_ms]))
+        return result if isinstance(result, bytes) else bool(result)
 
     def subscriber(self, socket_timeout: float) -> redis.Redis:
         """A fresh client for one pub/sub subscription: no retries, so a dropped

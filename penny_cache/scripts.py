@@ -12,7 +12,14 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["FILL", "INVALIDATE_PUBLISH", "PUBLISH_FLUSH", "RETIRE_COUNTERS", "WRITE_PUBLISH"]
+__all__ = [
+    "FILL",
+    "INVALIDATE_PUBLISH",
+    "LEASE",
+    "PUBLISH_FLUSH",
+    "RETIRE_COUNTERS",
+    "WRITE_PUBLISH",
+]
 
 _CAS: Final = """
 local function cas(key, version, payload, ttl_ms, prefix)
@@ -47,6 +54,23 @@ end
 return written
 """
 )
+
+LEASE: Final = """
+-- Elect one loader per user: the entry if another loader already filled it, else the
+-- lease if nobody holds it. Checking the entry first closes the race where a reader
+-- missed just before a fill and would otherwise take a fresh lease after it.
+-- KEYS[1]  entry key          KEYS[2]  lease key (same slot)
+-- ARGV[1]  token              ARGV[2]  lease TTL in ms
+-- returns  the entry (string) if present; else 1 when the lease is ours, 0 when held
+local current = redis.call('GET', KEYS[1])
+if current then
+  return current
+end
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
 
 WRITE_PUBLISH: Final = (
     """

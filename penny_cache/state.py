@@ -99,9 +99,17 @@ CATALOGUE: Final[Mapping[str, DimensionSpec]] = MappingProxyType(
 
 
 def validate_user_id(user_id: object) -> str:
-    """Return ``user_id`` if it is safe to key a cache entry and a SQL row with."""
+    """Return ``user_id`` if it is safe to key a cache entry and a SQL row with.
+
+    Memoised for strings: every read validates its id, and ids repeat.
+    """
     if not isinstance(user_id, str):
         raise InvalidUserIdError(f"user id must be a string, got {type(user_id).__name__}")
+    return _valid_user_id(user_id)
+
+
+@lru_cache(maxsize=65536)
+def _valid_user_id(user_id: str) -> str:
     if not user_id:
         raise InvalidUserIdError("user id must not be empty")
     try:
@@ -171,11 +179,6 @@ def _require_utc(moment: datetime, field: str) -> datetime:
 _REALS: Final = frozenset({float, int})
 
 
-@lru_cache(maxsize=65536)
-def _checked_user_id(user_id: str) -> None:
-    validate_user_id(user_id)
-
-
 class PersonalityDimension(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One learned dimension: its value and how sure Penny is of it.
 
@@ -205,9 +208,7 @@ class PersonalityState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         # Runs on every decode (every cache hit): cheap checks, fast paths first.
-        if self.user_id.__class__ is not str:
-            validate_user_id(self.user_id)
-        _checked_user_id(self.user_id)
+        validate_user_id(self.user_id)
         if self.version.__class__ is not int or self.version < 0:
             raise InvalidStateError(f"version must be an integer >= 0, got {self.version!r}")
         dims = self.dimensions

@@ -88,6 +88,8 @@ class TrackerPolicy:
     def _load_flow(self, user_id: str, ticket: Ticket | None) -> Flow[PersonalityState]:
         """One loader per user per lease across processes; the rest wait for its fill."""
         lease = yield from self._policy.lease_flow(user_id)
+        if isinstance(lease, PersonalityState):
+            return lease  # another loader's fill landed between our miss and now
         if lease is None:
             state = yield from self._wait_flow(user_id)
             if state is not None:
@@ -175,6 +177,10 @@ class PersonalityTracker(TrackerPolicy):
 
     def get_current_personality_state(self, user_id: str) -> PersonalityState:
         """The user's current state: from the cache when present, else from SQL."""
+        if self._bound:  # near hit first: only validated ids are ever in the near cache
+            near = self._cache.near_get(user_id)
+            if near is not None:
+                return near
         validate_user_id(user_id)
         self._bind()
         began = self._monotonic()

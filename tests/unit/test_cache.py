@@ -215,7 +215,7 @@ class _DownBackend(RedisBackend):
     def invalidate_publish(self, key: str, seq_key: str, channel: str, encoded_user: str) -> None:
         raise CacheUnavailableError("down")
 
-    def try_lease(self, key: str, token: str, ttl_ms: int) -> bool:
+    def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool:
         raise CacheUnavailableError("down")
 
     def delete(self, key: str) -> bool:
@@ -275,3 +275,14 @@ def test_undelivered_write_through_is_kept_and_delivered(
     cached = cache.get("alice")
     assert cached is not None and cached.version == 3
     assert cache.pending_writes == 0
+
+
+def test_lease_elects_one_loader_and_hands_later_ones_the_fill(cache: PersonalityCache) -> None:
+    """The first asker gets the lease, the next waits (None), and once a fill landed any
+    asker gets the filled state instead of a fresh lease (no second SQL load)."""
+    first = cache.acquire_lease("alice")
+    assert isinstance(first, str)
+    assert cache.acquire_lease("alice") is None
+    cache.fill(state_of("alice", 2), None, first)
+    after = cache.acquire_lease("alice")
+    assert isinstance(after, PersonalityState) and after.version == 2
