@@ -54,7 +54,8 @@ class Listener(Protocol):
     def after_fork(self) -> None: ...
 
 
-ListenerFactory = Callable[[NearCache, str, Callable[[str], None]], Listener]
+# (near cache, channel, on_event, on_tick) -> listener
+ListenerFactory = Callable[[NearCache, str, Callable[[str], None], Callable[[], None]], Listener]
 
 
 def stats_view(totals: Mapping[str, int], *, shared: bool) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from penny_cache.state import validate_user_id
 __all__ = ["InvalidationListener", "Message", "format_message", "parse_message"]
 
 log = logging.getLogger("penny_cache.invalidation")
+_FIRST_BACKOFF: Final = 0.01
 ANY_VERSION: Final = "*"
 FLUSH: Final = "flush"
 
@@ -94,6 +95,7 @@ class InvalidationListener:
         max_staleness: float = 0.5,
         monotonic: Callable[[], float] = time.monotonic,
         on_event: Callable[[str], None] = lambda _event: None,
+        on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         self._client_factory = client_factory
         self._channel = channel
@@ -102,10 +104,12 @@ class InvalidationListener:
         self._ping_every = max_staleness / 4
         self._monotonic = monotonic
         self._on_event = on_event
+        self._on_tick = on_tick
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pings: dict[str, float] = {}
         self._last_seq: int | None = None
+        self._subscribed = False
         self.trusted_until = 0.0
 
     @property
@@ -140,17 +144,19 @@ class InvalidationListener:
         self._near.flush()
 
     def _run(self) -> None:
-        backoff = 0.01
+        backoff = _FIRST_BACKOFF
         while not self._stop.is_set():
+            self._subscribed = False
             try:
                 self._listen()
-                backoff = 0.01
             except (redis.RedisError, OSError, ValueError) as exc:
                 log.warning("invalidation listener lost its subscription: %s", exc)
             self._distrust()
+            if self._stop.is_set():
+                return
             self._on_event("reconnect")
+            backoff = _FIRST_BACKOFF if self._subscribed else min(backoff * 2, 1.0)
             self._stop.wait(backoff)
-            backoff = min(backoff * 2, 1.0)
 
     def _listen(self) -> None:
         client = self._client_factory()
@@ -179,6 +185,7 @@ class InvalidationListener:
                 raise ValueError("redis-py reconnected the subscriber behind our back")
             if message is not None:
                 self._handle(message)
+            self._on_tick()
 
     def _send_ping(self, pubsub: _TrackedPubSub, now: float) -> None:
         token = f"penny-{now:.6f}"
@@ -200,6 +207,7 @@ class InvalidationListener:
             # took in before may have missed one: start over (and refuse older tickets).
             self._near.flush()
             self._last_seq = None
+            self._subscribed = True
 
     def _on_pong(self, data: bytes | str) -> None:
         token = data.decode() if isinstance(data, bytes) else data

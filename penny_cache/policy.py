@@ -67,8 +67,12 @@ class CachePolicy:
         self._bind_lock = threading.Lock()
         if stats_flush_interval is not None:
             positive_seconds(stats_flush_interval, "stats_flush_interval")
+        self._sync_backend = counter_backend
         self._counters = SharedCounters(
-            counter_backend, self._keys, flush_interval=stats_flush_interval
+            counter_backend,
+            self._keys,
+            flush_interval=stats_flush_interval,
+            on_tick=self.deliver_pending,
         )
         self._local_counters = self._counters.local  # reset in place after a fork
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
@@ -77,7 +81,9 @@ class CachePolicy:
         self._near = near
         self._listener: Listener | None = None
         if near is not None and listener is not None:
-            self._listener = listener(near, self._keys.channel(), self._on_listener_event)
+            self._listener = listener(
+                near, self._keys.channel(), self._on_listener_event, self.deliver_pending
+            )
 
     # -- identity and state ---------------------------------------------------------------
 
@@ -258,7 +264,7 @@ class CachePolicy:
             self._near.invalidate(state.user_id, state.version)
             self._near.put(state, self._near.ticket())
         try:
-            return (yield from self._publish_flow(entry, state.user_id, "invalidations"))
+            written = yield from self._publish_flow(entry, state.user_id, "invalidations")
         except CacheError as exc:
             self._redis_failed("write-through", exc)
             with self._pending_lock:
@@ -266,6 +272,24 @@ class CachePolicy:
                 if queued is None or queued.version < state.version:
                     self._pending[state.user_id] = state
             return False
+        if self._pending:  # a newer write went through: an older queued one is moot
+            with self._pending_lock:
+                queued = self._pending.get(state.user_id)
+                if queued is not None and queued.version <= state.version:
+                    del self._pending[state.user_id]
+        return written
+
+    def deliver_pending(self) -> None:
+        """Background delivery of queued write-throughs (listener and flusher threads):
+        other processes must not wait for this process's next Redis read to learn of
+        an update it committed while Redis was unreachable."""
+        if not self._pending:
+            return
+        revive = getattr(self._sync_backend, "revive", None)
+        if revive is not None and not revive():
+            return
+        backend = self._sync_backend
+        drive(self._drain_flow(None), lambda name, args: getattr(backend, name)(*args))
 
     def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
         seq_key, channel = self._keys.sequence(), self._keys.channel()
@@ -274,7 +298,7 @@ class CachePolicy:
         self._counters.incr(counter if written else "fills_refused")
         return bool(written)
 
-    def _drain_flow(self, user_id: str) -> Flow[bool]:
+    def _drain_flow(self, user_id: str | None) -> Flow[bool]:
         """Deliver queued write-throughs; False while ``user_id``'s is still undelivered."""
         with self._pending_lock:
             queued = list(self._pending.values())

@@ -232,5 +232,17 @@ class RedisBackend(ErrorBoundary):
     def ping(self) -> bool:
         return bool(self._run(self._client.ping))
 
+    def revive(self) -> bool:
+        """Ping past the cooldown and end it if Redis answers: for background work
+        (delivering queued write-throughs, final counters), never for requests."""
+        if not self._down_until:
+            return True
+        try:
+            self._client.ping()
+        except redis.RedisError:
+            return False
+        self._down_until = 0.0
+        return True
+
     def close(self) -> None:
         self._client.close()

@@ -111,6 +111,7 @@ class SharedCounters:
         *,
         flush_interval: float | None = 1.0,
         wall_clock: Callable[[], float] = time.time,
+        on_tick: Callable[[], None] = lambda: None,
     ) -> None:
         self.local = LocalCounters()
         self._backend = backend
@@ -118,6 +119,7 @@ class SharedCounters:
         self._keys = keys
         self._interval = flush_interval
         self._wall_clock = wall_clock
+        self.on_tick = on_tick
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -151,6 +153,7 @@ class SharedCounters:
         assert self._interval is not None
         while not self._stop.wait(self._interval):
             self.flush()
+            self.on_tick()
 
     def flush(self) -> bool:
         """Publish the totals if they changed; False when Redis could not be written."""
@@ -191,6 +194,9 @@ class SharedCounters:
             if not any(totals.values()):
                 return
             marker = self._keys.retired_marker(self.process_id)
+            revive = getattr(self._backend, "revive", None)
+            if revive is not None:
+                revive()  # Redis may be back while our cooldown still runs
             try:
                 self._backend.retire_counters(self._key, marker, self.process_id, totals)
             except CacheError as exc:

@@ -97,8 +97,9 @@ class PersonalityStore:
 
     def _create_schema(self) -> str:
         for attempt in range(3):
-            try:
-                metadata.create_all(self._engine, checkfirst=True)
+            try:  # in a write transaction: on SQLite, BEGIN IMMEDIATE waits its turn
+                with self._write() as conn:
+                    metadata.create_all(conn, checkfirst=True)
                 break
             except (sa_exc.IntegrityError, sa_exc.ProgrammingError):
                 if attempt == 2:  # another process kept racing us to CREATE TABLE

@@ -72,9 +72,12 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
 
 def _listener_factory(
     backend: RedisBackend, settings: Settings
-) -> Callable[[NearCache, str, Callable[[str], None]], InvalidationListener]:
+) -> Callable[[NearCache, str, Callable[[str], None], Callable[[], None]], InvalidationListener]:
     def build(
-        near: NearCache, channel: str, on_event: Callable[[str], None]
+        near: NearCache,
+        channel: str,
+        on_event: Callable[[str], None],
+        on_tick: Callable[[], None],
     ) -> InvalidationListener:
         return InvalidationListener(
             lambda: backend.subscriber(socket_timeout=max(settings.max_staleness, 0.5)),
@@ -82,6 +85,7 @@ def _listener_factory(
             near,
             max_staleness=settings.max_staleness,
             on_event=on_event,
+            on_tick=on_tick,
         )
 
     return build

@@ -43,7 +43,7 @@ def listener() -> FakeListener:
 def near_cache(
     fake_backend: RedisBackend, namespace: str, clock: FakeClock, listener: FakeListener
 ) -> PersonalityCache:
-    factory: Callable[..., FakeListener] = lambda near, channel, on_event: listener  # noqa: E731
+    factory: Callable[..., FakeListener] = lambda near, channel, on_event, on_tick: listener  # noqa: E731
     return PersonalityCache(
         fake_backend,
         namespace=namespace,
