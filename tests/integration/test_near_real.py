@@ -106,3 +106,28 @@ def test_paused_redis_stops_trust_within_max_staleness(
     finally:
         own_redis.resume()
     wait_until(lambda: b.cache.near_trusted, 10, "trust to come back")
+
+
+def _child_after_fork(tracker: PersonalityTracker) -> None:
+    cache = tracker.cache
+    assert not cache.near_trusted, "a forked child must not trust its parent's near cache"
+    assert cache.near is not None and len(cache.near) == 0
+    tracker.get_current_personality_state("alice")  # starts the child's own listener
+    wait_until(lambda: cache.near_trusted, 10, "the child's listener")
+    cache.close()
+
+
+def test_forked_worker_starts_its_own_listener(
+    pair: tuple[PersonalityTracker, PersonalityTracker],
+) -> None:
+    """Pre-fork servers: a child forked from a process with a trusted near cache starts
+    distrusted and empty, and vouches again only through a listener of its own."""
+    import multiprocessing
+
+    a, _ = pair
+    warm(a, "alice")
+    child = multiprocessing.get_context("fork").Process(target=_child_after_fork, args=(a,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0
+    assert a.cache.near_trusted, "the parent's listener is unaffected"
