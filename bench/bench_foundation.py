@@ -133,7 +133,9 @@ def redis_server() -> Iterator[int]:
 def bench_env(port: int, workdir: Path) -> Iterator[Env]:
     """A store, a cache bound to it and one user with a few committed updates."""
     store = PersonalityStore(f"sqlite:///{workdir}/bench.db")
-    cache = PersonalityCache.from_url(f"redis://127.0.0.1:{port}/0", namespace="bench", ttl=300)
+    # The near cache is off: this benchmark measures the Redis tier (bench_near.py the near one).
+    url = f"redis://127.0.0.1:{port}/0"
+    cache = PersonalityCache.from_url(url, namespace="bench", ttl=300, near_cache=False)
     raw = redis.Redis(host="127.0.0.1", port=port)
     try:
         tracker = PersonalityTracker(store=store, cache=cache)

@@ -138,10 +138,15 @@ class PersonalityCache(CachePolicy):
 
     def ping(self) -> bool:
         """True when Redis answers."""
+        return self.check() is None
+
+    def check(self) -> str | None:
+        """None when Redis answers, else why not (for probes and the CLI)."""
         try:
-            return self._backend.ping()
-        except CacheError:
-            return False
+            self._backend.ping()
+        except CacheError as exc:
+            return str(exc)
+        return None
 
     def close(self) -> None:
         """Stop the listener, publish the final counters, close connections."""

@@ -1,6 +1,6 @@
-"""``penny-cache``: the command line (settings are read from ``PENNY_*`` here, at the edge).
+"""penny-cache: the command line of penny_cache (settings come from PENNY_* variables).
 
-penny-cache demo [--workers N] [--duration S] [--users N]   the ``make run`` job
+penny-cache demo [--workers N] [--duration S] [--users N]   the `make run` job
 penny-cache stats [--json]                                  cross-process totals
 penny-cache check                                           exit 1 unless Redis and SQL answer
 """
@@ -17,31 +17,40 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.config import Settings
+from penny_cache.config import Settings, redact_url
 from penny_cache.demo import DemoConfig, format_report, run_demo
 from penny_cache.embedded import embedded_redis
-from penny_cache.errors import ConfigurationError, StoreError
+from penny_cache.errors import ConfigurationError, InvalidInputError, StoreError
 from penny_cache.store import PersonalityStore
 
 __all__ = ["main"]
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
     return value
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
     return value
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="penny-cache", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="penny-cache",
+        description="penny_cache's command line; settings come from PENNY_* variables",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run worker processes on a shared cache and report")
     demo.add_argument("--workers", type=_positive_int, default=4)
@@ -58,7 +67,7 @@ def _demo(args: argparse.Namespace, environ: dict[str, str]) -> int:
         database_url = environ.get("PENNY_DATABASE_URL") or f"sqlite:///{Path(tmp, 'demo.db')}"
         if environ.get("PENNY_REDIS_URL"):
             settings = Settings.from_env(environ)
-            print(f"redis            {settings.redis_url} (PENNY_REDIS_URL)")
+            print(f"redis            {redact_url(settings.redis_url)} (PENNY_REDIS_URL)")
             return _run_demo(args, settings.redis_url, database_url)
         with embedded_redis() as redis:
             print(f"redis            {redis.description}; set PENNY_REDIS_URL to use yours")
@@ -77,38 +86,52 @@ def _run_demo(args: argparse.Namespace, redis_url: str, database_url: str) -> in
     print(f"database         {config.database_url}")
     print(f"namespace        {config.namespace}")
     print(f"running {config.workers} workers for {config.duration:g} s ...", flush=True)
-    print(format_report(run_demo(config)))
-    return 0
+    report = run_demo(config)
+    print(format_report(report))
+    return 0 if report.counted_exactly else 1
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
     with PersonalityCache.from_settings(settings) as cache:
-        stats = cache.get_stats()
+        problem = cache.check()
+        stats = None if problem else cache.get_stats()
+    if stats is None or not stats["shared"]:
+        where = redact_url(settings.redis_url)
+        print(f"penny-cache: cannot read the counters from {where}: {problem}", file=sys.stderr)
+        return 1
     if args.json:
         print(json.dumps(stats, sort_keys=True))
     else:
         for name, value in stats.items():
             shown = f"{value:.1%}" if name == "hit_rate" else value
-            print(f"{name:<16} {shown}")
-    return 0 if stats["shared"] else 1
+            print(f"{name:<22} {shown}")
+    return 0
 
 
 def _check(settings: Settings) -> int:
-    failures = 0
     with PersonalityCache.from_settings(settings) as cache:
-        redis_ok = cache.ping()
-    print(f"redis   {'ok' if redis_ok else 'UNREACHABLE'}  {settings.redis_url}")
-    failures += not redis_ok
-    store = PersonalityStore(settings.database_url)
+        redis_problem = cache.check()
+    where = redact_url(settings.redis_url)
+    print(f"redis   {'ok' if not redis_problem else 'UNREACHABLE'}  {where}  {redis_problem or ''}")
+    sql_problem = _check_sql(settings.database_url)
+    return 1 if redis_problem or sql_problem else 0
+
+
+def _check_sql(url: str) -> str | None:
+    try:
+        store = PersonalityStore(url)
+    except InvalidInputError as exc:
+        print(f"sql     UNUSABLE  PENNY_DATABASE_URL: {exc}")
+        return str(exc)
     try:
         store.ping()
-        print(f"sql     ok  {store.url}")
     except StoreError as exc:
-        print(f"sql     UNREACHABLE  {store.url}: {exc}")
-        failures += 1
+        print(f"sql     UNREACHABLE  {store.url}  {exc}")
+        return str(exc)
     finally:
         store.close()
-    return 1 if failures else 0
+    print(f"sql     ok  {store.url}")
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,6 +19,7 @@ __all__ = [
     "DEFAULT_REDIS_URL",
     "Settings",
     "positive_seconds",
+    "redact_url",
     "validate_jitter",
     "validate_namespace",
     "validate_redis_url",
@@ -43,9 +44,23 @@ def validate_redis_url(url: object, *, source: str = "redis url") -> str:
     """Reject URLs redis-py would misread, before any connection is tried."""
     if not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES:
         raise ConfigurationError(
-            f"{source} must start with redis://, rediss:// or unix://, got {url!r}"
+            f"{source} must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
         )
+    parts = urlsplit(url)
+    database = parts.path.strip("/")
+    if parts.scheme != "unix" and database and not database.isdigit():
+        raise ConfigurationError(f"{source}: the database in the path must be a number")
     return url
+
+
+def redact_url(url: object) -> str:
+    """The URL with any password replaced by ``***``, for messages and logs."""
+    text = str(url)
+    parts = urlsplit(text)
+    if parts.password is None:
+        return text
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
 
 
 def positive_seconds(value: object, name: str) -> float:

@@ -61,6 +61,12 @@ class DemoReport:
     shared_stats: dict[str, Any]
 
     @property
+    def counted_exactly(self) -> bool:
+        """Every lookup the workers made is in the shared counters, once."""
+        made = sum(w.lookups_counted for w in self.workers)
+        return bool(self.shared_stats["hits"] + self.shared_stats["misses"] == made)
+
+    @property
     def reads(self) -> int:
         return sum(w.reads for w in self.workers)
 

@@ -36,7 +36,7 @@ def free_port() -> int:
 def _answers_ping(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2) as sock:
-            sock.sendall(b"PING\r\n")
+            sock.sendall(b"*1\r\n$4\r\nPING\r\n")  # RESP: fakeredis ignores inline commands
             return sock.recv(16).startswith(b"+PONG")
     except OSError:
         return False

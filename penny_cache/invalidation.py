@@ -31,6 +31,7 @@ from redis.client import PubSub
 
 from penny_cache.keys import decode_user_id
 from penny_cache.near import NearCache
+from penny_cache.ratelog import RateLimitedLog
 from penny_cache.state import validate_user_id
 
 __all__ = ["InvalidationListener", "Message", "format_message", "parse_message"]
@@ -96,6 +97,7 @@ class InvalidationListener:
         monotonic: Callable[[], float] = time.monotonic,
         on_event: Callable[[str], None] = lambda _event: None,
         on_tick: Callable[[], None] = lambda: None,
+        error_log_interval: float = 60.0,
     ) -> None:
         self._client_factory = client_factory
         self._channel = channel
@@ -105,6 +107,7 @@ class InvalidationListener:
         self._monotonic = monotonic
         self._on_event = on_event
         self._on_tick = on_tick
+        self._errors = RateLimitedLog(log, error_log_interval, monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._pings: dict[str, float] = {}
@@ -150,7 +153,7 @@ class InvalidationListener:
             try:
                 self._listen()
             except (redis.RedisError, OSError, ValueError) as exc:
-                log.warning("invalidation listener lost its subscription: %s", exc)
+                self._errors.warning("lost", f"invalidation listener lost its subscription: {exc}")
             self._distrust()
             if self._stop.is_set():
                 return

@@ -9,6 +9,7 @@ the versioned envelope, never pickled.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -37,15 +38,14 @@ class PersonalityStateCache:
         core: PersonalityCache | None = None,
     ) -> None:
         if core is None:
-            settings = Settings.from_env(os.environ)
-            core = PersonalityCache.from_url(
-                redis_url or settings.redis_url,
-                ttl=ttl_seconds,
+            settings = Settings.from_env(os.environ)  # every PENNY_* setting applies
+            settings = dataclasses.replace(
+                settings,
+                cache_ttl=ttl_seconds,
+                redis_url=redis_url or settings.redis_url,
                 namespace=namespace or settings.namespace,
-                timeout=settings.redis_timeout,
-                cooldown=settings.redis_cooldown,
-                stats_flush_interval=settings.stats_flush_interval,
             )
+            core = PersonalityCache.from_settings(settings)
         self._core = core
         self.ttl_seconds = ttl_seconds
 

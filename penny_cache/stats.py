@@ -159,8 +159,8 @@ class SharedCounters:
         """Publish the totals if they changed; False when Redis could not be written."""
         with self._flush_lock:
             totals = self.local.snapshot()
-            if totals == self._published:
-                return True
+            if totals == self._published or (self._published is None and not any(totals.values())):
+                return True  # unchanged, or nothing counted yet: no fields for a mere reader
             fields: dict[str, int | float | str] = {
                 f"{self.process_id}|{name}": value for name, value in totals.items()
             }
@@ -191,8 +191,8 @@ class SharedCounters:
             thread.join(timeout=5)
         with self._flush_lock:
             totals = self.local.snapshot()
-            if not any(totals.values()):
-                return
+            if not any(totals.values()) and self._published is None:
+                return  # never published: nothing of ours is in the hash
             marker = self._keys.retired_marker(self.process_id)
             revive = getattr(self._backend, "revive", None)
             if revive is not None:

@@ -323,6 +323,8 @@ def _translated() -> Iterator[None]:
     try:
         yield
     except (sa_exc.OperationalError, sa_exc.InterfaceError, sa_exc.TimeoutError) as exc:
-        raise StoreUnavailableError(f"database unavailable: {exc.__class__.__name__}") from exc
+        origin = getattr(exc, "orig", None) or exc
+        reason = (str(origin).strip().splitlines() or [type(exc).__name__])[0]
+        raise StoreUnavailableError(f"database unavailable: {reason}") from exc
     except sa_exc.SQLAlchemyError as exc:
         raise StoreError(f"database error: {exc.__class__.__name__}: {exc}") from exc

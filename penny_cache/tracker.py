@@ -32,6 +32,7 @@ __all__ = ["MAX_CONTEXT_CHARS", "PersonalityTracker", "TrackerPolicy"]
 
 MAX_CONTEXT_CHARS: Final = 4096
 _RECENT_LOADS: Final = 1024
+_MAX_DAYS: Final = 36_500  # a century: the furthest a datetime subtraction stays valid
 
 
 def _validate_context(context: object) -> str | None:
@@ -49,8 +50,8 @@ def _validate_context(context: object) -> str | None:
 def _validate_days(days: object) -> float:
     if isinstance(days, bool) or not isinstance(days, int | float):
         raise InvalidInputError(f"days must be a number, got {days!r}")
-    if not math.isfinite(days) or days <= 0:
-        raise InvalidInputError(f"days must be positive and finite, got {days!r}")
+    if not math.isfinite(days) or not 0 < days <= _MAX_DAYS:
+        raise InvalidInputError(f"days must be in (0, {_MAX_DAYS}], got {days!r}")
     return float(days)
 
 

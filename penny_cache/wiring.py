@@ -86,6 +86,7 @@ def _listener_factory(
             max_staleness=settings.max_staleness,
             on_event=on_event,
             on_tick=on_tick,
+            error_log_interval=settings.error_log_interval,
         )
 
     return build

@@ -38,6 +38,27 @@ def test_demo_runs_workers_on_an_embedded_redis() -> None:
     assert "shared hit rate" in result.stdout
 
 
+def test_demo_runs_on_fakeredis_when_asked() -> None:
+    """The embedded fallback for machines without redis-server (fakeredis' TCP server)
+    runs the same demo with exact counts."""
+    result = run_cli(
+        "demo", "--workers", "2", "--duration", "1", "--users", "50", PENNY_EMBEDDED_FAKEREDIS="1"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "fakeredis TCP server" in result.stdout
+    assert "counted in Redis: exact" in result.stdout
+
+
+def test_stats_refuses_to_print_zeros_when_redis_is_down() -> None:
+    """With Redis unreachable, stats says so (rc 1) instead of printing a table of zeros,
+    and never prints a password."""
+    dead = f"redis://:s3cret@127.0.0.1:{free_port()}/0"
+    result = run_cli("stats", PENNY_REDIS_URL=dead)
+    assert result.returncode == 1
+    assert "cannot read the counters" in result.stderr and "s3cret" not in result.stderr
+    assert result.stdout == ""
+
+
 def test_stats_json_and_check(redis_url: str, namespace: str, sqlite_url: str) -> None:
     """stats --json prints the cross-process totals; check exits 0 when all answer."""
     with PersonalityCache.from_url(redis_url, namespace=namespace) as cache:

@@ -167,3 +167,22 @@ def test_replace_revalidates() -> None:
     """dataclasses.replace goes through the same validation as construction."""
     with pytest.raises(ConfigurationError, match="PENNY_CACHE_TTL"):
         dataclasses.replace(Settings(), cache_ttl=-1.0)
+
+
+def test_redis_database_must_be_a_number() -> None:
+    """redis://host/abc is refused instead of silently using database 0."""
+    with pytest.raises(ConfigurationError, match="PENNY_REDIS_URL"):
+        Settings.from_env({"PENNY_REDIS_URL": "redis://127.0.0.1:6379/abc"})
+    assert Settings(redis_url="redis://h:1/3").redis_url.endswith("/3")
+
+
+def test_passwords_are_redacted_in_messages() -> None:
+    """redact_url hides a password and leaves URLs without one untouched."""
+    from penny_cache.config import redact_url
+
+    assert redact_url("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
+    assert redact_url("rediss://user:pw@h/1") == "rediss://user:***@h/1"
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
+    with pytest.raises(ConfigurationError) as caught:
+        Settings(redis_url="http://:s3cret@h/0")
+    assert "s3cret" not in str(caught.value)

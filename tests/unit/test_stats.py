@@ -74,3 +74,27 @@ def test_after_fork_the_child_starts_from_zero(
     c.after_fork()
     assert c.process_id != parent_id
     assert c.local.snapshot()["hits"] == 0
+
+
+def test_a_reader_that_counted_nothing_leaves_no_fields(
+    fake_redis: fakeredis.FakeRedis, namespace: str
+) -> None:
+    """A process that only reads the stats (a probe, `penny-cache stats`) writes nothing,
+    so the hash does not grow with each probe."""
+    c = counters(fake_redis, namespace)
+    assert c.totals()["hits"] == 0
+    c.close()
+    assert fake_redis.hlen(KeySchema(namespace).counters()) == 0
+
+
+def test_published_fields_are_retired_on_close(
+    fake_redis: fakeredis.FakeRedis, namespace: str
+) -> None:
+    """Whatever a process published is folded away on close: only 'retired' fields stay."""
+    c = counters(fake_redis, namespace)
+    c.incr("misses")
+    c.flush()
+    c.close()
+    keys = fake_redis.hkeys(KeySchema(namespace).counters())
+    fields = [k.decode() if isinstance(k, bytes) else k for k in keys]
+    assert fields and all(f.startswith("retired|") for f in fields)

@@ -146,8 +146,9 @@ def test_history_filters_by_dimension_and_days(
     ]
     with pytest.raises(UnknownDimensionError):
         tracker.get_personality_evolution_history("a", "bogus")
-    with pytest.raises(InvalidInputError):
-        tracker.get_personality_evolution_history("a", days=float("nan"))
+    for days in (float("nan"), 0, -1, 1e9, 36_501):
+        with pytest.raises(InvalidInputError):
+            tracker.get_personality_evolution_history("a", days=days)
 
 
 def run_race(sqlite_url: str, cache: PersonalityCache) -> tuple[int, int]:
