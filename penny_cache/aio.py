@@ -174,7 +174,8 @@ class AsyncPersonalityTracker(TrackerPolicy):
         await self._bind_async()
         began = self._monotonic()
         ticket = self._cache.ticket()
-        cached = await self._cache.get(user_id)
+        read = self._policy.read_or_lease_flow(user_id, ticket)
+        cached, lease = await adrive(read, self._call)
         if cached is not None:
             return cached
         recent = self._recent_load(user_id, began)
@@ -186,7 +187,7 @@ class AsyncPersonalityTracker(TrackerPolicy):
         future: asyncio.Future[PersonalityState] = asyncio.get_running_loop().create_future()
         self._loads[user_id] = future
         try:
-            state = await adrive(self._load_flow(user_id, ticket), self._call)
+            state = await adrive(self._load_flow(user_id, ticket, lease), self._call)
             future.set_result(state)
             return state
         except BaseException as exc:

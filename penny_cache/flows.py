@@ -1,8 +1,9 @@
 """Flows: generators that yield backend operations, and the sync driver that runs them.
 
-A flow yields ``(operation, arguments)``, receives the result (or has a ``CacheError``
-thrown in), and returns its answer; ``drive`` runs one with plain calls and
-``aio.adrive`` with ``await``, so the policy is written once for both APIs.
+A flow yields ``(operation, arguments)`` (``payload = yield ("get", (key,))``), receives
+the result (or has a ``CacheError`` thrown in at that ``yield``), and returns its answer;
+``drive`` runs one with plain calls and ``aio.adrive`` with ``await``, so the policy is
+written once for both APIs.
 """
 
 from __future__ import annotations
@@ -18,11 +19,6 @@ __all__ = ["Flow", "Listener", "ListenerFactory", "Op", "drive", "stats_view"]
 _T = TypeVar("_T")
 Op = tuple[str, tuple[Any, ...]]
 Flow = Generator[Op, Any, _T]
-
-
-def backend_op(name: str, *args: Any) -> Flow[Any]:
-    """One backend call inside a flow."""
-    return (yield (name, args))
 
 
 def drive(flow: Flow[_T], call: Callable[[str, tuple[Any, ...]], Any]) -> _T:

@@ -10,6 +10,7 @@ enters a flow.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 from penny_cache.codec import Entry, decode_state, encode_state
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, InvalidStateError, StoreMismatchError
-from penny_cache.flows import Flow, Listener, ListenerFactory, Op, backend_op, drive, stats_view
+from penny_cache.flows import Flow, Listener, ListenerFactory, Op, drive, stats_view
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, encode_user_id
 from penny_cache.near import NearCache, Ticket
 from penny_cache.ratelog import RateLimitedLog
@@ -33,6 +34,7 @@ __all__ = ["CachePolicy", "Flow", "Listener", "Op", "drive", "stats_view"]
 log = logging.getLogger("penny_cache")
 _T = TypeVar("_T")
 _V = TypeVar("_V")
+_UNREADABLE: Any = object()  # what _decode returns for an entry to drop
 _LISTENER_COUNTERS = {
     "reconnect": "listener_reconnects",
     "gap": "sequence_gaps",
@@ -77,6 +79,7 @@ class CachePolicy:
         self._local_counters = self._counters.local  # reset in place after a fork
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
         self._pending: dict[str, PersonalityState] = {}
+        self._tokens = itertools.count()
         self._pending_lock = threading.Lock()
         self._near = near
         self._listener: Listener | None = None
@@ -161,11 +164,16 @@ class CachePolicy:
         return None
 
     def ticket(self) -> Ticket | None:
-        """Take before a read whose result may go into the near cache (see ``NearCache``)."""
+        """Take before a read whose result may go into the near cache (see ``NearCache``).
+
+        Every read that reaches Redis takes one: background threads start here, lazily,
+        in the process that reads (fork-safe).
+        """
+        self._counters.ensure_started()
         if self._near is None:
             return None
         if self._listener is not None and not self._listener.running:
-            self._listener.start()  # lazily, in the process that reads (fork-safe)
+            self._listener.start()
         return self._near.ticket()
 
     def get_flow(self, user_id: str) -> Flow[PersonalityState | None]:
@@ -175,9 +183,18 @@ class CachePolicy:
         if self._pending:
             delivered = yield from self._drain_flow(user_id)
             if not delivered:
-                self._counters.incr("misses")  # Redis may still hold a version we replaced
+                self._local_counters.miss()  # Redis may still hold a version we replaced
                 return None
-        state = yield from self.lookup_flow(key, user_id, decode_state)
+        try:  # the L2 hit path: kept flat, one generator, no nested flows
+            payload = yield ("get", (key,))
+        except CacheError as exc:
+            self._redis_failed("get", exc)
+            payload = None
+        state = None if payload is None else self._decode(payload, user_id, decode_state)
+        if state is _UNREADABLE:
+            yield from self._quiet("delete", key)
+            state = None
+        (self._local_counters.hit if state is not None else self._local_counters.miss)()
         if state is not None and self._near is not None and ticket is not None:
             self._near.put(state, ticket)
         return state
@@ -186,31 +203,68 @@ class CachePolicy:
         self, key: str, user_id: str, decode: Callable[[bytes, str], _V]
     ) -> Flow[_V | None]:
         """Read and decode one entry, counting one hit or miss (shared with the drop-in)."""
+        self._counters.ensure_started()
         try:
-            payload = yield from backend_op("get", key)
+            payload = yield ("get", (key,))
         except CacheError as exc:
             self._redis_failed("get", exc)
             payload = None
-        value = None
-        if payload is not None:
-            try:
-                value = decode(payload, user_id)
-            except CacheDecodeError as exc:
-                self._counters.incr("decode_errors")
-                self._errors.warning("decode", f"dropping an undecodable cache entry: {exc}")
-                yield from self._quiet("delete", key)
-        self._counters.incr("hits" if value is not None else "misses")
+        value = None if payload is None else self._decode(payload, user_id, decode)
+        if value is _UNREADABLE:
+            yield from self._quiet("delete", key)
+            value = None
+        (self._local_counters.hit if value is not None else self._local_counters.miss)()
         return value
+
+    def _decode(self, payload: bytes, user_id: str, decode: Callable[[bytes, str], _V]) -> Any:
+        """The value, or ``_UNREADABLE`` (counted and logged; the caller deletes it)."""
+        try:
+            return decode(payload, user_id)
+        except CacheDecodeError as exc:
+            self._counters.incr("decode_errors")
+            self._errors.warning("decode", f"dropping an undecodable cache entry: {exc}")
+            return _UNREADABLE
 
     def peek_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         """Read Redis without counting a lookup (a loader waiting on another's lease)."""
         try:
-            payload = yield from backend_op("get", self._keys.state(user_id))
+            payload = yield ("get", (self._keys.state(user_id),))
             return decode_state(payload, user_id) if payload is not None else None
         except CacheError:
             return None
 
     # -- loads ----------------------------------------------------------------------------
+
+    def read_or_lease_flow(
+        self, user_id: str, ticket: Ticket | None
+    ) -> Flow[tuple[PersonalityState | None, str | None]]:
+        """The tracker's read behind a near miss, in one round trip: the entry (a hit), or
+        this caller elected to load it (a miss and a lease token; ``""`` = load without
+        one), or another process loading it (a miss and None: wait for its fill)."""
+        key = self._keys.state(user_id)
+        if self._pending:
+            delivered = yield from self._drain_flow(user_id)
+            if not delivered:
+                self._local_counters.miss()  # Redis may still hold a version we replaced
+                return None, ""
+        token = f"{self.process_id}:{next(self._tokens)}"
+        try:
+            result = yield ("try_lease", (key, self._keys.lease(user_id), token, self._lease_ms))
+        except CacheError as exc:
+            self._redis_failed("get", exc)
+            result = False
+            token = ""
+        state = None
+        if isinstance(result, bytes):
+            state = self._decode(result, user_id, decode_state)
+            if state is _UNREADABLE:
+                yield from self._quiet("delete", key)
+                state = None
+            result, token = False, ""  # if unreadable: load, no lease was taken
+        (self._local_counters.hit if state is not None else self._local_counters.miss)()
+        if state is not None and self._near is not None and ticket is not None:
+            self._near.put(state, ticket)
+        return state, (token if result or not token else None)
 
     def lease_flow(self, user_id: str) -> Flow[str | PersonalityState | None]:
         """Who loads ``user_id`` from SQL: a token for this caller; the state if another
@@ -219,7 +273,7 @@ class CachePolicy:
         token = uuid.uuid4().hex
         keys = (self._keys.state(user_id), self._keys.lease(user_id))
         try:
-            result = yield from backend_op("try_lease", *keys, token, self._lease_ms)
+            result = yield ("try_lease", (*keys, token, self._lease_ms))
         except CacheError as exc:
             self._redis_failed("lease", exc)
             return token
@@ -234,7 +288,7 @@ class CachePolicy:
         """Cache a state just read from SQL, unless a newer version is already cached."""
         entry = self._entry(state.user_id, state)
         try:
-            written = yield from backend_op("fill", entry, self._keys.lease(state.user_id), lease)
+            written = yield ("fill", (entry, self._keys.lease(state.user_id), lease))
         except CacheError as exc:
             self._redis_failed("fill", exc)
             return False
@@ -294,7 +348,7 @@ class CachePolicy:
     def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
         seq_key, channel = self._keys.sequence(), self._keys.channel()
         user = encode_user_id(user_id)
-        written = yield from backend_op("write_publish", entry, seq_key, channel, user)
+        written = yield ("write_publish", (entry, seq_key, channel, user))
         self._counters.incr(counter if written else "fills_refused")
         return bool(written)
 
@@ -369,7 +423,7 @@ class CachePolicy:
         """A backend call whose failure is counted and logged, and answers ``default``;
         a call that returns nothing answers True."""
         try:
-            result = yield from backend_op(name, *args)
+            result = yield (name, args)
         except CacheError as exc:
             self._redis_failed(name, exc)
             return default

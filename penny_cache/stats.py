@@ -43,6 +43,7 @@ COUNTERS: Final = (
     "malformed_messages",
 )
 _SEEN: Final = "seen"
+_LOCK_FREE: Final = ("hits", "misses", "near_hits")
 log = logging.getLogger("penny_cache.stats")
 
 
@@ -61,29 +62,31 @@ class LocalCounters:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._totals = dict.fromkeys(COUNTERS, 0)
-        # Near hits are the hottest path (~0.3 us budget): next() on itertools.count is
-        # atomic under the GIL and needs no lock. Its value is read back from repr().
-        self._near_hits = itertools.count()
-        self.near_hit = self._near_hits.__next__
+        self.reset()
+
+    def reset(self) -> None:
+        """Zero everything (a forked child starts from nothing)."""
+        with self._lock:
+            self._totals = dict.fromkeys(COUNTERS, 0)
+            # Lookups are the hot path (a near hit has ~0.3 us): next() on itertools.count
+            # is atomic under the GIL and takes no lock; the value is read from repr().
+            self._fast = {name: itertools.count() for name in _LOCK_FREE}
+            self.near_hit = self._fast["near_hits"].__next__
+            self.hit = self._fast["hits"].__next__
+            self.miss = self._fast["misses"].__next__
 
     def incr(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._totals[name] += amount
 
     def snapshot(self) -> dict[str, int]:
-        near = int(repr(self._near_hits)[6:-1])
+        fast = {name: int(repr(counter)[6:-1]) for name, counter in self._fast.items()}
         with self._lock:
             totals = dict(self._totals)
-        totals["near_hits"] = near
-        totals["hits"] += near
+        for name, value in fast.items():
+            totals[name] += value
+        totals["hits"] += fast["near_hits"]  # a near hit is a hit
         return totals
-
-    def reset(self) -> None:
-        with self._lock:
-            self._totals = dict.fromkeys(COUNTERS, 0)
-            self._near_hits = itertools.count()
-            self.near_hit = self._near_hits.__next__
 
 
 def new_process_id() -> str:
@@ -135,6 +138,10 @@ class SharedCounters:
     def incr(self, name: str, amount: int = 1) -> None:
         """Count ``amount`` of ``name``; starts the flusher lazily (fork-safe)."""
         self.local.incr(name, amount)
+        self.ensure_started()
+
+    def ensure_started(self) -> None:
+        """Start the flusher thread in this process if it is not running yet."""
         if self._thread is None and self._interval is not None and not self._closed:
             self._start()
 

@@ -86,11 +86,11 @@ class TrackerPolicy:
             self._policy.bind_store(self._store.identity)
             self._bound = True
 
-    def _load_flow(self, user_id: str, ticket: Ticket | None) -> Flow[PersonalityState]:
-        """One loader per user per lease across processes; the rest wait for its fill."""
-        lease = yield from self._policy.lease_flow(user_id)
-        if isinstance(lease, PersonalityState):
-            return lease  # another loader's fill landed between our miss and now
+    def _load_flow(
+        self, user_id: str, ticket: Ticket | None, lease: str | None
+    ) -> Flow[PersonalityState]:
+        """Load after a miss: with the lease (or none to be had), from SQL; without it,
+        wait for the lease holder's fill, then read SQL ourselves if it is late."""
         if lease is None:
             state = yield from self._wait_flow(user_id)
             if state is not None:
@@ -186,13 +186,14 @@ class PersonalityTracker(TrackerPolicy):
         self._bind()
         began = self._monotonic()
         ticket = self._cache.ticket()  # before the lookup: a later invalidation wins
-        cached = self._cache.get(user_id)
+        cached, lease = drive(self._policy.read_or_lease_flow(user_id, ticket), self._call)
         if cached is not None:
             return cached
         recent = self._recent_load(user_id, began)
         if recent is not None:
             return recent
-        return self._loads.run(user_id, lambda: drive(self._load_flow(user_id, ticket), self._call))
+        load = self._load_flow(user_id, ticket, lease)
+        return self._loads.run(user_id, lambda: drive(load, self._call))
 
     def update_personality_dimension(
         self,
