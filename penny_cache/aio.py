@@ -181,6 +181,8 @@ class AsyncPersonalityTracker(TrackerPolicy):
         recent = self._recent_load(user_id, began)
         if recent is not None:
             return recent
+        if lease:  # elected across processes: load now; a waiter must never hold the lease
+            return await adrive(self._load_flow(user_id, ticket, lease), self._call)
         running = self._loads.get(user_id)
         if running is not None:  # single-flight: share the load already in progress
             return await asyncio.shield(running)

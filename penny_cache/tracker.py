@@ -193,6 +193,8 @@ class PersonalityTracker(TrackerPolicy):
         if recent is not None:
             return recent
         load = self._load_flow(user_id, ticket, lease)
+        if lease:  # elected across processes: load now; a waiter must never hold the lease
+            return drive(load, self._call)
         return self._loads.run(user_id, lambda: drive(load, self._call))
 
     def update_personality_dimension(
