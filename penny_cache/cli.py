@@ -3,6 +3,7 @@
 penny-cache demo [--workers N] [--duration S] [--users N]   the `make run` job
 penny-cache stats [--json]                                  cross-process totals
 penny-cache check                                           exit 1 unless Redis and SQL answer
+penny-cache exporter [--host H] [--port P]                  Prometheus /metrics, all processes
 """
 
 from __future__ import annotations
@@ -59,7 +60,47 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="print the hit rate and counters of all processes")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("check", help="exit non-zero unless Redis and SQL are reachable")
+    exporter = sub.add_parser("exporter", help="serve the cross-process counters to Prometheus")
+    exporter.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
+    exporter.add_argument("--port", type=_port, default=9464)
     return parser
+
+
+def _port(text: str) -> int:
+    value = _positive_int(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (1-65535), got {text!r}")
+    return value
+
+
+def _exporter(args: argparse.Namespace, settings: Settings) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from penny_cache import __version__
+    from penny_cache.exporter import RedisCountersCollector, serve
+    from penny_cache.keys import KeySchema
+    from penny_cache.redis_backend import RedisBackend
+    from penny_cache.stats import sum_counters
+
+    backend = RedisBackend.from_url(settings.redis_url, timeout=settings.redis_timeout)
+    key = KeySchema(settings.namespace).counters()
+    registry = CollectorRegistry()
+    registry.register(
+        RedisCountersCollector(
+            lambda: sum_counters(backend.read_fields(key)), settings.namespace, __version__
+        )
+    )
+    server = serve(registry, args.host, args.port)
+    print(f"exporter         http://{args.host}:{server.server_port}/metrics", flush=True)
+    print(f"redis            {redact_url(settings.redis_url)}, namespace {settings.namespace}")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        backend.close()
+    return 0
 
 
 def _demo(args: argparse.Namespace, environ: dict[str, str]) -> int:
@@ -144,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = Settings.from_env(environ)
         if args.command == "stats":
             return _stats(args, settings)
+        if args.command == "exporter":
+            return _exporter(args, settings)
         return _check(settings)
     except ConfigurationError as exc:
         print(f"penny-cache: configuration error: {exc}", file=sys.stderr)

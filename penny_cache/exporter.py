@@ -1,0 +1,152 @@
+"""The Prometheus exporter: the cross-process counters from Redis, read at scrape time.
+
+One exporter per namespace publishes what every worker counted (the workers' own
+``/metrics`` can only say what one process knows). Each scrape is one ``HGETALL`` of the
+counters hash, never a SCAN; no label carries a user id, so the series count does not
+grow with users. When Redis cannot be read the scrape still answers, with
+``penny_cache_up 0`` and no counter samples (a gap, not a fake zero).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from socketserver import ThreadingMixIn
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.registry import Collector
+
+from penny_cache.errors import CacheError
+
+__all__ = ["COUNTER_HELP", "RedisCountersCollector", "exporter_app", "serve"]
+
+# counter -> (metric name without _total, help); hits are split by tier below
+COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
+    "misses": ("penny_cache_misses", "Lookups that found no entry, all processes."),
+    "sets": ("penny_cache_sets", "Entries written by fills and set(), all processes."),
+    "fills_refused": (
+        "penny_cache_fills_refused",
+        "Writes refused because Redis held the same or a newer version.",
+    ),
+    "invalidations": (
+        "penny_cache_invalidations",
+        "Invalidations published (update write-throughs and invalidate()).",
+    ),
+    "decode_errors": ("penny_cache_decode_errors", "Entries that did not decode (dropped)."),
+    "redis_errors": (
+        "penny_cache_redis_errors",
+        "Redis calls that failed, timed out or were skipped in a cooldown (SQL answered).",
+    ),
+    "listener_reconnects": (
+        "penny_cache_listener_reconnects",
+        "Invalidation subscriptions lost and re-made (each flushes a near cache).",
+    ),
+    "sequence_gaps": (
+        "penny_cache_sequence_gaps",
+        "Invalidation messages found missing (each flushes a near cache).",
+    ),
+    "malformed_messages": (
+        "penny_cache_malformed_messages",
+        "Messages on the invalidation channel that did not parse.",
+    ),
+}
+
+
+class RedisCountersCollector(Collector):
+    """Reads the shared counters once per scrape and renders them as Prometheus metrics."""
+
+    def __init__(
+        self,
+        read_totals: Callable[[], Mapping[str, int]],
+        namespace: str,
+        version: str,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._read_totals = read_totals
+        self._namespace = namespace
+        self._version = version
+        self._clock = clock
+
+    def collect(self) -> Iterator[Any]:
+        started = self._clock()
+        try:
+            totals: Mapping[str, int] | None = self._read_totals()
+        except CacheError:
+            totals = None
+        labels = ["namespace"]
+        values = [self._namespace]
+        up = GaugeMetricFamily(
+            "penny_cache_up", "1 when the exporter could read Redis, else 0.", labels=labels
+        )
+        up.add_metric(values, 1.0 if totals is not None else 0.0)
+        yield up
+        if totals is not None:
+            yield from self._counters(totals, labels, values)
+        info = InfoMetricFamily("penny_cache_build", "penny_cache version.", labels=labels)
+        info.add_metric(values, {"version": self._version})
+        yield info
+        duration = GaugeMetricFamily(
+            "penny_cache_scrape_duration_seconds",
+            "Time this scrape spent reading Redis.",
+            labels=labels,
+        )
+        duration.add_metric(values, self._clock() - started)
+        yield duration
+
+    def _counters(
+        self, totals: Mapping[str, int], labels: list[str], values: list[str]
+    ) -> Iterable[CounterMetricFamily]:
+        requests = CounterMetricFamily(
+            "penny_cache_requests", "Lookups (hits + misses), all processes.", labels=labels
+        )
+        requests.add_metric(values, totals["hits"] + totals["misses"])
+        yield requests
+        hits = CounterMetricFamily(
+            "penny_cache_hits",
+            "Lookups answered by a cache tier (near: in-process; redis), all processes.",
+            labels=[*labels, "tier"],
+        )
+        hits.add_metric([*values, "near"], totals["near_hits"])
+        hits.add_metric([*values, "redis"], totals["hits"] - totals["near_hits"])
+        yield hits
+        for counter, (name, help_text) in COUNTER_HELP.items():
+            family = CounterMetricFamily(name, help_text, labels=labels)
+            family.add_metric(values, totals[counter])
+            yield family
+
+
+_LANDING: Final = b"""<!doctype html><html><head><title>penny_cache exporter</title></head>
+<body><h1>penny_cache exporter</h1><p>Cross-process cache counters for Prometheus:
+<a href="/metrics">/metrics</a>.</p></body></html>"""
+
+
+def exporter_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app: ``/metrics`` from ``registry``, a small landing page at ``/``."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO", "/") in {"", "/"}:
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [_LANDING]
+        return metrics(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every 15 s would drown the log; errors still surface as responses."""
+
+
+def serve(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
+    """An HTTP server for the exporter (call ``serve_forever``; ``port=0`` picks one)."""
+    return make_server(
+        host, port, exporter_app(registry), _ThreadingServer, handler_class=_QuietHandler
+    )
