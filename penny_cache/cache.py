@@ -98,10 +98,6 @@ class PersonalityCache(CachePolicy):
         """Read Redis without counting a lookup."""
         return self._run(self.peek_flow(user_id))
 
-    def acquire_lease(self, user_id: str) -> str | PersonalityState | None:
-        """A loader token; the state if another loader filled it; None while one loads."""
-        return self._run(self.lease_flow(user_id))
-
     def fill(self, state: PersonalityState, ticket: Ticket | None, lease: str = "") -> bool:
         """Cache a state just read from SQL, unless a newer version is already cached."""
         return self._run(self.fill_flow(state, ticket, lease))

@@ -15,16 +15,16 @@ import logging
 import random
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from penny_cache.codec import Entry, decode_state, encode_state
+from penny_cache.codec import decode_state
 from penny_cache.config import positive_seconds, validate_jitter
-from penny_cache.errors import CacheDecodeError, CacheError, InvalidStateError, StoreMismatchError
+from penny_cache.errors import CacheDecodeError, CacheError, StoreMismatchError
 from penny_cache.flows import Flow, Listener, ListenerFactory, Op, drive, stats_view
-from penny_cache.keys import UNBOUND_SCOPE, KeySchema, encode_user_id
+from penny_cache.keys import UNBOUND_SCOPE, KeySchema
 from penny_cache.near import NearCache, Ticket
+from penny_cache.policy_writes import WritePolicy
 from penny_cache.ratelog import RateLimitedLog
 from penny_cache.state import PersonalityState
 from penny_cache.stats import CounterBackend, SharedCounters
@@ -42,8 +42,8 @@ _LISTENER_COUNTERS = {
 }
 
 
-class CachePolicy:
-    """State and decisions shared by the sync and async caches."""
+class CachePolicy(WritePolicy):
+    """State and decisions shared by the sync and async caches (writes: ``policy_writes``)."""
 
     def __init__(
         self,
@@ -266,24 +266,6 @@ class CachePolicy:
             self._near.put(state, ticket)
         return state, (token if result or not token else None)
 
-    def lease_flow(self, user_id: str) -> Flow[str | PersonalityState | None]:
-        """Who loads ``user_id`` from SQL: a token for this caller; the state if another
-        loader's fill landed meanwhile; None while another process holds the lease.
-        Redis trouble grants a token: SQL must still answer."""
-        token = uuid.uuid4().hex
-        keys = (self._keys.state(user_id), self._keys.lease(user_id))
-        try:
-            result = yield ("try_lease", (*keys, token, self._lease_ms))
-        except CacheError as exc:
-            self._redis_failed("lease", exc)
-            return token
-        if isinstance(result, bytes):
-            try:
-                return decode_state(result, user_id)
-            except CacheDecodeError:
-                return token  # unreadable entry: load; the fill will overwrite it
-        return token if result else None
-
     def fill_flow(self, state: PersonalityState, ticket: Ticket | None, lease: str) -> Flow[bool]:
         """Cache a state just read from SQL, unless a newer version is already cached."""
         entry = self._entry(state.user_id, state)
@@ -296,138 +278,6 @@ class CachePolicy:
         if self._near is not None and ticket is not None:
             self._near.put(state, ticket)
         return bool(written)
-
-    # -- writes ---------------------------------------------------------------------------
-
-    def set_flow(self, user_id: str, state: PersonalityState) -> Flow[bool]:
-        """Write ``state`` unless Redis holds the same or a newer version, and drop older
-        copies from every near cache. Bad states raise ``InvalidStateError``."""
-        entry = self._entry(user_id, state)
-        try:
-            return (yield from self._publish_flow(entry, user_id, "sets"))
-        except CacheError as exc:
-            self._redis_failed("set", exc)
-            return False
-
-    def write_through_flow(self, state: PersonalityState) -> Flow[bool]:
-        """Publish a just-committed state; this process sees it at once. If Redis cannot
-        take it, it is kept and written before this process trusts Redis for that user
-        again (newest version per user wins)."""
-        entry = self._entry(state.user_id, state)
-        if self._near is not None:
-            self._near.invalidate(state.user_id, state.version)
-            self._near.put(state, self._near.ticket())
-        try:
-            written = yield from self._publish_flow(entry, state.user_id, "invalidations")
-        except CacheError as exc:
-            self._redis_failed("write-through", exc)
-            with self._pending_lock:
-                queued = self._pending.get(state.user_id)
-                if queued is None or queued.version < state.version:
-                    self._pending[state.user_id] = state
-            return False
-        if self._pending:  # a newer write went through: an older queued one is moot
-            with self._pending_lock:
-                queued = self._pending.get(state.user_id)
-                if queued is not None and queued.version <= state.version:
-                    del self._pending[state.user_id]
-        return written
-
-    def deliver_pending(self) -> None:
-        """Background delivery of queued write-throughs (listener and flusher threads):
-        other processes must not wait for this process's next Redis read to learn of
-        an update it committed while Redis was unreachable."""
-        if not self._pending:
-            return
-        revive = getattr(self._sync_backend, "revive", None)
-        if revive is not None and not revive():
-            return
-        backend = self._sync_backend
-        drive(self._drain_flow(None), lambda name, args: getattr(backend, name)(*args))
-
-    def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
-        seq_key, channel = self._keys.sequence(), self._keys.channel()
-        user = encode_user_id(user_id)
-        written = yield ("write_publish", (entry, seq_key, channel, user))
-        self._counters.incr(counter if written else "fills_refused")
-        return bool(written)
-
-    def _drain_flow(self, user_id: str | None) -> Flow[bool]:
-        """Deliver queued write-throughs; False while ``user_id``'s is still undelivered."""
-        with self._pending_lock:
-            queued = list(self._pending.values())
-        for state in queued:
-            try:
-                entry = self._entry(state.user_id, state)
-                yield from self._publish_flow(entry, state.user_id, "invalidations")
-            except CacheError:
-                break
-            with self._pending_lock:
-                if self._pending.get(state.user_id) is state:
-                    del self._pending[state.user_id]
-        return user_id not in self._pending
-
-    def _entry(self, user_id: str, state: PersonalityState) -> Entry:
-        if not isinstance(state, PersonalityState) or state.user_id != user_id:
-            raise InvalidStateError(f"expected a PersonalityState of user {user_id!r}")
-        spread = 1.0 - self._jitter * self._rand()
-        ttl_ms = max(1, int(self._ttl * spread * 1000))
-        return Entry(self._keys.state(user_id), state.version, encode_state(state), ttl_ms)
-
-    def store_unversioned_flow(self, key: str, payload: bytes) -> Flow[bool]:
-        """Plain SET with the TTL, for the drop-in's unversioned mappings."""
-        ttl_ms = max(1, int(self._ttl * 1000))
-        if not (yield from self._quiet("set", key, payload, ttl_ms, default=False)):
-            return False
-        self._counters.incr("sets")
-        return True
-
-    def invalidate_flow(self, user_id: str) -> Flow[bool]:
-        """Drop ``user_id``'s entry here, in Redis and in every near cache; False if Redis
-        could not be reached (other processes then learn it when their listener drops)."""
-        key, seq_key, channel = (
-            self._keys.state(user_id),
-            self._keys.sequence(),
-            self._keys.channel(),
-        )
-        if self._near is not None:
-            self._near.invalidate(user_id, None)
-        args = (key, seq_key, channel, encode_user_id(user_id))
-        if not (yield from self._quiet("invalidate_publish", *args, default=False)):
-            return False
-        self._counters.incr("invalidations")
-        return True
-
-    def invalidate_key_flow(self, key: str) -> Flow[bool]:
-        """Drop one entry by key and count an invalidation (the drop-in's entries)."""
-        if not (yield from self._quiet("delete", key, default=False)):
-            return False
-        self._counters.incr("invalidations")
-        return True
-
-    def clear_flow(self, pattern: str | None = None) -> Flow[int]:
-        """Remove this namespace and store's entries (SCAN + UNLINK) and empty every near
-        cache; counters stay."""
-        if self._near is not None:
-            self._near.flush()
-        removed = yield from self._quiet("unlink_matching", pattern or self._keys.state_pattern())
-        yield from self._quiet("publish_flush", self._keys.sequence(), self._keys.channel())
-        return int(removed or 0)
-
-    def size_flow(self, pattern: str | None = None) -> Flow[int]:
-        """Entries cached for this namespace and store (a SCAN: for tools, not hot paths)."""
-        found = yield from self._quiet("count_matching", pattern or self._keys.state_pattern())
-        return int(found or 0)
-
-    def _quiet(self, name: str, *args: Any, default: Any = None) -> Flow[Any]:
-        """A backend call whose failure is counted and logged, and answers ``default``;
-        a call that returns nothing answers True."""
-        try:
-            result = yield (name, args)
-        except CacheError as exc:
-            self._redis_failed(name, exc)
-            return default
-        return True if result is None else result
 
     # -- statistics -----------------------------------------------------------------------
 
@@ -456,14 +306,6 @@ class CachePolicy:
         counter = _LISTENER_COUNTERS.get(event)
         if counter is not None:
             self._counters.incr(counter)
-
-    def _redis_failed(self, operation: str, exc: CacheError, *, count: bool = True) -> None:
-        if count:
-            self._counters.incr("redis_errors")
-        self._errors.warning(
-            f"redis:{type(exc).__name__}",
-            f"redis {operation} failed, answering without the cache: {exc}",
-        )
 
     def after_fork(self) -> None:
         """Forget the parent's listener thread; the child starts its own on first read."""

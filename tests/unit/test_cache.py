@@ -11,6 +11,7 @@ import pytest
 from penny_cache.cache import PersonalityCache
 from penny_cache.codec import Entry
 from penny_cache.errors import CacheUnavailableError, InvalidStateError, InvalidUserIdError
+from penny_cache.flows import drive
 from penny_cache.redis_backend import RedisBackend
 from penny_cache.state import PersonalityState, apply_update, default_state
 from tests.conftest import FakeClock
@@ -277,12 +278,21 @@ def test_undelivered_write_through_is_kept_and_delivered(
     assert cache.pending_writes == 0
 
 
-def test_lease_elects_one_loader_and_hands_later_ones_the_fill(cache: PersonalityCache) -> None:
-    """The first asker gets the lease, the next waits (None), and once a fill landed any
-    asker gets the filled state instead of a fresh lease (no second SQL load)."""
-    first = cache.acquire_lease("alice")
-    assert isinstance(first, str)
-    assert cache.acquire_lease("alice") is None
+def test_read_or_lease_elects_one_loader_and_hands_later_ones_the_fill(
+    cache: PersonalityCache,
+) -> None:
+    """On a miss the first reader is elected loader (a token), the next is told to wait
+    (None); once the loader's fill landed, a reader gets the entry as a hit instead of a
+    fresh lease (no second SQL load). Every call counts one lookup."""
+
+    def read() -> tuple[PersonalityState | None, str | None]:
+        return drive(cache.read_or_lease_flow("alice", None), cache.call_backend)
+
+    state, first = read()
+    assert state is None and first
+    assert read() == (None, None)
     cache.fill(state_of("alice", 2), None, first)
-    after = cache.acquire_lease("alice")
-    assert isinstance(after, PersonalityState) and after.version == 2
+    hit, _ = read()
+    assert hit is not None and hit.version == 2
+    stats = cache.local_stats()
+    assert (stats["misses"], stats["hits"]) == (2, 1)

@@ -1,0 +1,178 @@
+"""The write side of the cache policy: write-through, set, invalidate, clear, and the
+queue of write-throughs Redis could not take.
+
+A mixin of ``CachePolicy`` (which owns the state declared here), kept apart so each
+module stays one screenful of decisions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from penny_cache.codec import Entry, encode_state
+from penny_cache.errors import CacheError, InvalidStateError
+from penny_cache.flows import Flow, drive
+from penny_cache.keys import KeySchema, encode_user_id
+from penny_cache.near import NearCache
+from penny_cache.ratelog import RateLimitedLog
+from penny_cache.state import PersonalityState
+from penny_cache.stats import CounterBackend, SharedCounters
+
+__all__ = ["WritePolicy"]
+
+
+class WritePolicy:
+    """Write flows; the attributes below are set by ``CachePolicy.__init__``."""
+
+    _keys: KeySchema
+    _near: NearCache | None
+    _counters: SharedCounters
+    _errors: RateLimitedLog
+    _pending: dict[str, PersonalityState]
+    _pending_lock: threading.Lock
+    _sync_backend: CounterBackend
+    _ttl: float
+    _jitter: float
+    _rand: Callable[[], float]
+
+    # -- writes ---------------------------------------------------------------------------
+
+    def set_flow(self, user_id: str, state: PersonalityState) -> Flow[bool]:
+        """Write ``state`` unless Redis holds the same or a newer version, and drop older
+        copies from every near cache. Bad states raise ``InvalidStateError``."""
+        entry = self._entry(user_id, state)
+        try:
+            return (yield from self._publish_flow(entry, user_id, "sets"))
+        except CacheError as exc:
+            self._redis_failed("set", exc)
+            return False
+
+    def write_through_flow(self, state: PersonalityState) -> Flow[bool]:
+        """Publish a just-committed state; this process sees it at once. If Redis cannot
+        take it, it is kept and written before this process trusts Redis for that user
+        again (newest version per user wins)."""
+        entry = self._entry(state.user_id, state)
+        if self._near is not None:
+            self._near.invalidate(state.user_id, state.version)
+            self._near.put(state, self._near.ticket())
+        try:
+            written = yield from self._publish_flow(entry, state.user_id, "invalidations")
+        except CacheError as exc:
+            self._redis_failed("write-through", exc)
+            with self._pending_lock:
+                queued = self._pending.get(state.user_id)
+                if queued is None or queued.version < state.version:
+                    self._pending[state.user_id] = state
+            return False
+        if self._pending:  # a newer write went through: an older queued one is moot
+            with self._pending_lock:
+                queued = self._pending.get(state.user_id)
+                if queued is not None and queued.version <= state.version:
+                    del self._pending[state.user_id]
+        return written
+
+    def deliver_pending(self) -> None:
+        """Background delivery of queued write-throughs (listener and flusher threads):
+        other processes must not wait for this process's next Redis read to learn of
+        an update it committed while Redis was unreachable."""
+        if not self._pending:
+            return
+        revive = getattr(self._sync_backend, "revive", None)
+        if revive is not None and not revive():
+            return
+        backend = self._sync_backend
+        drive(self._drain_flow(None), lambda name, args: getattr(backend, name)(*args))
+
+    def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
+        seq_key, channel = self._keys.sequence(), self._keys.channel()
+        user = encode_user_id(user_id)
+        written = yield ("write_publish", (entry, seq_key, channel, user))
+        self._counters.incr(counter if written else "fills_refused")
+        return bool(written)
+
+    def _drain_flow(self, user_id: str | None) -> Flow[bool]:
+        """Deliver queued write-throughs; False while ``user_id``'s is still undelivered."""
+        with self._pending_lock:
+            queued = list(self._pending.values())
+        for state in queued:
+            try:
+                entry = self._entry(state.user_id, state)
+                yield from self._publish_flow(entry, state.user_id, "invalidations")
+            except CacheError:
+                break
+            with self._pending_lock:
+                if self._pending.get(state.user_id) is state:
+                    del self._pending[state.user_id]
+        return user_id not in self._pending
+
+    def _entry(self, user_id: str, state: PersonalityState) -> Entry:
+        if not isinstance(state, PersonalityState) or state.user_id != user_id:
+            raise InvalidStateError(f"expected a PersonalityState of user {user_id!r}")
+        spread = 1.0 - self._jitter * self._rand()
+        ttl_ms = max(1, int(self._ttl * spread * 1000))
+        return Entry(self._keys.state(user_id), state.version, encode_state(state), ttl_ms)
+
+    def store_unversioned_flow(self, key: str, payload: bytes) -> Flow[bool]:
+        """Plain SET with the TTL, for the drop-in's unversioned mappings."""
+        ttl_ms = max(1, int(self._ttl * 1000))
+        if not (yield from self._quiet("set", key, payload, ttl_ms, default=False)):
+            return False
+        self._counters.incr("sets")
+        return True
+
+    def invalidate_flow(self, user_id: str) -> Flow[bool]:
+        """Drop ``user_id``'s entry here, in Redis and in every near cache; False if Redis
+        could not be reached (other processes then learn it when their listener drops)."""
+        key, seq_key, channel = (
+            self._keys.state(user_id),
+            self._keys.sequence(),
+            self._keys.channel(),
+        )
+        if self._near is not None:
+            self._near.invalidate(user_id, None)
+        args = (key, seq_key, channel, encode_user_id(user_id))
+        if not (yield from self._quiet("invalidate_publish", *args, default=False)):
+            return False
+        self._counters.incr("invalidations")
+        return True
+
+    def invalidate_key_flow(self, key: str) -> Flow[bool]:
+        """Drop one entry by key and count an invalidation (the drop-in's entries)."""
+        if not (yield from self._quiet("delete", key, default=False)):
+            return False
+        self._counters.incr("invalidations")
+        return True
+
+    def clear_flow(self, pattern: str | None = None) -> Flow[int]:
+        """Remove this namespace and store's entries (SCAN + UNLINK) and empty every near
+        cache; counters stay."""
+        if self._near is not None:
+            self._near.flush()
+        removed = yield from self._quiet("unlink_matching", pattern or self._keys.state_pattern())
+        yield from self._quiet("publish_flush", self._keys.sequence(), self._keys.channel())
+        return int(removed or 0)
+
+    def size_flow(self, pattern: str | None = None) -> Flow[int]:
+        """Entries cached for this namespace and store (a SCAN: for tools, not hot paths)."""
+        found = yield from self._quiet("count_matching", pattern or self._keys.state_pattern())
+        return int(found or 0)
+
+    def _quiet(self, name: str, *args: Any, default: Any = None) -> Flow[Any]:
+        """A backend call whose failure is counted and logged, and answers ``default``;
+        a call that returns nothing answers True."""
+        try:
+            result = yield (name, args)
+        except CacheError as exc:
+            self._redis_failed(name, exc)
+            return default
+        return True if result is None else result
+
+    def _redis_failed(self, operation: str, exc: CacheError, *, count: bool = True) -> None:
+        if count:
+            self._counters.incr("redis_errors")
+        self._errors.warning(
+            f"redis:{type(exc).__name__}",
+            f"redis {operation} failed, answering without the cache: {exc}",
+        )

@@ -1,0 +1,304 @@
+"""Static checks of the Grafana dashboard and provisioning files (no Grafana, no Prometheus).
+
+The dashboard may only chart metrics that exist: the ``penny_cache_*`` families served by
+``penny-cache exporter`` and a handful of redis_exporter families. Every query must parse
+as PromQL and every ``rate``/``increase`` must use ``$__rate_interval``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import promql_parser
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+GRAFANA = ROOT / "grafana"
+DASHBOARD_PATH = GRAFANA / "dashboards" / "penny-cache-overview.json"
+DATASOURCES_PATH = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
+PROVIDERS_PATH = GRAFANA / "provisioning" / "dashboards" / "penny-cache.yml"
+
+PENNY_METRICS = frozenset(
+    {
+        "penny_cache_up",
+        "penny_cache_build_info",
+        "penny_cache_scrape_duration_seconds",
+        "penny_cache_requests_total",
+        "penny_cache_hits_total",
+        "penny_cache_misses_total",
+        "penny_cache_sets_total",
+        "penny_cache_fills_refused_total",
+        "penny_cache_invalidations_total",
+        "penny_cache_decode_errors_total",
+        "penny_cache_redis_errors_total",
+        "penny_cache_listener_reconnects_total",
+        "penny_cache_sequence_gaps_total",
+        "penny_cache_malformed_messages_total",
+    }
+)
+REDIS_METRICS = frozenset(
+    {
+        "redis_up",
+        "redis_memory_used_bytes",
+        "redis_memory_max_bytes",
+        "redis_evicted_keys_total",
+        "redis_connected_clients",
+        "redis_commands_processed_total",
+        "redis_keyspace_hits_total",
+        "redis_keyspace_misses_total",
+    }
+)
+ALLOWED_METRICS = PENNY_METRICS | REDIS_METRICS
+
+# An odd duration no one would write by hand: a range equal to it came from $__rate_interval.
+RATE_INTERVAL_STANDIN = "7m13s"
+RATE_INTERVAL_RANGE = timedelta(minutes=7, seconds=13)
+RANGE_FUNCTIONS = frozenset({"rate", "increase", "irate"})
+NO_DATASOURCE_TYPES = frozenset({"row", "text"})
+UNITS_BY_KIND = {
+    "percentunit": "ratio",
+    "reqps": "rate",
+    "ops": "rate",
+    "s": "duration",
+    "short": "count",
+    "bytes": "size",
+}
+GRAFANA_VARIABLE = re.compile(r"\$\{(\w+)(?::\w+)?\}|\$(\w+)")
+METRIC_LIKE = re.compile(r"\b(?:penny_cache|redis)_[A-Za-z0-9_]*\b")
+
+
+def _load_dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD_PATH.read_text(encoding="utf-8"))
+    return data
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return data
+
+
+def _all_panels(panels: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    """Every panel, including those nested in (collapsed) rows."""
+    for panel in panels:
+        yield panel
+        yield from _all_panels(panel.get("panels", []))
+
+
+def _data_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [p for p in _all_panels(dashboard["panels"]) if p["type"] not in NO_DATASOURCE_TYPES]
+
+
+def _exprs(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, expr) for every query target of the dashboard."""
+    return [
+        (panel["title"], target["expr"])
+        for panel in _data_panels(dashboard)
+        for target in panel.get("targets", [])
+    ]
+
+
+def _substitute(expr: str) -> str:
+    """Replace Grafana's variables so that Prometheus's own parser accepts the query."""
+    expr = expr.replace("${__rate_interval}", RATE_INTERVAL_STANDIN)
+    expr = expr.replace("$__rate_interval", RATE_INTERVAL_STANDIN)
+    return GRAFANA_VARIABLE.sub(".*", expr)
+
+
+def _nodes(expr: str) -> list[Any]:
+    nodes: list[Any] = []
+    promql_parser.walk(promql_parser.parse(_substitute(expr)), pre_visit=nodes.append)
+    return nodes
+
+
+DASHBOARD = _load_dashboard()
+EXPRS = _exprs(DASHBOARD)
+EXPR_IDS = [f"{title}: {expr.splitlines()[0]}" for title, expr in EXPRS]
+
+
+def test_dashboard_identity_is_stable() -> None:
+    """The dashboard keeps its uid, has a title and a modern schema, and is importable as is
+    (no ``__inputs`` block, so provisioning needs no datasource rewriting)."""
+    assert DASHBOARD["uid"] == "penny-cache-overview"
+    assert DASHBOARD["title"]
+    assert isinstance(DASHBOARD["schemaVersion"], int)
+    assert DASHBOARD["schemaVersion"] >= 36
+    assert "__inputs" not in DASHBOARD
+    assert "__requires" not in DASHBOARD
+
+
+def test_template_variables() -> None:
+    """The datasource, job, instance and namespace variables exist; datasource picks among
+    Prometheus datasources and the others are label_values queries on exported metrics."""
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert {"datasource", "job", "instance", "namespace"} <= variables.keys()
+    datasource = variables["datasource"]
+    assert datasource["type"] == "datasource"
+    assert datasource["query"] == "prometheus"
+    for name in ("job", "instance", "namespace"):
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert "${datasource}" in json.dumps(variable["datasource"])
+        query = variable["query"]
+        text = query["query"] if isinstance(query, dict) else query
+        match = re.fullmatch(r"label_values\((\w+)(\{.*\})?,\s*(\w+)\)", text)
+        assert match, f"{name}: {text}"
+        assert match.group(1) in {"penny_cache_up", "up"}
+        assert match.group(3) == name
+
+
+def test_every_panel_has_a_description() -> None:
+    """Every panel, rows and panels nested in rows included, says what it shows."""
+    panels = list(_all_panels(DASHBOARD["panels"]))
+    assert len(panels) > 10
+    for panel in panels:
+        description = panel.get("description")
+        assert isinstance(description, str), panel["title"]
+        assert description.strip(), panel["title"]
+
+
+def test_every_data_panel_uses_the_datasource_variable() -> None:
+    """Every panel that queries (all but text and row panels), and each of its targets, reads
+    from ``${datasource}`` rather than a hard-coded datasource."""
+    panels = _data_panels(DASHBOARD)
+    assert panels
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["datasource"]["type"] == "prometheus", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            assert target.get("datasource", panel["datasource"]) == panel["datasource"]
+
+
+def test_every_data_panel_has_a_known_unit() -> None:
+    """Every querying panel sets fieldConfig.defaults.unit to one of the agreed units, and
+    ratio panels (a division of rates) use percentunit."""
+    for panel in _data_panels(DASHBOARD):
+        unit = panel["fieldConfig"]["defaults"].get("unit")
+        assert unit in UNITS_BY_KIND, f"{panel['title']}: {unit!r}"
+        if "ratio" in panel["title"].lower() or "share" in panel["title"].lower():
+            assert unit == "percentunit", panel["title"]
+
+
+def test_panel_ids_unique_and_positioned() -> None:
+    """Panel ids are unique across the dashboard and every panel has a full gridPos that
+    fits the 24-column grid."""
+    panels = list(_all_panels(DASHBOARD["panels"]))
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert {"h", "w", "x", "y"} <= grid.keys(), panel["title"]
+        assert grid["h"] > 0, panel["title"]
+        assert grid["w"] > 0, panel["title"]
+        assert 0 <= grid["x"], panel["title"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+
+
+def test_text_panel_names_what_is_not_exported() -> None:
+    """A text panel says latency histograms, invalidation lag and near-cache size are not
+    exported yet, instead of the dashboard charting metrics that do not exist."""
+    texts = [p for p in _all_panels(DASHBOARD["panels"]) if p["type"] == "text"]
+    content = " ".join(p["options"]["content"] for p in texts).lower()
+    for topic in ("latency", "invalidation lag", "near-cache size", "not exported"):
+        assert topic in content
+
+
+def test_hit_ratio_stat_is_hits_over_requests() -> None:
+    """The headline stat divides the rate of hits by the rate of requests, per namespace
+    selection, and is shown as a percentage."""
+    stats = [p for p in _data_panels(DASHBOARD) if p["type"] == "stat" and "hit" in p["title"]]
+    assert stats
+    expr = stats[0]["targets"][0]["expr"]
+    root = promql_parser.parse(_substitute(expr))
+    assert isinstance(root, promql_parser.BinaryExpr)
+    assert "penny_cache_hits_total" in str(root.lhs)
+    assert "penny_cache_requests_total" in str(root.rhs)
+    assert 'namespace=~"$namespace"' in expr
+    assert stats[0]["fieldConfig"]["defaults"]["unit"] == "percentunit"
+
+
+@pytest.mark.parametrize(("title", "expr"), EXPRS, ids=EXPR_IDS)
+def test_expr_parses(title: str, expr: str) -> None:
+    """Every target is valid PromQL once Grafana's variables are substituted."""
+    promql_parser.parse(_substitute(expr))
+
+
+@pytest.mark.parametrize(("title", "expr"), EXPRS, ids=EXPR_IDS)
+def test_rates_use_rate_interval(title: str, expr: str) -> None:
+    """Every rate()/increase() range is ``$__rate_interval`` (no fixed windows that break
+    at other scrape intervals), and no other range selector is used."""
+    nodes = _nodes(expr)
+    calls = [n for n in nodes if isinstance(n, promql_parser.Call)]
+    windows = [n for n in nodes if isinstance(n, promql_parser.MatrixSelector)]
+    for call in calls:
+        if call.func.name in RANGE_FUNCTIONS:
+            assert call.func.name != "irate", "irate hides spikes; use rate"
+            (argument,) = call.args
+            assert isinstance(argument, promql_parser.MatrixSelector)
+    for window in windows:
+        assert window.range == RATE_INTERVAL_RANGE, f"{title}: {expr}"
+    assert "[" not in expr.replace("[$__rate_interval]", "")
+
+
+@pytest.mark.parametrize(("title", "expr"), EXPRS, ids=EXPR_IDS)
+def test_only_exported_metrics(title: str, expr: str) -> None:
+    """Every metric a query reads is one penny_cache or redis_exporter actually exports, found
+    both by walking the PromQL AST and by a textual scan for metric-like names."""
+    nodes = _nodes(expr)
+    names = {n.name for n in nodes if isinstance(n, promql_parser.VectorSelector)}
+    assert names
+    assert names <= ALLOWED_METRICS, f"{title}: {names - ALLOWED_METRICS}"
+    assert set(METRIC_LIKE.findall(expr)) <= ALLOWED_METRICS
+
+
+@pytest.mark.parametrize(("title", "expr"), EXPRS, ids=EXPR_IDS)
+def test_selectors_are_scoped(title: str, expr: str) -> None:
+    """penny_cache selectors filter on the namespace/job/instance variables and redis
+    selectors on job "redis", so the variables really narrow what every panel shows."""
+    nodes = _nodes(expr)
+    for node in nodes:
+        if not isinstance(node, promql_parser.VectorSelector):
+            continue
+        labels = {m.name for m in node.matchers.matchers}
+        if node.name in PENNY_METRICS:
+            assert {"namespace", "job", "instance"} <= labels, f"{title}: {node}"
+        else:
+            assert "job" in labels, f"{title}: {node}"
+    if "penny_cache_" in expr:
+        assert '"$namespace"' in expr
+
+
+def test_variable_substitution_is_sound() -> None:
+    """The substitution used by these tests turns Grafana variables into a regex and the rate
+    interval into the stand-in duration, and leaves other text alone."""
+    expr = 'rate(x{a=~"$job", b=~"${instance}"}[$__rate_interval])'
+    assert _substitute(expr) == f'rate(x{{a=~".*", b=~".*"}}[{RATE_INTERVAL_STANDIN}])'
+
+
+def test_datasource_provisioning() -> None:
+    """The provisioned Prometheus datasource has the fixed uid and the in-cluster URL."""
+    config = _load_yaml(DATASOURCES_PATH)
+    assert config["apiVersion"] == 1
+    (datasource,) = config["datasources"]
+    assert datasource["type"] == "prometheus"
+    assert datasource["uid"] == "prometheus"
+    assert datasource["url"] == "http://prometheus:9090"
+
+
+def test_dashboard_provisioning() -> None:
+    """The dashboard provider is a file provider reading the directory the deploy mounts
+    grafana/dashboards onto, and says so."""
+    text = PROVIDERS_PATH.read_text(encoding="utf-8")
+    config = _load_yaml(PROVIDERS_PATH)
+    assert config["apiVersion"] == 1
+    (provider,) = config["providers"]
+    assert provider["type"] == "file"
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    assert "grafana/dashboards" in text.split("apiVersion")[0]
+    assert DASHBOARD_PATH.parent.name == "dashboards"
