@@ -74,21 +74,11 @@ def _port(text: str) -> int:
 
 
 def _exporter(args: argparse.Namespace, settings: Settings) -> int:
-    from prometheus_client import CollectorRegistry
-
     from penny_cache import __version__
-    from penny_cache.exporter import RedisCountersCollector, serve
-    from penny_cache.keys import KeySchema
-    from penny_cache.redis_backend import RedisBackend
-    from penny_cache.stats import sum_counters
+    from penny_cache.exporter import registry_for_redis, serve
 
-    backend = RedisBackend.from_url(settings.redis_url, timeout=settings.redis_timeout)
-    key = KeySchema(settings.namespace).counters()
-    registry = CollectorRegistry()
-    registry.register(
-        RedisCountersCollector(
-            lambda: sum_counters(backend.read_fields(key)), settings.namespace, __version__
-        )
+    registry, close = registry_for_redis(
+        settings.redis_url, settings.namespace, __version__, timeout=settings.redis_timeout
     )
     server = serve(registry, args.host, args.port)
     print(f"exporter         http://{args.host}:{server.server_port}/metrics", flush=True)
@@ -99,7 +89,7 @@ def _exporter(args: argparse.Namespace, settings: Settings) -> int:
         pass
     finally:
         server.server_close()
-        backend.close()
+        close()
     return 0
 
 

@@ -20,8 +20,18 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoM
 from prometheus_client.registry import Collector
 
 from penny_cache.errors import CacheError
+from penny_cache.keys import KeySchema
+from penny_cache.redis_backend import RedisBackend
+from penny_cache.stats import sum_counters
 
-__all__ = ["COUNTER_HELP", "RedisCountersCollector", "exporter_app", "serve"]
+__all__ = [
+    "COUNTER_HELP",
+    "EXPORTED_METRICS",
+    "RedisCountersCollector",
+    "exporter_app",
+    "registry_for_redis",
+    "serve",
+]
 
 # counter -> (metric name without _total, help); hits are split by tier below
 COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
@@ -53,6 +63,32 @@ COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
         "Messages on the invalidation channel that did not parse.",
     ),
 }
+
+
+# Every metric name this exporter can publish: dashboards and alerts are tested against it.
+EXPORTED_METRICS: Final = frozenset(
+    {
+        "penny_cache_up",
+        "penny_cache_build_info",
+        "penny_cache_scrape_duration_seconds",
+        "penny_cache_requests_total",
+        "penny_cache_hits_total",
+        *(f"{name}_total" for name, _ in COUNTER_HELP.values()),
+    }
+)
+
+
+def registry_for_redis(
+    redis_url: str, namespace: str, version: str, *, timeout: float = 0.1
+) -> tuple[CollectorRegistry, Callable[[], None]]:
+    """A registry holding the collector for ``namespace`` on ``redis_url``, and its close."""
+    backend = RedisBackend.from_url(redis_url, timeout=timeout)
+    key = KeySchema(namespace).counters()
+    registry = CollectorRegistry()
+    registry.register(
+        RedisCountersCollector(lambda: sum_counters(backend.read_fields(key)), namespace, version)
+    )
+    return registry, backend.close
 
 
 class RedisCountersCollector(Collector):

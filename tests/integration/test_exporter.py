@@ -12,16 +12,12 @@ from datetime import UTC, datetime
 from wsgiref.simple_server import WSGIServer
 
 import pytest
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.embedded import RedisServerProcess
-from penny_cache.exporter import RedisCountersCollector, serve
-from penny_cache.keys import KeySchema
-from penny_cache.redis_backend import RedisBackend
+from penny_cache.exporter import registry_for_redis, serve
 from penny_cache.state import default_state
-from penny_cache.stats import sum_counters
 from tests.conftest import unavailable
 from tests.integration import workers
 
@@ -30,12 +26,7 @@ SPAWN = multiprocessing.get_context("spawn")
 
 
 def start_exporter(url: str, namespace: str) -> tuple[WSGIServer, str]:
-    backend = RedisBackend.from_url(url, timeout=0.2, cooldown=0.01)
-    key = KeySchema(namespace).counters()
-    registry = CollectorRegistry()
-    registry.register(
-        RedisCountersCollector(lambda: sum_counters(backend.read_fields(key)), namespace, "t")
-    )
+    registry, _close = registry_for_redis(url, namespace, "t", timeout=0.2)
     server = serve(registry, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, f"http://127.0.0.1:{server.server_port}"

@@ -18,6 +18,7 @@ import promql_parser
 import pytest
 import yaml
 
+from penny_cache.exporter import EXPORTED_METRICS
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
@@ -31,25 +32,7 @@ RULE_FILES = (RECORDING, ALERTS)
 UNIT_TESTS = PROMETHEUS / "tests" / "penny_cache_alerts_test.yml"
 
 # exactly what penny_cache.exporter publishes, plus Prometheus's own scrape health
-ALLOWED_METRICS = frozenset(
-    {
-        "penny_cache_up",
-        "penny_cache_build_info",
-        "penny_cache_scrape_duration_seconds",
-        "penny_cache_requests_total",
-        "penny_cache_hits_total",
-        "penny_cache_misses_total",
-        "penny_cache_sets_total",
-        "penny_cache_fills_refused_total",
-        "penny_cache_invalidations_total",
-        "penny_cache_decode_errors_total",
-        "penny_cache_redis_errors_total",
-        "penny_cache_listener_reconnects_total",
-        "penny_cache_sequence_gaps_total",
-        "penny_cache_malformed_messages_total",
-        "up",
-    }
-)
+ALLOWED_METRICS = EXPORTED_METRICS | {"up"}
 SEVERITIES = frozenset({"page", "ticket"})
 RUNBOOK_SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 EXPECTED_SCRAPE_JOBS = {

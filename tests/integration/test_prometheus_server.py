@@ -17,15 +17,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.embedded import RedisServerProcess, free_port, wait_until
-from penny_cache.exporter import RedisCountersCollector, serve
-from penny_cache.keys import KeySchema
-from penny_cache.redis_backend import RedisBackend
+from penny_cache.exporter import registry_for_redis, serve
 from penny_cache.state import default_state
-from penny_cache.stats import sum_counters
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
@@ -38,18 +34,13 @@ HIT_RATIO = (
 
 @pytest.fixture
 def exporter_port(own_redis: RedisServerProcess, namespace: str) -> Iterator[int]:
-    backend = RedisBackend.from_url(own_redis.url)
-    key = KeySchema(namespace).counters()
-    registry = CollectorRegistry()
-    registry.register(
-        RedisCountersCollector(lambda: sum_counters(backend.read_fields(key)), namespace, "t")
-    )
+    registry, close = registry_for_redis(own_redis.url, namespace, "t")
     server = serve(registry, "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_port
     server.shutdown()
     server.server_close()
-    backend.close()
+    close()
 
 
 @pytest.fixture

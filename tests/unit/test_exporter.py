@@ -57,3 +57,15 @@ def test_reads_once_per_scrape() -> None:
     registry = registry_for(read)
     generate_latest(registry)
     assert reads == 1
+
+
+def test_exported_metrics_lists_exactly_what_a_scrape_shows() -> None:
+    """EXPORTED_METRICS (what dashboards and alerts are checked against) is exactly the set
+    of metric names a scrape with Redis up exposes, so the two cannot drift apart."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from penny_cache.exporter import EXPORTED_METRICS
+
+    text = generate_latest(registry_for(lambda: TOTALS)).decode()
+    names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    assert names == set(EXPORTED_METRICS)

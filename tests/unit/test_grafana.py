@@ -18,30 +18,15 @@ import promql_parser
 import pytest
 import yaml
 
+from penny_cache.exporter import EXPORTED_METRICS
+
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
 DASHBOARD_PATH = GRAFANA / "dashboards" / "penny-cache-overview.json"
 DATASOURCES_PATH = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 PROVIDERS_PATH = GRAFANA / "provisioning" / "dashboards" / "penny-cache.yml"
 
-PENNY_METRICS = frozenset(
-    {
-        "penny_cache_up",
-        "penny_cache_build_info",
-        "penny_cache_scrape_duration_seconds",
-        "penny_cache_requests_total",
-        "penny_cache_hits_total",
-        "penny_cache_misses_total",
-        "penny_cache_sets_total",
-        "penny_cache_fills_refused_total",
-        "penny_cache_invalidations_total",
-        "penny_cache_decode_errors_total",
-        "penny_cache_redis_errors_total",
-        "penny_cache_listener_reconnects_total",
-        "penny_cache_sequence_gaps_total",
-        "penny_cache_malformed_messages_total",
-    }
-)
+PENNY_METRICS = EXPORTED_METRICS
 REDIS_METRICS = frozenset(
     {
         "redis_up",
