@@ -177,10 +177,17 @@ class AsyncPersonalityTracker(TrackerPolicy):
         read = self._policy.read_or_lease_flow(user_id, ticket)
         cached, lease = await adrive(read, self._call)
         if cached is not None:
+            self._observe("redis_hit", began)
             return cached
-        recent = self._recent_load(user_id, began)
-        if recent is not None:
-            return recent
+        state = self._recent_load(user_id, began)
+        if state is None:
+            state = await self._load(user_id, ticket, lease)
+        self._observe("miss", began)
+        return state
+
+    async def _load(
+        self, user_id: str, ticket: Ticket | None, lease: str | None
+    ) -> PersonalityState:
         if lease:  # elected across processes: load now; a waiter must never hold the lease
             return await adrive(self._load_flow(user_id, ticket, lease), self._call)
         running = self._loads.get(user_id)
@@ -210,8 +217,10 @@ class AsyncPersonalityTracker(TrackerPolicy):
         """As ``PersonalityTracker.update_personality_dimension``."""
         args = self._update_args(user_id, dimension, value, confidence_change, context)
         await self._bind_async()
+        began = self._monotonic()
         state = await asyncio.to_thread(self._store.update_dimension, *args)
         await self._cache.write_through(state)
+        self._observe("update", began)
         return state
 
     async def get_personality_evolution_history(

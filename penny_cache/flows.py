@@ -50,8 +50,11 @@ class Listener(Protocol):
     def after_fork(self) -> None: ...
 
 
-# (near cache, channel, on_event, on_tick) -> listener
-ListenerFactory = Callable[[NearCache, str, Callable[[str], None], Callable[[], None]], Listener]
+# (near cache, channel, on_event, on_tick, on_applied(lag seconds)) -> listener
+ListenerFactory = Callable[
+    [NearCache, str, Callable[[str], None], Callable[[], None], Callable[[float], None]],
+    Listener,
+]
 
 
 def stats_view(totals: Mapping[str, int], *, shared: bool) -> dict[str, Any]:

@@ -2,8 +2,9 @@
 
 Every write that changes what a near cache may hold (an update's write-through, ``set``,
 ``invalidate``, ``clear``) runs one Lua script that also takes the namespace's next
-sequence number and publishes ``<seq>|<version>|<user>`` (``*`` for "any version",
-``flush`` to empty every near cache). The listener, one daemon thread per process,
+sequence number and publishes ``<seq>|<version>|<published us>|<user>`` (``*`` for "any
+version", ``flush`` to empty every near cache; the publish time is Redis's clock, so the
+receivers can measure the invalidation lag). The listener, one daemon thread per process,
 applies each message to its near cache and keeps the near cache *trusted* only while
 it can prove it has seen everything:
 
@@ -49,29 +50,30 @@ class Message:
     seq: int
     user_id: str | None
     version: int | None
+    published_us: int = 0
 
 
-def format_message(seq: int, version: int | str, encoded_user: str) -> bytes:
+def format_message(seq: int, version: int | str, encoded_user: str, published_us: int = 0) -> bytes:
     """The wire form the Lua scripts build (kept here for tests and tools)."""
-    return f"{seq}|{version}|{encoded_user}".encode()
+    return f"{seq}|{version}|{published_us}|{encoded_user}".encode()
 
 
 def parse_message(data: bytes) -> Message:
     """Parse a message, or raise ``ValueError`` for anything malformed or forged."""
-    seq_text, version_text, user_text = data.decode("ascii").split("|", 2)
-    if not seq_text.isdigit():
-        raise ValueError("bad sequence number")
-    seq = int(seq_text)
+    seq_text, version_text, published_text, user_text = data.decode("ascii").split("|", 3)
+    if not seq_text.isdigit() or not published_text.isdigit():
+        raise ValueError("bad sequence number or publish time")
+    seq, published_us = int(seq_text), int(published_text)
     if version_text == FLUSH:
         if user_text:
             raise ValueError("flush carries no user")
-        return Message(seq, None, None)
+        return Message(seq, None, None, published_us)
     user_id = validate_user_id(decode_user_id(user_text))
     if version_text == ANY_VERSION:
-        return Message(seq, user_id, None)
+        return Message(seq, user_id, None, published_us)
     if not version_text.isdigit():
         raise ValueError("bad version")
-    return Message(seq, user_id, int(version_text))
+    return Message(seq, user_id, int(version_text), published_us)
 
 
 class _TrackedPubSub(PubSub):
@@ -98,6 +100,8 @@ class InvalidationListener:
         on_event: Callable[[str], None] = lambda _event: None,
         on_tick: Callable[[], None] = lambda: None,
         error_log_interval: float = 60.0,
+        on_applied: Callable[[float], None] = lambda _lag: None,
+        wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._client_factory = client_factory
         self._channel = channel
@@ -107,6 +111,8 @@ class InvalidationListener:
         self._monotonic = monotonic
         self._on_event = on_event
         self._on_tick = on_tick
+        self._on_applied = on_applied
+        self._wall_clock = wall_clock
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -239,3 +245,5 @@ class InvalidationListener:
         else:
             self._near.invalidate(message.user_id, message.version)
         self._on_event("applied")
+        if message.published_us:
+            self._on_applied(max(0.0, self._wall_clock() - message.published_us / 1e6))

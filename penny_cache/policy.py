@@ -25,6 +25,7 @@ from penny_cache.flows import Flow, Listener, ListenerFactory, Op, drive, stats_
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema
 from penny_cache.near import NearCache, Ticket
 from penny_cache.policy_writes import WritePolicy
+from penny_cache.process_metrics import ProcessMetrics
 from penny_cache.ratelog import RateLimitedLog
 from penny_cache.state import PersonalityState
 from penny_cache.stats import CounterBackend, SharedCounters
@@ -57,6 +58,7 @@ class CachePolicy(WritePolicy):
         near: NearCache | None = None,
         listener: ListenerFactory | None = None,
         lease_ttl: float = 0.25,
+        metrics: ProcessMetrics | None = None,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -82,10 +84,11 @@ class CachePolicy(WritePolicy):
         self._tokens = itertools.count()
         self._pending_lock = threading.Lock()
         self._near = near
+        self.metrics = metrics
         self._listener: Listener | None = None
         if near is not None and listener is not None:
             self._listener = listener(
-                near, self._keys.channel(), self._on_listener_event, self.deliver_pending
+                near, self._keys.channel(), self._on_listener_event, self._tick, self._applied
             )
 
     # -- identity and state ---------------------------------------------------------------
@@ -306,6 +309,17 @@ class CachePolicy(WritePolicy):
         counter = _LISTENER_COUNTERS.get(event)
         if counter is not None:
             self._counters.incr(counter)
+
+    def _tick(self) -> None:
+        """The listener thread's periodic work: queued write-throughs, near-cache gauges."""
+        self.deliver_pending()
+        if self.metrics is not None and self._near is not None:
+            self.metrics.observe_near(len(self._near), self._near.flushes)
+
+    def _applied(self, lag: float) -> None:
+        if self.metrics is not None:
+            self.metrics.invalidations_received.inc()
+            self.metrics.invalidation_lag.observe(lag)
 
     def after_fork(self) -> None:
         """Forget the parent's listener thread; the child starts its own on first read."""

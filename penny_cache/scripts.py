@@ -21,6 +21,15 @@ __all__ = [
     "WRITE_PUBLISH",
 ]
 
+# The publish time (Redis TIME, microseconds) goes into every message: receivers measure
+# the invalidation lag against it. Scripts may call TIME: Redis 7 replicates effects.
+_NOW_US: Final = """
+local function now_us()
+  local t = redis.call('TIME')
+  return t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+end
+"""
+
 _CAS: Final = """
 local function cas(key, version, payload, ttl_ms, prefix)
   local current = redis.call('GET', key)
@@ -79,36 +88,48 @@ WRITE_PUBLISH: Final = (
 -- ARGV[1]  version            ARGV[2]  envelope         ARGV[3]  TTL in ms
 -- ARGV[4]  envelope prefix    ARGV[5]  channel          ARGV[6]  encoded user id
 -- returns  {written (1/0), sequence number published}
--- Publishes even when a newer version is there: it only ever makes caches drop more.
+-- Publishes <seq>|<version>|<published us>|<user>, even when a newer version is there:
+-- it only ever makes caches drop more.
 """
     + _CAS
+    + _NOW_US
     + """
 local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 local seq = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[5], seq .. '|' .. ARGV[1] .. '|' .. ARGV[6])
+redis.call('PUBLISH', ARGV[5], seq .. '|' .. ARGV[1] .. '|' .. now_us() .. '|' .. ARGV[6])
 return {written, seq}
 """
 )
 
-INVALIDATE_PUBLISH: Final = """
+INVALIDATE_PUBLISH: Final = (
+    """
 -- Drop an entry and tell every near cache to drop the user, whatever its version.
 -- KEYS[1]  entry key          KEYS[2]  sequence key
 -- ARGV[1]  channel            ARGV[2]  encoded user id
 -- returns  the sequence number published
+"""
+    + _NOW_US
+    + """
 redis.call('UNLINK', KEYS[1])
 local seq = redis.call('INCR', KEYS[2])
-redis.call('PUBLISH', ARGV[1], seq .. '|*|' .. ARGV[2])
+redis.call('PUBLISH', ARGV[1], seq .. '|*|' .. now_us() .. '|' .. ARGV[2])
 return seq
 """
+)
 
-PUBLISH_FLUSH: Final = """
+PUBLISH_FLUSH: Final = (
+    """
 -- Tell every near cache to empty itself (after clear()).
 -- KEYS[1]  sequence key       ARGV[1]  channel
 -- returns  the sequence number published
+"""
+    + _NOW_US
+    + """
 local seq = redis.call('INCR', KEYS[1])
-redis.call('PUBLISH', ARGV[1], seq .. '|flush|')
+redis.call('PUBLISH', ARGV[1], seq .. '|flush|' .. now_us() .. '|')
 return seq
 """
+)
 
 RETIRE_COUNTERS: Final = """
 -- Fold a closing process's cumulative counters into the 'retired' totals, exactly once.

@@ -123,6 +123,12 @@ class TrackerPolicy:
             delay = min(delay * 2, 0.02)
         return None
 
+    def _observe(self, operation: str, began: float) -> None:
+        """Time an operation that left the process (near hits are not timed)."""
+        metrics = self._policy.metrics
+        if metrics is not None:
+            metrics.timers[operation].observe(self._monotonic() - began)
+
     def _update_args(
         self, user_id: str, dimension: str, value: object, change: object, context: object
     ) -> tuple[str, str, float | str, float, str | None]:
@@ -188,14 +194,17 @@ class PersonalityTracker(TrackerPolicy):
         ticket = self._cache.ticket()  # before the lookup: a later invalidation wins
         cached, lease = drive(self._policy.read_or_lease_flow(user_id, ticket), self._call)
         if cached is not None:
+            self._observe("redis_hit", began)
             return cached
-        recent = self._recent_load(user_id, began)
-        if recent is not None:
-            return recent
-        load = self._load_flow(user_id, ticket, lease)
-        if lease:  # elected across processes: load now; a waiter must never hold the lease
-            return drive(load, self._call)
-        return self._loads.run(user_id, lambda: drive(load, self._call))
+        state = self._recent_load(user_id, began)
+        if state is None:
+            load = self._load_flow(user_id, ticket, lease)
+            if lease:  # elected across processes: load now; a waiter never holds the lease
+                state = drive(load, self._call)
+            else:
+                state = self._loads.run(user_id, lambda: drive(load, self._call))
+        self._observe("miss", began)
+        return state
 
     def update_personality_dimension(
         self,
@@ -212,8 +221,10 @@ class PersonalityTracker(TrackerPolicy):
         """
         args = self._update_args(user_id, dimension, value, confidence_change, context)
         self._bind()
+        began = self._monotonic()
         state = self._store.update_dimension(*args)
         self._cache.write_through(state)
+        self._observe("update", began)
         return state
 
     def get_personality_evolution_history(

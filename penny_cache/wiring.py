@@ -11,8 +11,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 from penny_cache.config import Settings
 from penny_cache.errors import ConfigurationError
+from penny_cache.flows import ListenerFactory
 from penny_cache.invalidation import InvalidationListener
 from penny_cache.near import NearCache
+from penny_cache.process_metrics import ProcessMetrics
 from penny_cache.redis_backend import RedisBackend
 
 if TYPE_CHECKING:
@@ -29,7 +31,10 @@ def cache_from_url(cls: type[PersonalityCache], url: str, **options: Any) -> Per
     """``PersonalityCache.from_url``: options are ``Settings`` fields (or their aliases);
     ``stats_flush_interval=None`` turns the background flusher off (tests)."""
     flush: Any = options.pop("stats_flush_interval", 1.0)
-    return cache_from_settings(cls, _settings(url, options), stats_flush_interval=flush)
+    metrics: Any = options.pop("metrics", None)
+    return cache_from_settings(
+        cls, _settings(url, options), stats_flush_interval=flush, metrics=metrics
+    )
 
 
 def _settings(url: str, options: dict[str, Any]) -> Settings:
@@ -45,13 +50,14 @@ def cache_from_settings(
     settings: Settings,
     *,
     stats_flush_interval: float | object | None = ...,
+    metrics: ProcessMetrics | None = None,
 ) -> PersonalityCache:
     """A cache shaped by ``settings`` on a redis-py backend."""
     backend = RedisBackend.from_url(
         settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
     )
     flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
-    return cls(backend, **_policy_options(settings, backend, flush))
+    return cls(backend, **_policy_options(settings, backend, flush), metrics=metrics)
 
 
 def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[str, Any]:
@@ -70,14 +76,13 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
     }
 
 
-def _listener_factory(
-    backend: RedisBackend, settings: Settings
-) -> Callable[[NearCache, str, Callable[[str], None], Callable[[], None]], InvalidationListener]:
+def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFactory:
     def build(
         near: NearCache,
         channel: str,
         on_event: Callable[[str], None],
         on_tick: Callable[[], None],
+        on_applied: Callable[[float], None],
     ) -> InvalidationListener:
         return InvalidationListener(
             lambda: backend.subscriber(socket_timeout=max(settings.max_staleness, 0.5)),
@@ -87,6 +92,7 @@ def _listener_factory(
             on_event=on_event,
             on_tick=on_tick,
             error_log_interval=settings.error_log_interval,
+            on_applied=on_applied,
         )
 
     return build
@@ -100,6 +106,7 @@ def async_cache_from_url(
     from penny_cache.redis_async import AsyncRedisBackend
 
     flush: Any = options.pop("stats_flush_interval", 1.0)
+    metrics: Any = options.pop("metrics", None)
     settings = _settings(url, options)
     backend = AsyncRedisBackend.from_url(
         url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
@@ -107,4 +114,4 @@ def async_cache_from_url(
     sync = RedisBackend.from_url(
         url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
     )
-    return cls(backend, sync, **_policy_options(settings, sync, flush))
+    return cls(backend, sync, **_policy_options(settings, sync, flush), metrics=metrics)

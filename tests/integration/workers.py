@@ -9,6 +9,7 @@ from multiprocessing.synchronize import Event
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.store import PersonalityStore
+from penny_cache.tracker import PersonalityTracker
 
 
 def lookups(redis_url: str, namespace: str, hits: int, misses: int, linger: Event | None) -> None:
@@ -38,3 +39,16 @@ def updates(database_url: str, user: str, count: int, worker: int) -> list[int]:
     finally:
         store.close()
     return versions
+
+
+def timed_reads(redis_url: str, namespace: str, database_url: str, users: int) -> None:
+    """Read ``users`` cold users through a tracker with per-process metrics."""
+    from penny_cache.process_metrics import ProcessMetrics
+
+    cache = PersonalityCache.from_url(redis_url, namespace=namespace, metrics=ProcessMetrics())
+    tracker = PersonalityTracker(PersonalityStore(database_url), cache)
+    try:
+        for n in range(users):
+            tracker.get_current_personality_state(f"cold-{cache.process_id}-{n}")
+    finally:
+        cache.close()

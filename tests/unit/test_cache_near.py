@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import pytest
 
 from penny_cache.cache import PersonalityCache
@@ -43,7 +41,9 @@ def listener() -> FakeListener:
 def near_cache(
     fake_backend: RedisBackend, namespace: str, clock: FakeClock, listener: FakeListener
 ) -> PersonalityCache:
-    factory: Callable[..., FakeListener] = lambda near, channel, on_event, on_tick: listener  # noqa: E731
+    def factory(*_hooks: object) -> FakeListener:
+        return listener
+
     return PersonalityCache(
         fake_backend,
         namespace=namespace,

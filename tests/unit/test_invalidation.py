@@ -22,15 +22,27 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 def test_messages_round_trip() -> None:
     """What the Lua scripts publish parses back to the same user, version and sequence."""
     user = "ü:{*}? x"
-    data = format_message(7, 3, encode_user_id(user))
-    assert parse_message(data) == Message(7, user, 3)
+    data = format_message(7, 3, encode_user_id(user), 1_700_000_000_123_456)
+    assert parse_message(data) == Message(7, user, 3, 1_700_000_000_123_456)
     assert parse_message(format_message(8, "*", encode_user_id(user))) == Message(8, user, None)
-    assert parse_message(b"9|flush|") == Message(9, None, None)
+    assert parse_message(b"9|flush|5|") == Message(9, None, None, 5)
 
 
 @pytest.mark.parametrize(
     "forged",
-    [b"", b"x|1|u", b"1|x|u", b"1|1|", b"1|1|a%0Ab", b"1|flush|u", b"-1|1|u", b"\xff|1|u", b"1|1"],
+    [
+        b"",
+        b"x|1|0|u",
+        b"1|x|0|u",
+        b"1|1|0|",
+        b"1|1|0|a%0Ab",
+        b"1|flush|0|u",
+        b"-1|1|0|u",
+        b"\xff|1|0|u",
+        b"1|1|0",
+        b"1|1|t|u",
+        b"1|1|u",
+    ],
 )
 def test_malformed_messages_are_refused(forged: bytes) -> None:
     """Anything that is not exactly a valid message raises ValueError."""
@@ -76,6 +88,22 @@ def test_in_order_messages_drop_only_their_user(clock: FakeClock) -> None:
     listener._handle(message(2, 1, "x"))
     assert near.get("a", clock()) is None and near.get("b", clock()) is not None
     assert events == ["applied", "applied"]
+
+
+def test_applied_messages_report_their_lag(clock: FakeClock) -> None:
+    """The lag from Redis's publish time to applying the message is reported."""
+    near = filled(NearCache(10, 60, monotonic=clock), "a")
+    lags: list[float] = []
+
+    def no_client() -> Any:
+        raise AssertionError("never connects")
+
+    listener = InvalidationListener(
+        no_client, "ch", near, on_applied=lags.append, wall_clock=lambda: 100.25
+    )
+    data = format_message(1, 1, encode_user_id("a"), published_us=100_000_000)
+    listener._handle({"type": "message", "data": data})
+    assert lags == [pytest.approx(0.25)]
 
 
 def test_sequence_gap_flushes(clock: FakeClock) -> None:

@@ -1,0 +1,100 @@
+"""Per-process metrics: what only one worker knows, for its own ``/metrics``.
+
+The shared counters (hits, misses, ...) come from the exporter; these are the things a
+single process measures: how long the paths that leave the process take, how many
+invalidations it received and how late, how often its near cache was flushed and how
+full it is. Near hits are not timed (a clock pair would double their ~250 ns); they are
+counted in the shared counters.
+
+Pre-fork servers: set ``PROMETHEUS_MULTIPROC_DIR`` before the workers start and serve
+``/metrics`` through ``prometheus_client.multiprocess.MultiProcessCollector``; these are
+plain prometheus_client metrics, so they aggregate across workers (the near-cache size
+gauge sums live processes).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["OPERATIONS", "PROCESS_METRICS", "ProcessMetrics"]
+
+OPERATIONS: Final = ("redis_hit", "miss", "update")
+
+_LATENCY_BUCKETS: Final = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    1.0,
+)
+_LAG_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
+
+# Every sample name these metrics expose (dashboards and alerts are tested against them).
+PROCESS_METRICS: Final = frozenset(
+    {
+        "penny_cache_operation_duration_seconds_bucket",
+        "penny_cache_operation_duration_seconds_count",
+        "penny_cache_operation_duration_seconds_sum",
+        "penny_cache_invalidations_received_total",
+        "penny_cache_invalidation_lag_seconds_bucket",
+        "penny_cache_invalidation_lag_seconds_count",
+        "penny_cache_invalidation_lag_seconds_sum",
+        "penny_cache_near_flushes_total",
+        "penny_cache_near_entries",
+    }
+)
+
+
+class ProcessMetrics:
+    """The per-process metrics of one cache, registered on the registry passed in."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.operation_seconds = Histogram(
+            "penny_cache_operation_duration_seconds",
+            "Time of tracker operations that leave the process, by operation "
+            "(redis_hit, miss: the read including the SQL load; update).",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.invalidations_received = Counter(
+            "penny_cache_invalidations_received",
+            "Invalidation messages this process applied to its near cache.",
+            registry=registry,
+        )
+        self.invalidation_lag = Histogram(
+            "penny_cache_invalidation_lag_seconds",
+            "From Redis publishing an invalidation to this process applying it "
+            "(Redis's clock against this host's: includes clock skew across hosts).",
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.near_flushes = Counter(
+            "penny_cache_near_flushes",
+            "Times this process emptied its near cache (reconnects, gaps, clear()).",
+            registry=registry,
+        )
+        self.near_entries = Gauge(
+            "penny_cache_near_entries",
+            "Entries in this process's near cache.",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        self._flushes_seen = 0
+        self.timers = {op: self.operation_seconds.labels(op) for op in OPERATIONS}
+
+    def observe_near(self, entries: int, flushes: int) -> None:
+        """Update the near-cache gauge and flush counter (from the listener's tick)."""
+        self.near_entries.set(entries)
+        if flushes > self._flushes_seen:
+            self.near_flushes.inc(flushes - self._flushes_seen)
+            self._flushes_seen = flushes
