@@ -17,8 +17,9 @@ from __future__ import annotations
 from typing import Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["OPERATIONS", "PROCESS_METRICS", "ProcessMetrics"]
+__all__ = ["OPERATIONS", "PROCESS_METRICS", "ProcessMetrics", "for_worker"]
 
 OPERATIONS: Final = ("redis_hit", "miss", "update")
 
@@ -98,3 +99,17 @@ class ProcessMetrics:
         if flushes > self._flushes_seen:
             self.near_flushes.inc(flushes - self._flushes_seen)
             self._flushes_seen = flushes
+
+
+def for_worker(multiprocess_dir: str | None) -> tuple[ProcessMetrics, CollectorRegistry]:
+    """The metrics a web worker records and the registry its ``/metrics`` serves.
+
+    With ``multiprocess_dir`` (the value of ``PROMETHEUS_MULTIPROC_DIR``, which must be
+    set before the workers import prometheus_client), every worker writes its values to
+    files there and each ``/metrics`` answers for all workers; without it, one process.
+    """
+    registry = CollectorRegistry()
+    if multiprocess_dir:
+        MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+        return ProcessMetrics(), registry
+    return ProcessMetrics(registry), registry

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from prometheus_client.multiprocess import MultiProcessCollector
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.embedded import RedisServerProcess, wait_until
-from penny_cache.process_metrics import ProcessMetrics
+from penny_cache.process_metrics import ProcessMetrics, for_worker
 from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.integration import workers
@@ -73,8 +72,7 @@ def test_multiprocess_mode_sums_the_workers(
     for p in procs:
         p.join(60)
     assert [p.exitcode for p in procs] == [0, 0]
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry, path=str(multiproc))  # type: ignore[no-untyped-call]
+    _metrics, registry = for_worker(str(multiproc))  # what a worker's /metrics serves
     misses = registry.get_sample_value(
         "penny_cache_operation_duration_seconds_count", {"operation": "miss"}
     )

@@ -52,3 +52,12 @@ def test_near_gauges_follow_the_near_cache() -> None:
     metrics.observe_near(3, near.flushes)
     assert registry.get_sample_value("penny_cache_near_entries") == 3.0
     assert registry.get_sample_value("penny_cache_near_flushes_total") == 2.0
+
+
+def test_for_worker_without_multiprocess_registers_on_its_registry() -> None:
+    """Outside multiprocess mode the worker's registry holds its own metrics."""
+    from penny_cache.process_metrics import for_worker
+
+    metrics, registry = for_worker(None)
+    metrics.invalidations_received.inc()
+    assert registry.get_sample_value("penny_cache_invalidations_received_total") == 1.0
