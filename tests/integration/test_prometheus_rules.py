@@ -3,7 +3,8 @@
 ``promtool`` validates the files and runs the rule unit tests; the rest is checked here:
 every alert is labelled and annotated for an operator, links a runbook that exists, has
 a firing and a quiet unit test, and every expression uses only metrics that
-``penny-cache exporter`` (or Prometheus itself) really exports.
+``penny-cache exporter``, the service workers' per-process metrics (or Prometheus
+itself) really export.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from penny_cache.exporter import EXPORTED_METRICS
+from penny_cache.process_metrics import PROCESS_METRICS
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
@@ -31,8 +33,9 @@ ALERTS = PROMETHEUS / "rules" / "penny_cache_alerts.yml"
 RULE_FILES = (RECORDING, ALERTS)
 UNIT_TESTS = PROMETHEUS / "tests" / "penny_cache_alerts_test.yml"
 
-# exactly what penny_cache.exporter publishes, plus Prometheus's own scrape health
-ALLOWED_METRICS = EXPORTED_METRICS | {"up"}
+# exactly what penny_cache.exporter publishes, what each service worker exposes itself
+# (penny_cache.process_metrics), plus Prometheus's own scrape health
+ALLOWED_METRICS = EXPORTED_METRICS | PROCESS_METRICS | {"up"}
 SEVERITIES = frozenset({"page", "ticket"})
 RUNBOOK_SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")
 EXPECTED_SCRAPE_JOBS = {
@@ -133,7 +136,7 @@ def test_config_scrapes_the_jobs_and_loads_both_rule_files() -> None:
 
 
 def test_every_expression_uses_only_exported_metrics() -> None:
-    """No rule refers to a metric the exporter (or Prometheus's ``up``) does not publish."""
+    """No rule refers to a metric the exporter, the workers or Prometheus do not publish."""
     rules = _all_rules()
     assert rules
     for rule in rules:

@@ -1,7 +1,8 @@
 """Static checks of the Grafana dashboard and provisioning files (no Grafana, no Prometheus).
 
 The dashboard may only chart metrics that exist: the ``penny_cache_*`` families served by
-``penny-cache exporter`` and a handful of redis_exporter families. Every query must parse
+``penny-cache exporter``, the per-process ``penny_cache_*`` samples the service workers serve
+(``penny_cache.process_metrics``) and a handful of redis_exporter families. Every query must parse
 as PromQL and every ``rate``/``increase`` must use ``$__rate_interval``.
 """
 
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from penny_cache.exporter import EXPORTED_METRICS
+from penny_cache.process_metrics import PROCESS_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"
@@ -39,7 +41,7 @@ REDIS_METRICS = frozenset(
         "redis_keyspace_misses_total",
     }
 )
-ALLOWED_METRICS = PENNY_METRICS | REDIS_METRICS
+ALLOWED_METRICS = PENNY_METRICS | PROCESS_METRICS | REDIS_METRICS
 
 # An odd duration no one would write by hand: a range equal to it came from $__rate_interval.
 RATE_INTERVAL_STANDIN = "7m13s"
@@ -185,13 +187,65 @@ def test_panel_ids_unique_and_positioned() -> None:
         assert grid["x"] + grid["w"] <= 24, panel["title"]
 
 
-def test_text_panel_names_what_is_not_exported() -> None:
-    """A text panel says latency histograms, invalidation lag and near-cache size are not
-    exported yet, instead of the dashboard charting metrics that do not exist."""
+def _metric_names(expr: str) -> set[str]:
+    """Every metric name a query reads, from the PromQL AST."""
+    return {
+        n.name
+        for n in _nodes(expr)
+        if isinstance(n, promql_parser.VectorSelector) and n.name is not None
+    }
+
+
+def _quantile_calls(expr: str) -> list[Any]:
+    return [
+        n
+        for n in _nodes(expr)
+        if isinstance(n, promql_parser.Call) and n.func.name == "histogram_quantile"
+    ]
+
+
+def test_no_not_exported_text_panel() -> None:
+    """The per-process metrics are exported now: no text panel says they are not."""
     texts = [p for p in _all_panels(DASHBOARD["panels"]) if p["type"] == "text"]
-    content = " ".join(p["options"]["content"] for p in texts).lower()
-    for topic in ("latency", "invalidation lag", "near-cache size", "not exported"):
-        assert topic in content
+    for panel in texts:
+        assert "not exported" not in panel["options"]["content"].lower(), panel["title"]
+
+
+@pytest.mark.parametrize("quantile", [0.5, 0.99])
+def test_operation_latency_quantile_panels(quantile: float) -> None:
+    """A panel charts the p50 and one the p99 of the operation histogram by operation:
+    histogram_quantile over the rate of the ``_bucket`` series summed by (le, operation),
+    in seconds."""
+    bucket = "penny_cache_operation_duration_seconds_bucket"
+    assert bucket in PROCESS_METRICS
+    found = []
+    for panel in _data_panels(DASHBOARD):
+        for target in panel["targets"]:
+            for call in _quantile_calls(target["expr"]):
+                phi, argument = call.args
+                if float(str(phi)) != quantile or bucket not in str(argument):
+                    continue
+                assert isinstance(argument, promql_parser.AggregateExpr), target["expr"]
+                assert argument.modifier is not None, target["expr"]
+                assert set(argument.modifier.labels) == {"le", "operation"}, target["expr"]
+                assert _metric_names(str(argument)) == {bucket}, target["expr"]
+                assert "rate(" in target["expr"], target["expr"]
+                assert panel["fieldConfig"]["defaults"]["unit"] == "s", panel["title"]
+                found.append(panel["title"])
+    assert found, f"no p{quantile * 100:g} panel over {bucket}"
+
+
+def test_metric_extraction_handles_histogram_quantile() -> None:
+    """Metric-name extraction looks through histogram_quantile and its ``by (le)``
+    aggregation, and does not mistake the ``le`` label for a metric."""
+    expr = (
+        "histogram_quantile(0.99, sum by (le, operation) (rate("
+        'penny_cache_operation_duration_seconds_bucket{job=~"$job"}[$__rate_interval])))'
+    )
+    assert _metric_names(expr) == {"penny_cache_operation_duration_seconds_bucket"}
+    assert set(METRIC_LIKE.findall(expr)) == {"penny_cache_operation_duration_seconds_bucket"}
+    (call,) = _quantile_calls(expr)
+    assert "le" in call.args[1].modifier.labels
 
 
 def test_hit_ratio_stat_is_hits_over_requests() -> None:
@@ -239,8 +293,7 @@ def test_rates_use_rate_interval(title: str, expr: str) -> None:
 def test_only_exported_metrics(title: str, expr: str) -> None:
     """Every metric a query reads is one penny_cache or redis_exporter actually exports, found
     both by walking the PromQL AST and by a textual scan for metric-like names."""
-    nodes = _nodes(expr)
-    names = {n.name for n in nodes if isinstance(n, promql_parser.VectorSelector)}
+    names = _metric_names(expr)
     assert names
     assert names <= ALLOWED_METRICS, f"{title}: {names - ALLOWED_METRICS}"
     assert set(METRIC_LIKE.findall(expr)) <= ALLOWED_METRICS
@@ -248,19 +301,25 @@ def test_only_exported_metrics(title: str, expr: str) -> None:
 
 @pytest.mark.parametrize(("title", "expr"), EXPRS, ids=EXPR_IDS)
 def test_selectors_are_scoped(title: str, expr: str) -> None:
-    """penny_cache selectors filter on the namespace/job/instance variables and redis
-    selectors on job "redis", so the variables really narrow what every panel shows."""
-    nodes = _nodes(expr)
-    for node in nodes:
+    """Exporter penny_cache selectors filter on the namespace/job/instance variables,
+    per-process selectors (no namespace label) on job/instance, and redis selectors on job
+    "redis", so the variables really narrow what every panel shows."""
+    for node in _nodes(expr):
         if not isinstance(node, promql_parser.VectorSelector):
             continue
         labels = {m.name for m in node.matchers.matchers}
         if node.name in PENNY_METRICS:
             assert {"namespace", "job", "instance"} <= labels, f"{title}: {node}"
+        elif node.name in PROCESS_METRICS:
+            assert {"job", "instance"} <= labels, f"{title}: {node}"
+            assert "namespace" not in labels, f"{title}: {node}"
         else:
             assert "job" in labels, f"{title}: {node}"
-    if "penny_cache_" in expr:
+    if _metric_names(expr) & PENNY_METRICS:
         assert '"$namespace"' in expr
+    if _metric_names(expr) & PROCESS_METRICS:
+        assert 'job=~"$job"' in expr
+        assert 'instance=~"$instance"' in expr
 
 
 def test_variable_substitution_is_sound() -> None:
