@@ -26,10 +26,22 @@ from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
 
-HIT_RATIO = (
-    'sum(increase(penny_cache_hits_total{namespace="%s"}[5m]))'
-    ' / sum(increase(penny_cache_requests_total{namespace="%s"}[5m]))'
-)
+DASHBOARD = Path(__file__).resolve().parents[2] / "grafana/dashboards/penny-cache-overview.json"
+
+
+def dashboard_hit_ratio(namespace: str) -> str:
+    """The dashboard's own "Hit ratio (now)" query, with its variables filled in."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    [panel] = [p for p in panels if p.get("title") == "Hit ratio (now)"]
+    expr: str = panel["targets"][0]["expr"]
+    for variable, value in {
+        "$__rate_interval": "5m",
+        "$job": "penny-cache-exporter",
+        "$instance": ".*",
+        "$namespace": namespace,
+    }.items():
+        expr = expr.replace(variable, value)
+    return expr
 
 
 @pytest.fixture
@@ -102,7 +114,7 @@ def test_prometheus_computes_the_workload_hit_ratio(
     own_redis: RedisServerProcess, namespace: str, prometheus: str
 ) -> None:
     """After a workload of 30 hits and 10 misses, Prometheus scraping the exporter answers
-    the dashboard's hit-ratio query with 0.75, and penny_cache_up with 1."""
+    the dashboard's own hit-ratio query with 0.75, and penny_cache_up with 1."""
     wait_until(lambda: scalar(prometheus, "penny_cache_up") == 1.0, 30, "a first scrape")
     with PersonalityCache.from_url(own_redis.url, namespace=namespace, near_cache=False) as c:
         c.set("u", default_state("u", datetime(2026, 1, 1, tzinfo=UTC)))
@@ -112,6 +124,6 @@ def test_prometheus_computes_the_workload_hit_ratio(
             assert c.get(f"absent-{n}") is None
     requests = f'sum(penny_cache_requests_total{{namespace="{namespace}"}})'
     wait_until(lambda: scalar(prometheus, requests) == 40.0, 30, "the counts to be scraped")
-    ratio = HIT_RATIO % (namespace, namespace)
+    ratio = dashboard_hit_ratio(namespace)
     wait_until(lambda: scalar(prometheus, ratio) is not None, 30, "the ratio to be computable")
     assert scalar(prometheus, ratio) == pytest.approx(0.75)
