@@ -17,12 +17,9 @@ even when a target is missed: it is a report, not a gate.
 
 from __future__ import annotations
 
-import argparse
 import gc
-import json
 import os
 import platform
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,12 +30,12 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final, cast
 
 import msgspec
 import redis
 
+from bench.runner import bench_main
 from penny_cache import PersonalityCache, PersonalityStore, PersonalityTracker
 from penny_cache.embedded import RedisServerProcess
 
@@ -401,34 +398,11 @@ def run(config: Config) -> tuple[dict[str, Any], str]:
     return build_report(meta, summaries, verdicts, info, sanity), text
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="far fewer iterations (under ~10 s)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
-    return parser.parse_args(argv)
-
-
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    """Turn SIGTERM into SystemExit, so the finally blocks still stop redis-server."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the report (and write JSON); 0 even when a target is missed."""
-    args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    config = QUICK if args.quick else FULL
-    print(f"penny_cache foundation benchmark ({config.mode}): {config}", file=sys.stderr)
-    started = time.monotonic()
-    report, text = run(config)
-    report["duration_s"] = round(time.monotonic() - started, 1)
-    print(text)
-    print(f"\n{report['date']}  {report['platform']}  cpus={report['cpu_count']}  "
-          f"python {report['python']}  redis {report['redis_server']}  "
-          f"({report['duration_s']} s)")  # fmt: skip
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return bench_main(
+        argv, title="penny_cache foundation benchmark", quick=QUICK, full=FULL, run=run
+    )
 
 
 if __name__ == "__main__":

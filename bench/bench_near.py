@@ -15,13 +15,10 @@ a throwaway SQLite file, exit 0 even when a target is missed (a report, not a ga
 
 from __future__ import annotations
 
-import argparse
 import gc
 import itertools
-import json
 import os
 import platform
-import signal
 import statistics
 import sys
 import tempfile
@@ -33,7 +30,6 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
-from types import FrameType
 from typing import Any, Final
 
 import cachebox
@@ -49,6 +45,7 @@ from bench.near_workers import (
     open_cache,
     prime_near,
 )
+from bench.runner import bench_main
 from penny_cache import PersonalityCache, PersonalityStore, PersonalityTracker
 
 NAMESPACE: Final = "bench-near"
@@ -370,31 +367,16 @@ def run(config: Config) -> tuple[dict[str, Any], str]:
     }, text
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    """Turn SIGTERM into SystemExit, so the finally blocks stop children and redis-server."""
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Print the report (and write JSON); 0 even when a target is missed."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--quick", action="store_true", help="a smoke run (~10 s)")
-    parser.add_argument("--json", type=Path, metavar="PATH", help="also write results as JSON")
-    args = parser.parse_args(argv)
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    config = QUICK if args.quick else FULL
-    print(f"penny_cache near-cache benchmark ({config.mode}): {config}", file=sys.stderr)
-    started = time.monotonic()
-    report, text = run(config)
-    report["duration_s"] = round(time.monotonic() - started, 1)
-    print(text)
-    print(f"\n{report['date']}  {report['platform']}  cpus={report['cpu_count']}  "
-          f"load {report['loadavg_at_start'][0]}  "
-          f"python {report['python']}  redis {report['redis_server']}  "
-          f"({report['duration_s']} s)")  # fmt: skip
-    if args.json is not None:
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
-    return 0
+    return bench_main(
+        argv,
+        title="penny_cache near-cache benchmark",
+        quick=QUICK,
+        full=FULL,
+        run=run,
+        footer=lambda report: f"load {report['loadavg_at_start'][0]}  ",
+    )
 
 
 if __name__ == "__main__":
