@@ -94,10 +94,6 @@ class PersonalityCache(CachePolicy):
         """Read and decode one entry, counting one hit or miss (shared with the drop-in)."""
         return self._run(self.lookup_flow(key, user_id, decode))
 
-    def peek(self, user_id: str) -> PersonalityState | None:
-        """Read Redis without counting a lookup."""
-        return self._run(self.peek_flow(user_id))
-
     def fill(self, state: PersonalityState, ticket: Ticket | None, lease: str = "") -> bool:
         """Cache a state just read from SQL, unless a newer version is already cached."""
         return self._run(self.fill_flow(state, ticket, lease))

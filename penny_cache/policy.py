@@ -188,16 +188,7 @@ class CachePolicy(WritePolicy):
             if not delivered:
                 self._local_counters.miss()  # Redis may still hold a version we replaced
                 return None
-        try:  # the L2 hit path: kept flat, one generator, no nested flows
-            payload = yield ("get", (key,))
-        except CacheError as exc:
-            self._redis_failed("get", exc)
-            payload = None
-        state = None if payload is None else self._decode(payload, user_id, decode_state)
-        if state is _UNREADABLE:
-            yield from self._quiet("delete", key)
-            state = None
-        (self._local_counters.hit if state is not None else self._local_counters.miss)()
+        state = yield from self.lookup_flow(key, user_id, decode_state)
         if state is not None and self._near is not None and ticket is not None:
             self._near.put(state, ticket)
         return state
