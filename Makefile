@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv run test test-unit test-integration lint bench bench-quick clean
+.PHONY: venv run demo test test-unit test-integration lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "penny_cache needs Python >= 3.11")'
@@ -14,8 +14,13 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## run: the main job: worker processes sharing one cache (embedded Redis unless PENNY_REDIS_URL)
+## run: the main job: the HTTP service on 4 workers + the exporter, sharing one cache
+## (embedded Redis unless PENNY_REDIS_URL), a self-check, then URLs to curl until Ctrl-C
 run: $(STAMP)
+	$(BIN)/penny-cache run --workers 4
+
+## demo: worker processes under a Zipf workload for 5 s, then the shared hit rate
+demo: $(STAMP)
 	$(BIN)/penny-cache demo
 
 ## test: the whole suite (integration tests start their own redis-server)

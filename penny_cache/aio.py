@@ -17,9 +17,11 @@ from typing import Any, Protocol, Self, TypeVar
 
 from penny_cache import forks
 from penny_cache.codec import Entry
+from penny_cache.config import Settings
 from penny_cache.errors import CacheError
 from penny_cache.near import Ticket
 from penny_cache.policy import CachePolicy, Flow
+from penny_cache.process_metrics import ProcessMetrics
 from penny_cache.state import EvolutionRecord, PersonalityState, validate_user_id
 from penny_cache.stats import CounterBackend
 from penny_cache.store import PersonalityStore
@@ -73,6 +75,15 @@ class AsyncPersonalityCache(CachePolicy):
         from penny_cache.wiring import async_cache_from_url
 
         return async_cache_from_url(cls, url, **options)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, metrics: ProcessMetrics | None = None
+    ) -> AsyncPersonalityCache:
+        """A cache shaped by ``Settings`` (the HTTP service uses this)."""
+        from penny_cache.wiring import async_cache_from_settings
+
+        return async_cache_from_settings(cls, settings, metrics=metrics)
 
     async def call_backend(self, name: str, args: tuple[Any, ...]) -> Any:
         """Await one backend operation a flow yielded."""
@@ -213,12 +224,16 @@ class AsyncPersonalityTracker(TrackerPolicy):
         value: float | str,
         confidence_change: float = 0.0,
         context: str | None = None,
+        *,
+        confidence: float | None = None,
     ) -> PersonalityState:
         """As ``PersonalityTracker.update_personality_dimension``."""
-        args = self._update_args(user_id, dimension, value, confidence_change, context)
+        args = self._update_args(
+            user_id, dimension, value, confidence_change, context, confidence=confidence
+        )
         await self._bind_async()
         began = self._monotonic()
-        state = await asyncio.to_thread(self._store.update_dimension, *args)
+        state = await asyncio.to_thread(lambda: self._store.update_dimension(**args))
         await self._cache.write_through(state)
         self._observe("update", began)
         return state

@@ -4,6 +4,9 @@ penny-cache demo [--workers N] [--duration S] [--users N]   the `make run` job
 penny-cache stats [--json]                                  cross-process totals
 penny-cache check                                           exit 1 unless Redis and SQL answer
 penny-cache exporter [--host H] [--port P]                  Prometheus /metrics, all processes
+penny-cache serve [--host H] [--port P] [--workers N]       the HTTP service (uvicorn workers)
+penny-cache run [--workers N] [--duration S]                the `make run` stack: service,
+                                                            exporter, embedded Redis, self-check
 """
 
 from __future__ import annotations
@@ -62,7 +65,14 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("check", help="exit non-zero unless Redis and SQL are reachable")
     exporter = sub.add_parser("exporter", help="serve the cross-process counters to Prometheus")
     exporter.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
-    exporter.add_argument("--port", type=_port, default=9464)
+    exporter.add_argument("--port", type=_port, help="default: PENNY_EXPORTER_PORT or 9464")
+    serve = sub.add_parser("serve", help="run the HTTP service on several worker processes")
+    serve.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
+    serve.add_argument("--port", type=_port, help="default: PENNY_HTTP_PORT or 8000")
+    serve.add_argument("--workers", type=_positive_int, help="default: PENNY_HTTP_WORKERS or 2")
+    run = sub.add_parser("run", help="the make-run stack: service, exporter, Redis, self-check")
+    run.add_argument("--workers", type=_positive_int, default=4)
+    run.add_argument("--duration", type=_positive_float, help="seconds (default: until Ctrl-C)")
     return parser
 
 
@@ -80,7 +90,7 @@ def _exporter(args: argparse.Namespace, settings: Settings) -> int:
     registry, close = registry_for_redis(
         settings.redis_url, settings.namespace, __version__, timeout=settings.redis_timeout
     )
-    server = serve(registry, args.host, args.port)
+    server = serve(registry, args.host, args.port or settings.exporter_port)
     print(f"exporter         http://{args.host}:{server.server_port}/metrics", flush=True)
     print(f"redis            {redact_url(settings.redis_url)}, namespace {settings.namespace}")
     try:
@@ -165,19 +175,31 @@ def _check_sql(url: str) -> str | None:
     return None
 
 
+def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
+    if args.command == "demo":
+        return _demo(args, environ)
+    if args.command == "run":
+        from penny_cache.launcher import StackOptions, run_stack
+
+        return run_stack(StackOptions(args.workers, args.duration), environ)
+    settings = Settings.from_env(environ)
+    if args.command == "serve":
+        from penny_cache.launcher import serve
+
+        port, workers = args.port or settings.http_port, args.workers or settings.http_workers
+        return serve(settings, args.host, port, workers)
+    if args.command == "stats":
+        return _stats(args, settings)
+    if args.command == "exporter":
+        return _exporter(args, settings)
+    return _check(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``penny-cache`` command."""
     args = _parser().parse_args(argv)
-    environ = dict(os.environ)
     try:
-        if args.command == "demo":
-            return _demo(args, environ)
-        settings = Settings.from_env(environ)
-        if args.command == "stats":
-            return _stats(args, settings)
-        if args.command == "exporter":
-            return _exporter(args, settings)
-        return _check(settings)
+        return _dispatch(args, dict(os.environ))
     except ConfigurationError as exc:
         print(f"penny-cache: configuration error: {exc}", file=sys.stderr)
         return 2

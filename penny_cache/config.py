@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Final, TypeVar
 from urllib.parse import urlsplit
 
@@ -97,9 +98,21 @@ class Settings:
     near_cache_ttl: float | None = None  # None: min(10 s, cache_ttl / 10)
     max_staleness: float = 0.5
     lease_ttl: float = 0.25
+    redis_username: str | None = None
+    redis_password: str | None = field(default=None, repr=False)
+    redis_sentinels: tuple[tuple[str, int], ...] = ()
+    redis_master_name: str = "mymaster"
+    redis_cluster: bool = False
+    http_port: int = 8000
+    http_workers: int = 2
+    exporter_port: int = 9464
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))
+        self._check_topology()
+        for name in ("http_port", "exporter_port"):
+            _check_int(getattr(self, name), name, 1, 65535)
+        _check_int(self.http_workers, "http_workers", 1, 256)
         validate_namespace(self.namespace, source=_label("namespace"))
         if not self.database_url.strip():
             raise ConfigurationError("PENNY_DATABASE_URL must not be empty")
@@ -119,6 +132,24 @@ class Settings:
                 f"{_label('cache_ttl')} ({self.cache_ttl})"
             )
 
+    def _check_topology(self) -> None:
+        if self.redis_sentinels and self.redis_cluster:
+            raise ConfigurationError(
+                f"{_label('redis_sentinels')} and {_label('redis_cluster')} exclude each other"
+            )
+        for host, port in self.redis_sentinels:
+            if not host or not 1 <= port <= 65535:
+                raise ConfigurationError(f"{_label('redis_sentinels')}: bad address {host}:{port}")
+        if self.redis_sentinels and not self.redis_master_name.strip():
+            raise ConfigurationError(f"{_label('redis_master_name')} must not be empty")
+
+    @property
+    def redis_topology(self) -> str:
+        """Where the cache's Redis lives: "standalone", "sentinel" or "cluster"."""
+        if self.redis_sentinels:
+            return "sentinel"
+        return "cluster" if self.redis_cluster else "standalone"
+
     @property
     def near_ttl(self) -> float:
         """How long a near-cache entry lives: well below the Redis TTL."""
@@ -130,14 +161,43 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
         """Build settings from ``PENNY_*`` variables; unset ones keep their defaults."""
         values: dict[str, object] = {}
-        for field in fields(cls):
-            env_name = _ENV_NAMES[field.name]
-            raw = environ.get(env_name)
+        for setting in fields(cls):
+            env_name = _ENV_NAMES[setting.name]
+            raw = _raw_value(environ, env_name)
             if raw is None or raw.strip() == "":
                 continue
-            parse = _PARSERS.get(field.name, str)
-            values[field.name] = _parse(parse, raw.strip(), env_name)
+            parse = _PARSERS.get(setting.name, str)
+            values[setting.name] = _parse(parse, raw.strip(), env_name)
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _raw_value(environ: Mapping[str, str], env_name: str) -> str | None:
+    """``NAME``, or the contents of the file ``NAME_FILE`` names (for secrets)."""
+    path = environ.get(f"{env_name}_FILE", "").strip()
+    if not path:
+        return environ.get(env_name)
+    if environ.get(env_name, "").strip():
+        raise ConfigurationError(f"set {env_name} or {env_name}_FILE, not both")
+    try:
+        return Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(f"{env_name}_FILE: cannot read {path!r}: {exc}") from None
+
+
+def _check_int(value: object, name: str, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigurationError(f"{_label(name)} must be an integer {low}..{high}, got {value!r}")
+
+
+def _parse_addresses(text: str) -> tuple[tuple[str, int], ...]:
+    """``"host:port,host:port"`` (IPv6 as ``[::1]:26379``)."""
+    addresses = []
+    for item in text.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep or not host or not port.isdigit():
+            raise ValueError(item)
+        addresses.append((host.strip("[]"), int(port)))
+    return tuple(addresses)
 
 
 def _parse(parse: Callable[[str], _T], raw: str, env_name: str) -> _T:
@@ -162,6 +222,14 @@ _ENV_NAMES: Final = {
     "near_cache_ttl": "PENNY_NEAR_CACHE_TTL",
     "max_staleness": "PENNY_MAX_STALENESS",
     "lease_ttl": "PENNY_LEASE_TTL",
+    "redis_username": "PENNY_REDIS_USERNAME",
+    "redis_password": "PENNY_REDIS_PASSWORD",
+    "redis_sentinels": "PENNY_REDIS_SENTINELS",
+    "redis_master_name": "PENNY_REDIS_MASTER_NAME",
+    "redis_cluster": "PENNY_REDIS_CLUSTER",
+    "http_port": "PENNY_HTTP_PORT",
+    "http_workers": "PENNY_HTTP_WORKERS",
+    "exporter_port": "PENNY_EXPORTER_PORT",
 }
 _DURATIONS: Final = (
     "cache_ttl",
@@ -200,4 +268,9 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "near_cache_ttl": float,
     "max_staleness": float,
     "lease_ttl": float,
+    "redis_sentinels": _parse_addresses,
+    "redis_cluster": _parse_bool,
+    "http_port": int,
+    "http_workers": int,
+    "exporter_port": int,
 }

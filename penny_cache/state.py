@@ -37,6 +37,7 @@ __all__ = [
     "ValueType",
     "apply_update",
     "default_state",
+    "validate_confidence",
     "validate_confidence_change",
     "validate_dimension_name",
     "validate_dimension_value",
@@ -154,6 +155,15 @@ def validate_dimension_value(dimension: object, value: object) -> DimensionValue
         options = ", ".join(spec.options)
         raise InvalidValueError(f"{spec.name} must be one of {options}; got {value!r}")
     return value
+
+
+def validate_confidence(confidence: object) -> float | None:
+    """An absolute confidence (None: keep the stored one and apply the change)."""
+    if confidence is None:
+        return None
+    if not _is_real(confidence) or not 0.0 <= float(confidence) <= 1.0:  # type: ignore[arg-type]
+        raise InvalidValueError(f"confidence must be a number in [0, 1], got {confidence!r}")
+    return float(confidence)  # type: ignore[arg-type]
 
 
 def validate_confidence_change(change: object) -> float:
@@ -310,10 +320,14 @@ def apply_update(
     value: DimensionValue,
     confidence_change: float,
     now: datetime,
+    *,
+    confidence: float | None = None,
 ) -> PersonalityState:
-    """The next version: ``dimension`` takes ``value``; confidence moves, clamped to [0, 1]."""
+    """The next version: ``dimension`` takes ``value``; confidence is set to
+    ``confidence`` when given, else moves by ``confidence_change``, clamped to [0, 1]."""
     old = state.dimensions[dimension]
-    confidence = min(1.0, max(0.0, old.confidence + confidence_change))
+    if confidence is None:
+        confidence = min(1.0, max(0.0, old.confidence + confidence_change))
     new_dim = msgspec.structs.replace(old, value=value, confidence=confidence, last_updated=now)
     dims = {**state.dimensions, dimension: new_dim}
     return PersonalityState(

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import sqlalchemy as sa
@@ -45,6 +45,16 @@ EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ATTEMPTS: Final = 50
 _DEFAULT_DIMENSIONS: Final = default_state("defaults", EPOCH).dimensions
 _WRITE: Final = "penny_write"
+
+
+class _Change(NamedTuple):
+    """One validated update, as the retry loop passes it around."""
+
+    dimension: str
+    value: DimensionValue
+    confidence_change: float
+    context: str | None
+    confidence: float | None
 
 
 class _LostRaceError(Exception):
@@ -130,36 +140,41 @@ class PersonalityStore:
         value: DimensionValue,
         confidence_change: float = 0.0,
         context: str | None = None,
+        *,
+        confidence: float | None = None,
     ) -> PersonalityState:
         """Commit one change as the next version and return the committed state.
 
-        Arguments must already be validated (the tracker does it at the edge).
+        ``confidence``, when given, replaces the stored confidence (the history records
+        the resulting change). Arguments must already be validated (the tracker does it).
         """
+        change = _Change(dimension, value, confidence_change, context, confidence)
         self._ensure_schema()
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 with _translated():
-                    return self._try_update(user_id, dimension, value, confidence_change, context)
+                    return self._try_update(user_id, change)
             except _LostRaceError:
                 pass
             time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # jitter, not security
         raise StoreConflictError(f"update of {dimension} lost its race {_MAX_ATTEMPTS} times")
 
-    def _try_update(
-        self,
-        user_id: str,
-        dimension: str,
-        value: DimensionValue,
-        confidence_change: float,
-        context: str | None,
-    ) -> PersonalityState:
+    def _try_update(self, user_id: str, change: _Change) -> PersonalityState:
         now = self._clock()
+        dimension, value = change.dimension, change.value
         with self._write() as conn:
             _insert_ignore(conn, users, {"user_id": user_id, "version": 0, "updated_at": EPOCH})
             locked = sa.select(users.c.version).where(users.c.user_id == user_id)
             conn.execute(locked.with_for_update())
             current = _state_from_rows(user_id, _load_rows(conn, user_id))
-            new = apply_update(current, dimension, value, confidence_change, now)
+            new = apply_update(
+                current,
+                dimension,
+                value,
+                change.confidence_change,
+                now,
+                confidence=change.confidence,
+            )
             bumped = conn.execute(
                 sa.update(users)
                 .where(users.c.user_id == user_id, users.c.version == current.version)
@@ -174,8 +189,8 @@ class PersonalityStore:
                     dimension=dimension,
                     old_value=_json(current.dimensions[dimension].value),
                     new_value=_json(value),
-                    confidence_change=confidence_change,
-                    trigger_context=context,
+                    confidence_change=_recorded_change(change, current, new),
+                    trigger_context=change.context,
                     timestamp=now,
                     version=new.version,
                 )
@@ -298,6 +313,14 @@ def _state_from_rows(user_id: str, rows: Sequence[Row[Any]]) -> PersonalityState
     return PersonalityState(
         user_id=user_id, version=first.version, updated_at=first.updated_at, dimensions=dims
     )
+
+
+def _recorded_change(change: _Change, old: PersonalityState, new: PersonalityState) -> float:
+    """The history's confidence change: as asked, or the effect of an absolute confidence."""
+    if change.confidence is None:
+        return change.confidence_change
+    name = change.dimension
+    return new.dimensions[name].confidence - old.dimensions[name].confidence
 
 
 def _json(value: DimensionValue) -> str:

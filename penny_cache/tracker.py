@@ -21,6 +21,7 @@ from penny_cache.policy import CachePolicy, Flow, drive
 from penny_cache.state import (
     EvolutionRecord,
     PersonalityState,
+    validate_confidence,
     validate_confidence_change,
     validate_dimension_name,
     validate_dimension_value,
@@ -130,18 +131,26 @@ class TrackerPolicy:
             metrics.timers[operation].observe(self._monotonic() - began)
 
     def _update_args(
-        self, user_id: str, dimension: str, value: object, change: object, context: object
-    ) -> tuple[str, str, float | str, float, str | None]:
-        """Validate at the edge: bad input raises ``InvalidInputError``, nothing written."""
+        self,
+        user_id: str,
+        dimension: str,
+        value: object,
+        change: object,
+        context: object,
+        *,
+        confidence: object = None,
+    ) -> dict[str, Any]:
+        """Validate at the edge: bad input raises ``InvalidInputError``, nothing written.
+        Returns the store's ``update_dimension`` arguments."""
         validate_user_id(user_id)
-        normalised = validate_dimension_value(dimension, value)
-        return (
-            user_id,
-            dimension,
-            normalised,
-            validate_confidence_change(change),
-            _validate_context(context),
-        )
+        return {
+            "user_id": user_id,
+            "dimension": dimension,
+            "value": validate_dimension_value(dimension, value),
+            "confidence_change": validate_confidence_change(change),
+            "context": _validate_context(context),
+            "confidence": validate_confidence(confidence),
+        }
 
     def _history_args(
         self, user_id: str, dimension: str | None, days: object
@@ -213,16 +222,20 @@ class PersonalityTracker(TrackerPolicy):
         value: float | str,
         confidence_change: float = 0.0,
         context: str | None = None,
+        *,
+        confidence: float | None = None,
     ) -> PersonalityState:
         """Commit ``dimension := value`` as the next version and return that state.
 
-        ``confidence_change`` is added to the stored confidence, clamped to [0, 1].
-        Bad input raises an ``InvalidInputError`` and writes nothing.
+        ``confidence_change`` is added to the stored confidence, clamped to [0, 1];
+        ``confidence`` instead sets it. Bad input raises ``InvalidInputError``, writes nothing.
         """
-        args = self._update_args(user_id, dimension, value, confidence_change, context)
+        args = self._update_args(
+            user_id, dimension, value, confidence_change, context, confidence=confidence
+        )
         self._bind()
         began = self._monotonic()
-        state = self._store.update_dimension(*args)
+        state = self._store.update_dimension(**args)
         self._cache.write_through(state)
         self._observe("update", began)
         return state

@@ -21,7 +21,12 @@ if TYPE_CHECKING:
     from penny_cache.aio import AsyncPersonalityCache
     from penny_cache.cache import PersonalityCache
 
-__all__ = ["async_cache_from_url", "cache_from_settings", "cache_from_url"]
+__all__ = [
+    "async_cache_from_settings",
+    "async_cache_from_url",
+    "cache_from_settings",
+    "cache_from_url",
+]
 
 # from_url() keeps the short argument names of the original API.
 _ALIASES: Final = {"ttl": "cache_ttl", "timeout": "redis_timeout", "cooldown": "redis_cooldown"}
@@ -101,17 +106,30 @@ def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFact
 def async_cache_from_url(
     cls: type[AsyncPersonalityCache], url: str, **options: Any
 ) -> AsyncPersonalityCache:
-    """``AsyncPersonalityCache.from_url``: the same settings; redis.asyncio for requests,
-    a sync client for the counters' flusher and the listener thread."""
-    from penny_cache.redis_async import AsyncRedisBackend
-
+    """``AsyncPersonalityCache.from_url``: the same options as ``cache_from_url``."""
     flush: Any = options.pop("stats_flush_interval", 1.0)
     metrics: Any = options.pop("metrics", None)
-    settings = _settings(url, options)
+    return async_cache_from_settings(
+        cls, _settings(url, options), stats_flush_interval=flush, metrics=metrics
+    )
+
+
+def async_cache_from_settings(
+    cls: type[AsyncPersonalityCache],
+    settings: Settings,
+    *,
+    stats_flush_interval: float | object | None = ...,
+    metrics: ProcessMetrics | None = None,
+) -> AsyncPersonalityCache:
+    """redis.asyncio for requests; a sync client for the counters' flusher and the
+    listener thread."""
+    from penny_cache.redis_async import AsyncRedisBackend
+
     backend = AsyncRedisBackend.from_url(
-        url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
+        settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
     )
     sync = RedisBackend.from_url(
-        url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
+        settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
     )
+    flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
     return cls(backend, sync, **_policy_options(settings, sync, flush), metrics=metrics)

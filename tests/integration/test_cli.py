@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -36,6 +37,28 @@ def test_demo_runs_workers_on_an_embedded_redis() -> None:
     assert "embedded redis-server" in result.stdout
     assert "counted in Redis: exact" in result.stdout
     assert "shared hit rate" in result.stdout
+
+
+def test_run_serves_several_workers_sharing_one_cache() -> None:
+    """`penny-cache run` (the `make run` job) starts Redis, the HTTP service on two
+    workers and the exporter; its self-check reads through both workers, sees an update
+    from every worker with no stale read, and finds the lookups counted exactly in Redis."""
+    result = run_cli(
+        "run", "--workers", "2", "--duration", "0.5",
+        PENNY_HTTP_PORT=str(free_port()), PENNY_EXPORTER_PORT=str(free_port()),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "answered by 2 workers" in result.stdout
+    assert "0 stale reads" in result.stdout
+    assert re.search(r"exact: (\d+) lookups made, \1 counted in Redis", result.stdout)
+    assert "curl -s http://127.0.0.1:" in result.stdout
+
+
+def test_serve_refuses_a_bad_port_setting() -> None:
+    """A bad PENNY_HTTP_PORT stops `serve` at start with exit 2, naming the variable."""
+    result = run_cli("serve", PENNY_HTTP_PORT="70000")
+    assert result.returncode == 2
+    assert "PENNY_HTTP_PORT" in result.stderr
 
 
 def test_demo_runs_on_fakeredis_when_asked() -> None:

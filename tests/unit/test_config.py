@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,17 @@ ALL_VARIABLES = {
     "PENNY_NEAR_CACHE_TTL": "3",
     "PENNY_MAX_STALENESS": "0.25",
     "PENNY_LEASE_TTL": "0.5",
+    "PENNY_REDIS_USERNAME": "penny-svc",
+    "PENNY_REDIS_PASSWORD": "s3cret",
+    "PENNY_REDIS_SENTINELS": "s1:26379,[::1]:26380",
+    "PENNY_REDIS_MASTER_NAME": "penny-main",
+    "PENNY_REDIS_CLUSTER": "true",
+    "PENNY_HTTP_PORT": "8080",
+    "PENNY_HTTP_WORKERS": "8",
+    "PENNY_EXPORTER_PORT": "9100",
 }
+# Sentinel and Cluster exclude each other: the all-variables case uses Sentinel.
+SENTINEL_VARIABLES = {k: v for k, v in ALL_VARIABLES.items() if k != "PENNY_REDIS_CLUSTER"}
 
 
 def test_defaults() -> None:
@@ -49,7 +60,7 @@ def test_empty_environment_gives_defaults() -> None:
 
 def test_every_variable_is_parsed() -> None:
     """Each PENNY_* variable sets its field, numbers parsed as float."""
-    settings = Settings.from_env(ALL_VARIABLES)
+    settings = Settings.from_env(SENTINEL_VARIABLES)
     assert settings == Settings(
         redis_url="rediss://cache.internal:6380/2",
         database_url="postgresql+psycopg://u:p@db/penny",
@@ -65,13 +76,69 @@ def test_every_variable_is_parsed() -> None:
         near_cache_ttl=3.0,
         max_staleness=0.25,
         lease_ttl=0.5,
+        redis_username="penny-svc",
+        redis_password="s3cret",
+        redis_sentinels=(("s1", 26379), ("::1", 26380)),
+        redis_master_name="penny-main",
+        http_port=8080,
+        http_workers=8,
+        exporter_port=9100,
     )
     assert isinstance(settings.cache_ttl, float)
+    assert settings.redis_topology == "sentinel"
+    assert Settings.from_env({"PENNY_REDIS_CLUSTER": "yes"}).redis_topology == "cluster"
+
+
+def test_the_password_never_appears_in_the_repr() -> None:
+    """A Settings printed or logged does not show the Redis password."""
+    assert "s3cret" not in repr(Settings.from_env(ALL_VARIABLES | {"PENNY_REDIS_CLUSTER": ""}))
+
+
+def test_secrets_come_from_files(tmp_path: Path) -> None:
+    """PENNY_X_FILE reads X from a file (trailing newline dropped), for any variable."""
+    secret = tmp_path / "password"
+    secret.write_text("from-a-file\n")
+    url = tmp_path / "url"
+    url.write_text("redis://cache:6379/1")
+    settings = Settings.from_env(
+        {"PENNY_REDIS_PASSWORD_FILE": str(secret), "PENNY_REDIS_URL_FILE": str(url)}
+    )
+    assert settings.redis_password == "from-a-file"
+    assert settings.redis_url == "redis://cache:6379/1"
+
+
+def test_a_secret_file_problem_names_the_variable(tmp_path: Path) -> None:
+    """An unreadable file, or a variable set both ways, fails naming the variable."""
+    missing = str(tmp_path / "nope")
+    with pytest.raises(ConfigurationError, match="PENNY_REDIS_PASSWORD_FILE"):
+        Settings.from_env({"PENNY_REDIS_PASSWORD_FILE": missing})
+    (tmp_path / "pw").write_text("x")
+    both = {"PENNY_REDIS_PASSWORD": "y", "PENNY_REDIS_PASSWORD_FILE": str(tmp_path / "pw")}
+    with pytest.raises(ConfigurationError, match="not both"):
+        Settings.from_env(both)
+
+
+@pytest.mark.parametrize(
+    ("variables", "words"),
+    [
+        ({"PENNY_REDIS_SENTINELS": "hostonly"}, "PENNY_REDIS_SENTINELS"),
+        ({"PENNY_REDIS_SENTINELS": "h:0"}, "PENNY_REDIS_SENTINELS"),
+        ({"PENNY_REDIS_SENTINELS": "h:1", "PENNY_REDIS_CLUSTER": "1"}, "exclude"),
+        ({"PENNY_HTTP_PORT": "0"}, "PENNY_HTTP_PORT"),
+        ({"PENNY_HTTP_WORKERS": "1000"}, "PENNY_HTTP_WORKERS"),
+        ({"PENNY_EXPORTER_PORT": "x"}, "PENNY_EXPORTER_PORT"),
+    ],
+)
+def test_bad_topology_and_ports_name_the_variable(variables: dict[str, str], words: str) -> None:
+    """Malformed sentinel lists, Sentinel plus Cluster, and bad ports are refused at start."""
+    with pytest.raises(ConfigurationError, match=words):
+        Settings.from_env(variables)
 
 
 def test_every_field_has_a_variable() -> None:
     """No field is unreachable from the environment: changing each variable changes a field."""
     assert len(ALL_VARIABLES) == len(dataclasses.fields(Settings))
+    assert Settings.from_env(SENTINEL_VARIABLES) != Settings()
     defaults = dataclasses.asdict(Settings())
     for name, value in ALL_VARIABLES.items():
         changed = dataclasses.asdict(Settings.from_env({name: value}))

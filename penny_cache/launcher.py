@@ -1,0 +1,271 @@
+"""``penny-cache serve`` and ``penny-cache run`` (the ``make run`` stack).
+
+``serve`` hands the app to uvicorn with several worker processes; each worker builds its
+own tracker from ``PENNY_*`` variables, and ``PROMETHEUS_MULTIPROC_DIR`` (made here when
+unset) lets any worker's ``/metrics`` answer for all of them.
+
+``run`` is what a newcomer sees first: Redis (embedded unless configured), the service on
+several workers and the exporter as child processes, then a short self-check over HTTP
+that shows the workers sharing one cache, then the URLs to ``curl`` until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from penny_cache.config import Settings, redact_url
+from penny_cache.embedded import embedded_redis, free_port
+
+__all__ = ["StackOptions", "run_stack", "serve"]
+
+_READY_TIMEOUT = 60.0
+_SELF_CHECK_USERS = 20
+_SELF_CHECK_READS = 200
+
+
+def serve(settings: Settings, host: str, port: int, workers: int) -> int:
+    """Run the HTTP service until interrupted (uvicorn, ``workers`` processes)."""
+    import uvicorn
+
+    made_dir = None
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        made_dir = tempfile.mkdtemp(prefix="penny-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
+    print(f"service          http://{host}:{port}/ ({workers} workers)", flush=True)
+    print(f"redis            {_where_redis(settings)}, namespace {settings.namespace}", flush=True)
+    try:
+        uvicorn.run(
+            "penny_cache.service:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            timeout_graceful_shutdown=5,
+            log_level="warning",
+        )
+    finally:
+        if made_dir is not None:
+            shutil.rmtree(made_dir, ignore_errors=True)
+    return 0
+
+
+def _where_redis(settings: Settings) -> str:
+    if settings.redis_topology == "sentinel":
+        nodes = ",".join(f"{h}:{p}" for h, p in settings.redis_sentinels)
+        return f"sentinel {nodes} master {settings.redis_master_name}"
+    return f"{settings.redis_topology} {redact_url(settings.redis_url)}"
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """What ``penny-cache run`` starts."""
+
+    workers: int = 4
+    duration: float | None = None  # None: until Ctrl-C
+    host: str = "127.0.0.1"
+
+
+@dataclass
+class _Stack:
+    settings: Settings
+    http_port: int
+    exporter_port: int
+    environ: dict[str, str]
+    children: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def url(self, path: str = "") -> str:
+        return f"http://127.0.0.1:{self.http_port}{path}"
+
+
+def run_stack(options: StackOptions, environ: dict[str, str]) -> int:
+    """The ``make run`` job; exit status 0 when the self-check passed."""
+    with contextlib.ExitStack() as resources:
+        tmp = resources.enter_context(tempfile.TemporaryDirectory(prefix="penny-run-"))
+        env = dict(environ)
+        env.setdefault("PENNY_DATABASE_URL", f"sqlite:///{Path(tmp, 'penny.db')}")
+        configured = any(env.get(k) for k in ("PENNY_REDIS_URL", "PENNY_REDIS_SENTINELS"))
+        if not configured:
+            redis = resources.enter_context(embedded_redis())
+            env["PENNY_REDIS_URL"] = redis.url
+            print(f"redis            {redis.description}; set PENNY_REDIS_URL to use yours")
+        settings = Settings.from_env(env)
+        stack = _Stack(
+            settings,
+            _port_or_free(options.host, settings.http_port),
+            _port_or_free(options.host, settings.exporter_port),
+            env,
+        )
+        resources.callback(_stop_children, stack.children)
+        _start_children(stack, options)
+        ok = _self_check(stack, fresh=not configured)
+        _print_urls(stack)
+        _wait(stack, options.duration)
+        return 0 if ok else 1
+    return 1  # pragma: no cover  (ExitStack does not swallow exceptions)
+
+
+def _port_or_free(host: str, wanted: int) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, wanted))
+        except OSError:
+            port = free_port()
+            print(f"port {wanted} is taken; using {port}")
+            return port
+    return wanted
+
+
+def _start_children(stack: _Stack, options: StackOptions) -> None:
+    cli = [sys.executable, "-m", "penny_cache.cli"]
+    print(f"database         {stack.environ['PENNY_DATABASE_URL']}")
+    serve_args = ["serve", "--host", options.host, "--port", str(stack.http_port)]
+    serve_args += ["--workers", str(options.workers)]
+    exporter_args = ["exporter", "--host", options.host, "--port", str(stack.exporter_port)]
+    for args in (serve_args, exporter_args):
+        stack.children.append(
+            # our own interpreter and fixed arguments: nothing untrusted reaches the command
+            subprocess.Popen([*cli, *args], env=stack.environ, start_new_session=True)  # noqa: S603
+        )
+    _wait_ready(stack)
+
+
+def _wait_ready(stack: _Stack) -> None:
+    deadline = time.monotonic() + _READY_TIMEOUT
+    while time.monotonic() < deadline:
+        for child in stack.children:
+            if child.poll() is not None:
+                raise RuntimeError(f"{child.args!r} exited with status {child.returncode}")
+        if _status(stack.http_port, "/readyz") == 200 and _status(stack.exporter_port, "/"):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"the service was not ready within {_READY_TIMEOUT:g} s")
+
+
+def _request(port: int, method: str, path: str, body: Any = None) -> tuple[int, Any, str]:
+    """One request on a new connection (so the kernel may hand it to any worker)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        payload = None if body is None else json.dumps(body)
+        headers = {"Content-Type": "application/json"} if payload else {}
+        conn.request(method, path, body=payload, headers=headers)
+        response = conn.getresponse()
+        raw = response.read()
+        worker = response.getheader("X-Penny-Worker") or ""
+        content = json.loads(raw) if raw.startswith((b"{", b"[")) else raw.decode()
+        return response.status, content, worker
+    finally:
+        conn.close()
+
+
+def _status(port: int, path: str) -> int:
+    try:
+        return _request(port, "GET", path)[0]
+    except OSError:
+        return 0
+
+
+def _self_check(stack: _Stack, *, fresh: bool) -> bool:
+    """Reads across workers, one update, the update seen by every worker, exact counts."""
+    port = stack.http_port
+    workers: set[str] = set()
+    for i in range(_SELF_CHECK_READS):
+        status, _, worker = _request(port, "GET", f"/personality/user-{i % _SELF_CHECK_USERS}")
+        if status != 200:
+            print(f"self-check: GET answered {status}")
+            return False
+        workers.add(worker)
+    path = "/personality/user-0/dimensions/communication_formality"
+    status, body, _ = _request(port, "PUT", path, {"value": 0.8, "confidence": 0.6})
+    if status != 200:
+        print(f"self-check: PUT answered {status}: {body}")
+        return False
+    stale, reads = _stale_reads_after_update(port, body["version"], workers)
+    counted = _counted_requests(stack, _SELF_CHECK_READS + reads, exact=fresh)
+    print(f"self-check       {_SELF_CHECK_READS} reads answered by {len(workers)} workers;")
+    print(f"                 the update (version {body['version']}) was read back by all of them")
+    print(f"                 {stale} stale reads; shared counters: {counted}")
+    return stale == 0 and not counted.startswith("MISMATCH")
+
+
+def _stale_reads_after_update(port: int, version: int, workers: set[str]) -> tuple[int, int]:
+    """Read user-0 until every worker has answered twice (or 10 s); return how many
+    answers were older than ``version`` (an update is visible to every worker at once)
+    and how many reads that took."""
+    seen: dict[str, int] = {}
+    stale = reads = 0
+    deadline = time.monotonic() + 10
+    while any(seen.get(w, 0) < 2 for w in workers) and time.monotonic() < deadline:
+        _, body, worker = _request(port, "GET", "/personality/user-0")
+        seen[worker] = seen.get(worker, 0) + 1
+        stale += body["version"] < version
+        reads += 1
+    return stale, reads
+
+
+def _counted_requests(stack: _Stack, made: int, *, exact: bool) -> str:
+    """Wait (with a deadline) for the exporter to count the self-check's lookups: all of
+    them on a fresh Redis (``exact``), at least them on a shared one."""
+    deadline = time.monotonic() + 10
+    total = -1
+    while time.monotonic() < deadline:
+        _, text, _ = _request(stack.exporter_port, "GET", "/metrics")
+        match = re.search(r"^penny_cache_requests_total\{[^}]*\} (\S+)$", str(text), re.M)
+        total = int(float(match.group(1))) if match else -1
+        if total == made or (not exact and total >= made):
+            return f"{'exact' if exact else 'ok'}: {made} lookups made, {total} counted in Redis"
+        time.sleep(0.2)
+    return f"MISMATCH: {made} lookups made, {total} counted in Redis"
+
+
+def _print_urls(stack: _Stack) -> None:
+    api = stack.url()
+    print()
+    print(f"service          {api}/docs  (OpenAPI: {api}/openapi.json)")
+    print(f"exporter         http://127.0.0.1:{stack.exporter_port}/metrics")
+    print("try:")
+    print(f"  curl -s {api}/personality/alice")
+    print(
+        f"  curl -s -X PUT {api}/personality/alice/dimensions/communication_formality "
+        "-H 'Content-Type: application/json' -d '{\"value\": 0.9, \"confidence\": 0.7}'"
+    )
+    print(f"  curl -s {api}/readyz; curl -s {api}/metrics | head")
+    print("Ctrl-C stops everything.", flush=True)
+
+
+def _wait(stack: _Stack, duration: float | None) -> None:
+    deadline = None if duration is None else time.monotonic() + duration
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            if any(child.poll() is not None for child in stack.children):
+                print("a child process exited; stopping")
+                return
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print()
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait(timeout=5)
