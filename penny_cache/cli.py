@@ -85,11 +85,9 @@ def _port(text: str) -> int:
 
 def _exporter(args: argparse.Namespace, settings: Settings) -> int:
     from penny_cache import __version__
-    from penny_cache.exporter import registry_for_redis, serve
+    from penny_cache.exporter import registry_for_settings, serve
 
-    registry, close = registry_for_redis(
-        settings.redis_url, settings.namespace, __version__, timeout=settings.redis_timeout
-    )
+    registry, close = registry_for_settings(settings, __version__)
     server = serve(registry, args.host, args.port or settings.exporter_port)
     print(f"exporter         http://{args.host}:{server.server_port}/metrics", flush=True)
     print(f"redis            {redact_url(settings.redis_url)}, namespace {settings.namespace}")

@@ -15,6 +15,7 @@ handle a failure::
     ├── CacheError                          Redis trouble; the tracker never lets it escape
     │   ├── CacheUnavailableError           cannot connect, or cooling down after a failure
     │   ├── CacheTimeoutError               Redis did not answer within the timeout
+    │   ├── CacheNotReplicatedError         no replica acknowledged a write in time (Sentinel)
     │   └── CacheDecodeError                an entry that is not a valid envelope
     │       └── CacheIntegrityError         an envelope stored under another user's key
     └── StoreError                          the SQL source of truth failed
@@ -28,6 +29,7 @@ __all__ = [
     "CacheDecodeError",
     "CacheError",
     "CacheIntegrityError",
+    "CacheNotReplicatedError",
     "CacheTimeoutError",
     "CacheUnavailableError",
     "ConfigurationError",
@@ -86,6 +88,10 @@ class CacheUnavailableError(CacheError):
 
 class CacheTimeoutError(CacheError):
     """Redis did not answer within the socket timeout."""
+
+
+class CacheNotReplicatedError(CacheError):
+    """A write reached the primary but no replica acknowledged it in time (Sentinel)."""
 
 
 class CacheDecodeError(CacheError):

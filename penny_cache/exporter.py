@@ -19,10 +19,11 @@ from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
+from penny_cache.config import Settings
 from penny_cache.errors import CacheError
 from penny_cache.keys import KeySchema
 from penny_cache.redis_backend import RedisBackend
-from penny_cache.stats import sum_counters
+from penny_cache.stats import shared_totals
 
 __all__ = [
     "COUNTER_HELP",
@@ -30,6 +31,7 @@ __all__ = [
     "RedisCountersCollector",
     "exporter_app",
     "registry_for_redis",
+    "registry_for_settings",
     "serve",
 ]
 
@@ -82,11 +84,19 @@ def registry_for_redis(
     redis_url: str, namespace: str, version: str, *, timeout: float = 0.1
 ) -> tuple[CollectorRegistry, Callable[[], None]]:
     """A registry holding the collector for ``namespace`` on ``redis_url``, and its close."""
-    backend = RedisBackend.from_url(redis_url, timeout=timeout)
-    key = KeySchema(namespace).counters()
+    settings = Settings(redis_url=redis_url, namespace=namespace, redis_timeout=timeout)
+    return registry_for_settings(settings, version)
+
+
+def registry_for_settings(
+    settings: Settings, version: str
+) -> tuple[CollectorRegistry, Callable[[], None]]:
+    """As ``registry_for_redis``, on the configured topology (standalone, Sentinel, Cluster)."""
+    backend = RedisBackend.from_settings(settings)
+    keys = KeySchema(settings.namespace)
     registry = CollectorRegistry()
     registry.register(
-        RedisCountersCollector(lambda: sum_counters(backend.read_fields(key)), namespace, version)
+        RedisCountersCollector(lambda: shared_totals(backend, keys), settings.namespace, version)
     )
     return registry, backend.close
 

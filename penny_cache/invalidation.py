@@ -16,6 +16,11 @@ it can prove it has seen everything:
   order on the subscriber connection, so every message published before that PING was
   applied before the PONG was read. No PONG in time means reads go to Redis;
 * a message that does not parse (or is forged) flushes, which is always safe.
+
+On a Redis Cluster the messages travel on sharded channels (``SSUBSCRIBE``), one listener
+per channel, each connected to the node that owns its slot; a ``ListenerGroup`` trusts
+the near cache only while every one of them does. A slot that moves away unsubscribes
+its channel (``sunsubscribe``): that listener flushes and reconnects to the new owner.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from penny_cache.near import NearCache
 from penny_cache.ratelog import RateLimitedLog
 from penny_cache.state import validate_user_id
 
-__all__ = ["InvalidationListener", "Message", "format_message", "parse_message"]
+__all__ = ["InvalidationListener", "ListenerGroup", "Message", "format_message", "parse_message"]
 
 log = logging.getLogger("penny_cache.invalidation")
 _FIRST_BACKOFF: Final = 0.01
@@ -102,9 +107,12 @@ class InvalidationListener:
         error_log_interval: float = 60.0,
         on_applied: Callable[[float], None] = lambda _lag: None,
         wall_clock: Callable[[], float] = time.time,
+        sharded: bool = False,
     ) -> None:
         self._client_factory = client_factory
         self._channel = channel
+        self._sharded = sharded
+        self.on_trust: Callable[[], None] = lambda: None
         self._near = near
         self._max_staleness = max_staleness
         self._ping_every = max_staleness / 4
@@ -148,6 +156,7 @@ class InvalidationListener:
 
     def _distrust(self) -> None:
         self.trusted_until = 0.0
+        self.on_trust()
         self._last_seq = None
         self._pings.clear()
         self._near.flush()
@@ -171,7 +180,10 @@ class InvalidationListener:
         client = self._client_factory()
         pubsub = _TrackedPubSub(connection_pool=client.connection_pool)
         try:
-            pubsub.subscribe(self._channel)
+            if self._sharded:
+                pubsub.ssubscribe(self._channel)
+            else:
+                pubsub.subscribe(self._channel)
             self._pump(pubsub)
         finally:
             pubsub.close()
@@ -209,9 +221,11 @@ class InvalidationListener:
         kind = message["type"]
         if kind == "pong":
             self._on_pong(message["data"])
-        elif kind == "message":
+        elif kind in {"message", "smessage"}:
             self._apply(message["data"])
-        elif kind == "subscribe":
+        elif kind == "sunsubscribe":
+            raise ValueError("the channel's slot moved to another node")
+        elif kind in {"subscribe", "ssubscribe"}:
             # Only now is every later publish sure to reach us. Whatever the near cache
             # took in before may have missed one: start over (and refuse older tickets).
             self._near.flush()
@@ -226,6 +240,7 @@ class InvalidationListener:
         for older in [t for t, at in self._pings.items() if at < sent]:
             del self._pings[older]  # answered in order: older pings were lost with a reset
         self.trusted_until = max(self.trusted_until, sent + self._max_staleness)
+        self.on_trust()
 
     def _apply(self, data: bytes) -> None:
         try:
@@ -247,3 +262,37 @@ class InvalidationListener:
         self._on_event("applied")
         if message.published_us:
             self._on_applied(max(0.0, self._wall_clock() - message.published_us / 1e6))
+
+
+class ListenerGroup:
+    """Several listeners (one per sharded channel) acting as one: the near cache is
+    trusted only until the earliest of their trust deadlines."""
+
+    def __init__(self, members: list[InvalidationListener]) -> None:
+        self._members = members
+        self._lock = threading.Lock()
+        self.trusted_until = 0.0
+        for member in members:
+            member.on_trust = self._refresh
+
+    def _refresh(self) -> None:
+        with self._lock:  # a member's distrust must not be overwritten by a stale min
+            self.trusted_until = min(member.trusted_until for member in self._members)
+
+    @property
+    def running(self) -> bool:
+        return all(member.running for member in self._members)
+
+    def start(self) -> None:
+        for member in self._members:
+            member.start()
+
+    def stop(self) -> None:
+        for member in self._members:
+            member.stop()
+        self.trusted_until = 0.0
+
+    def after_fork(self) -> None:
+        for member in self._members:
+            member.after_fork()
+        self.trusted_until = 0.0

@@ -7,8 +7,16 @@ Layout (``v1``), for namespace ``penny`` and store scope ``s``::
     penny:v1:legacy:{<user>}       a drop-in PersonalityStateCache mapping (string, TTL)
     penny:v1:inv:seq               the invalidation sequence number (integer, no TTL)
     penny:v1:inv                   the invalidation pub/sub channel
-    {penny:stats}:v1:counters      per-process cumulative counters (hash, no TTL)
-    {penny:stats}:v1:retired:<p>   marker that process <p> folded its counters (string, TTL)
+    {penny:stats:<k>}:v1:counters  cumulative counters of the processes in shard k of 16
+                                   (hash, no TTL; a process writes one shard, readers sum all)
+    {penny:stats:<k>}:v1:retired:<p>  marker that process <p> folded its counters (TTL)
+
+On a Redis Cluster, invalidations use 16 sharded channels instead of the one channel, each
+with its own sequence number in its slot (``SPUBLISH``/``SSUBSCRIBE``: a message reaches
+only the node that owns the channel's slot, not every node)::
+
+    penny:v1:inv:{penny:v1:inv:<k>}       sharded channel k (a user's shard: crc32 % 16)
+    penny:v1:inv:seq:{penny:v1:inv:<k>}   its sequence number (same slot as the channel)
 
 A user id is percent-encoded, so no validated id can carry ``*?[]{}:`` or whitespace into a
 key: ``SCAN MATCH`` patterns stay exact and the braces are a Redis Cluster hash tag that
@@ -17,6 +25,7 @@ keeps everything of one user on one slot. The encoded id is at most 768 characte
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Final
@@ -26,9 +35,22 @@ from penny_cache.config import validate_namespace
 from penny_cache.errors import ConfigurationError
 from penny_cache.state import validate_user_id
 
-__all__ = ["KEY_SCHEMA", "UNBOUND_SCOPE", "KeySchema", "decode_user_id", "encode_user_id"]
+__all__ = [
+    "COUNTER_SHARDS",
+    "INVALIDATION_SHARDS",
+    "KEY_SCHEMA",
+    "UNBOUND_SCOPE",
+    "KeySchema",
+    "decode_user_id",
+    "encode_user_id",
+    "invalidation_shard",
+    "shard_channel",
+    "shard_sequence",
+]
 
 KEY_SCHEMA: Final = "v1"
+COUNTER_SHARDS: Final = 16
+INVALIDATION_SHARDS: Final = 16
 UNBOUND_SCOPE: Final = "_"
 _SAFE: Final = "-_.~@+="
 
@@ -43,6 +65,20 @@ def encode_user_id(user_id: str) -> str:
 @lru_cache(maxsize=65536)
 def _encode_user_id(user_id: str) -> str:
     return quote(validate_user_id(user_id), safe=_SAFE)
+
+
+def invalidation_shard(encoded_user: str) -> int:
+    """Which of the sharded invalidation channels carries this (encoded) user's messages."""
+    return zlib.crc32(encoded_user.encode()) % INVALIDATION_SHARDS
+
+
+def shard_channel(channel: str, shard: int) -> str:
+    """Sharded channel ``shard`` of ``channel``; hash-tagged with its sequence key."""
+    return f"{channel}:{{{channel}:{shard}}}"
+
+
+def shard_sequence(channel: str, shard: int) -> str:
+    return f"{channel}:seq:{{{channel}:{shard}}}"
 
 
 def decode_user_id(encoded: str) -> str:
@@ -91,15 +127,25 @@ class KeySchema:
     def legacy_pattern(self) -> str:
         return f"{self.base}:legacy:*"
 
-    @property
-    def _stats_tag(self) -> str:
-        return f"{{{self.namespace}:stats}}:{KEY_SCHEMA}"
+    def _stats_tag(self, shard: int) -> str:
+        return f"{{{self.namespace}:stats:{shard}}}:{KEY_SCHEMA}"
 
-    def counters(self) -> str:
-        return f"{self._stats_tag}:counters"
+    def counters(self, process_id: str) -> str:
+        """The counters hash ``process_id`` writes: one of 16, so that many processes
+        do not all write one key (one hot slot on a Cluster)."""
+        return f"{self._stats_tag(self._counter_shard(process_id))}:counters"
+
+    def all_counters(self) -> list[str]:
+        """Every counters hash: totals are the sum over all of them."""
+        return [f"{self._stats_tag(shard)}:counters" for shard in range(COUNTER_SHARDS)]
 
     def retired_marker(self, process_id: str) -> str:
-        return f"{self._stats_tag}:retired:{process_id}"
+        """Same slot as ``counters(process_id)``."""
+        return f"{self._stats_tag(self._counter_shard(process_id))}:retired:{process_id}"
+
+    @staticmethod
+    def _counter_shard(process_id: str) -> int:
+        return zlib.crc32(process_id.encode()) % COUNTER_SHARDS
 
     def with_scope(self, scope: str) -> KeySchema:
         return KeySchema(self.namespace, scope)

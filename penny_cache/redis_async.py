@@ -15,6 +15,8 @@ import redis
 import redis.asyncio as aredis
 
 from penny_cache.codec import Entry
+from penny_cache.config import Settings
+from penny_cache.errors import CacheNotReplicatedError
 from penny_cache.redis_backend import (
     _FILL,
     _INVALIDATE_PUBLISH,
@@ -24,9 +26,9 @@ from penny_cache.redis_backend import (
     _WRITE_PUBLISH,
     ErrorBoundary,
     Script,
-    client_options,
     entry_args,
 )
+from penny_cache.redis_clients import async_client
 
 __all__ = ["AsyncRedisBackend"]
 
@@ -43,28 +45,49 @@ class AsyncRedisBackend(ErrorBoundary):
         *,
         cooldown: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         super().__init__(cooldown, monotonic)
         self._client = client
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def from_url(
         cls, url: str, *, timeout: float = 0.1, cooldown: float = 1.0
     ) -> AsyncRedisBackend:
-        """A backend whose connections open lazily, on the event loop that uses them.
+        """A backend whose connections open lazily, on the event loop that uses them."""
+        return cls.from_settings(
+            Settings(redis_url=url, redis_timeout=timeout, redis_cooldown=cooldown)
+        )
 
-        The pool is bounded and blocking: a burst of coroutines waits up to ``timeout``
-        for a connection instead of opening hundreds (or failing with "Too many
-        connections").
-        """
-        options = client_options(timeout)
-        options["retry"] = aredis.retry.Retry(
-            redis.backoff.NoBackoff(), 1, supported_errors=(redis.ConnectionError,)
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AsyncRedisBackend:
+        """As ``RedisBackend.from_settings``: the topology's client, WAIT behind Sentinel."""
+        if settings.redis_topology == "cluster":
+            from penny_cache.redis_cluster import AsyncClusterRedisBackend
+
+            backend_class: type[AsyncRedisBackend] = AsyncClusterRedisBackend
+        else:
+            backend_class = cls
+        return backend_class(
+            async_client(settings, _MAX_CONNECTIONS),
+            cooldown=settings.redis_cooldown,
+            wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
+            wait_timeout_ms=max(1, int(settings.redis_timeout * 1000)),
         )
-        pool = aredis.BlockingConnectionPool.from_url(
-            url, max_connections=_MAX_CONNECTIONS, timeout=timeout, **options
-        )
-        return cls(aredis.Redis(connection_pool=pool), cooldown=cooldown)
+
+    async def _replicated(self, result: _T) -> _T:
+        """As ``RedisBackend._replicated``."""
+        if self._wait_replicas:
+            acked = await self._client.wait(self._wait_replicas, self._wait_timeout_ms)
+            if acked < self._wait_replicas:
+                raise CacheNotReplicatedError(
+                    f"{acked} of {self._wait_replicas} replicas acknowledged within "
+                    f"{self._wait_timeout_ms} ms"
+                )
+        return result
 
     async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
         self._check_cooldown()
@@ -99,17 +122,20 @@ class AsyncRedisBackend(ErrorBoundary):
     ) -> bool:
         args = [*entry_args(entry), channel, encoded_user]
         keys = [entry.key, seq_key]
-        written, _seq = await self._run(lambda: self._eval(_WRITE_PUBLISH, keys, args))
+        written, _seq = await self._run(lambda: self._eval_replicated(_WRITE_PUBLISH, keys, args))
         return bool(written)
 
     async def invalidate_publish(
         self, key: str, seq_key: str, channel: str, encoded_user: str
     ) -> None:
         args = [channel, encoded_user]
-        await self._run(lambda: self._eval(_INVALIDATE_PUBLISH, [key, seq_key], args))
+        await self._run(lambda: self._eval_replicated(_INVALIDATE_PUBLISH, [key, seq_key], args))
 
     async def publish_flush(self, seq_key: str, channel: str) -> None:
-        await self._run(lambda: self._eval(_PUBLISH_FLUSH, [seq_key], [channel]))
+        await self._run(lambda: self._eval_replicated(_PUBLISH_FLUSH, [seq_key], [channel]))
+
+    async def _eval_replicated(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        return await self._replicated(await self._eval(script, keys, args))
 
     async def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool:
         keys, args = [key, lease_key], [token, ttl_ms]

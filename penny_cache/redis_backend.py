@@ -19,9 +19,16 @@ from redis.retry import Retry
 
 from penny_cache import scripts
 from penny_cache.codec import Entry, version_prefix
-from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
+from penny_cache.config import Settings
+from penny_cache.errors import (
+    CacheError,
+    CacheNotReplicatedError,
+    CacheTimeoutError,
+    CacheUnavailableError,
+)
+from penny_cache.redis_clients import SubscriberFactory, subscriber_factory, sync_client
 
-__all__ = ["ErrorBoundary", "RedisBackend", "Script", "client_options", "entry_args"]
+__all__ = ["ErrorBoundary", "RedisBackend", "Script", "entry_args"]
 
 _SCAN_BATCH = 500
 
@@ -81,21 +88,6 @@ class ErrorBoundary:
         return not self._down_until or self._monotonic() >= self._down_until
 
 
-def client_options(timeout: float) -> dict[str, Any]:
-    """Short timeouts and one retry on a dropped connection only.
-
-    Every command we send is idempotent or harmless to repeat (plain reads,
-    version-checked writes, absolute counter writes; a repeated invalidation only drops
-    more), so the single reconnect-retry cannot do harm; a timeout is not retried.
-    """
-    return {
-        "socket_timeout": timeout,
-        "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
-        "health_check_interval": 0,
-    }
-
-
 class RedisBackend(ErrorBoundary):
     """Byte-level Redis operations with bounded time and translated errors."""
 
@@ -105,9 +97,15 @@ class RedisBackend(ErrorBoundary):
         *,
         cooldown: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
+        subscribers: SubscriberFactory | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
     ) -> None:
         super().__init__(cooldown, monotonic)
         self._client = client
+        self._subscribers = subscribers
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def from_url(
@@ -119,8 +117,41 @@ class RedisBackend(ErrorBoundary):
         monotonic: Callable[[], float] = time.monotonic,
     ) -> RedisBackend:
         """A backend whose connections open lazily, on first use."""
-        client = redis.Redis.from_url(url, **client_options(timeout))
-        return cls(client, cooldown=cooldown, monotonic=monotonic)
+        settings = Settings(redis_url=url, redis_timeout=timeout, redis_cooldown=cooldown)
+        return cls.from_settings(settings, monotonic=monotonic)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> RedisBackend:
+        """A backend for the configured topology. Behind Sentinel, a write that tells
+        other processes about a change counts as done only once a replica has it (WAIT):
+        a failover must not bring back the version it replaced."""
+        if settings.redis_topology == "cluster":
+            from penny_cache.redis_cluster import ClusterRedisBackend
+
+            backend_class: type[RedisBackend] = ClusterRedisBackend
+        else:
+            backend_class = cls
+        return backend_class(
+            sync_client(settings),
+            cooldown=settings.redis_cooldown,
+            monotonic=monotonic,
+            subscribers=subscriber_factory(settings),
+            wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
+            wait_timeout_ms=max(1, int(settings.redis_timeout * 1000)),
+        )
+
+    def _replicated(self, result: _T) -> _T:
+        """``result`` once ``wait_replicas`` replicas acknowledged this connection's writes."""
+        if self._wait_replicas:
+            acked = self._client.wait(self._wait_replicas, self._wait_timeout_ms)
+            if acked < self._wait_replicas:
+                raise CacheNotReplicatedError(
+                    f"{acked} of {self._wait_replicas} replicas acknowledged within "
+                    f"{self._wait_timeout_ms} ms"
+                )
+        return result
 
     def _run(self, command: Callable[[], _T]) -> _T:
         self._check_cooldown()
@@ -162,29 +193,30 @@ class RedisBackend(ErrorBoundary):
     def write_publish(self, entry: Entry, seq_key: str, channel: str, encoded_user: str) -> bool:
         """Version-checked write-through plus the invalidation message, in one trip."""
         args: list[bytes | str | int] = [*entry_args(entry), channel, encoded_user]
-        written, _seq = self._run(lambda: self._eval(_WRITE_PUBLISH, [entry.key, seq_key], args))
+        written, _seq = self._run(
+            lambda: self._replicated(self._eval(_WRITE_PUBLISH, [entry.key, seq_key], args))
+        )
         return bool(written)
 
     def invalidate_publish(self, key: str, seq_key: str, channel: str, encoded_user: str) -> None:
         args: list[bytes | str | int] = [channel, encoded_user]
-        self._run(lambda: self._eval(_INVALIDATE_PUBLISH, [key, seq_key], args))
+        self._run(lambda: self._replicated(self._eval(_INVALIDATE_PUBLISH, [key, seq_key], args)))
 
     def publish_flush(self, seq_key: str, channel: str) -> None:
-        self._run(lambda: self._eval(_PUBLISH_FLUSH, [seq_key], [channel]))
+        self._run(lambda: self._replicated(self._eval(_PUBLISH_FLUSH, [seq_key], [channel])))
 
     def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool:
         """The entry if it appeared meanwhile, else True when this caller may load."""
         result = self._run(lambda: self._eval(_LEASE, [key, lease_key], [token, ttl_ms]))
         return result if isinstance(result, bytes) else bool(result)
 
-    def subscriber(self, socket_timeout: float) -> redis.Redis:
+    def subscriber(self, socket_timeout: float, channel: str = "") -> redis.Redis:
         """A fresh client for one pub/sub subscription: no retries, so a dropped
         connection surfaces to the listener instead of being papered over."""
+        if self._subscribers is not None:
+            return self._subscribers(channel, socket_timeout)
         kwargs = dict(self._client.connection_pool.connection_kwargs)
-        kwargs.update(
-            socket_timeout=socket_timeout,
-            retry=Retry(NoBackoff(), 0),
-        )
+        kwargs.update(socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
         pool = redis.ConnectionPool(
             connection_class=self._client.connection_pool.connection_class, **kwargs
         )
@@ -220,6 +252,18 @@ class RedisBackend(ErrorBoundary):
     def read_fields(self, key: str) -> dict[str, str]:
         raw = cast("dict[bytes, bytes]", self._run(lambda: self._client.hgetall(key)))
         return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]:
+        """HGETALL of each key, pipelined (one round trip per node)."""
+
+        def read() -> list[Any]:
+            pipe = self._client.pipeline(transaction=False)
+            for key in keys:
+                pipe.hgetall(key)
+            return pipe.execute()
+
+        raws = cast("list[dict[bytes, bytes]]", self._run(read))
+        return [{k.decode(): v.decode() for k, v in raw.items()} for raw in raws]
 
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]

@@ -18,6 +18,7 @@ __all__ = [
     "LEASE",
     "PUBLISH_FLUSH",
     "RETIRE_COUNTERS",
+    "SHARD_PUBLISH",
     "WRITE_PUBLISH",
 ]
 
@@ -127,6 +128,22 @@ PUBLISH_FLUSH: Final = (
     + """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], seq .. '|flush|' .. now_us() .. '|')
+return seq
+"""
+)
+
+SHARD_PUBLISH: Final = (
+    """
+-- Redis Cluster: announce a change on one sharded invalidation channel. The sequence key
+-- and the channel share a hash tag, so this runs in one slot, on the node owning it.
+-- KEYS[1]  the shard's sequence key
+-- ARGV[1]  the shard's channel    ARGV[2]  version, '*' or 'flush'    ARGV[3]  encoded user
+-- returns  the sequence number published
+"""
+    + _NOW_US
+    + """
+local seq = redis.call('INCR', KEYS[1])
+redis.call('SPUBLISH', ARGV[1], seq .. '|' .. ARGV[2] .. '|' .. now_us() .. '|' .. ARGV[3])
 return seq
 """
 )

@@ -27,7 +27,14 @@ from penny_cache import forks
 from penny_cache.errors import CacheError
 from penny_cache.keys import KeySchema
 
-__all__ = ["COUNTERS", "CounterBackend", "LocalCounters", "SharedCounters", "sum_counters"]
+__all__ = [
+    "COUNTERS",
+    "CounterBackend",
+    "LocalCounters",
+    "SharedCounters",
+    "shared_totals",
+    "sum_counters",
+]
 
 COUNTERS: Final = (
     "hits",
@@ -52,6 +59,7 @@ class CounterBackend(Protocol):
 
     def write_fields(self, key: str, fields: Mapping[str, int | float | str]) -> None: ...
     def read_fields(self, key: str) -> dict[str, str]: ...
+    def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]: ...
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
     ) -> bool: ...
@@ -104,6 +112,15 @@ def sum_counters(fields: Mapping[str, str]) -> dict[str, int]:
     return totals
 
 
+def shared_totals(backend: CounterBackend, keys: KeySchema) -> dict[str, int]:
+    """Every process's totals on the namespace: the sum over all counter shards."""
+    totals = sum_counters({})
+    for fields in backend.read_fields_many(keys.all_counters()):
+        for name, value in sum_counters(fields).items():
+            totals[name] += value
+    return totals
+
+
 class SharedCounters:
     """Local counters plus their periodic, idempotent publication to Redis."""
 
@@ -118,7 +135,6 @@ class SharedCounters:
     ) -> None:
         self.local = LocalCounters()
         self._backend = backend
-        self._key = keys.counters()
         self._keys = keys
         self._interval = flush_interval
         self._wall_clock = wall_clock
@@ -173,7 +189,7 @@ class SharedCounters:
             }
             fields[f"{self.process_id}|{_SEEN}"] = round(self._wall_clock(), 3)
             try:
-                self._backend.write_fields(self._key, fields)
+                self._backend.write_fields(self._keys.counters(self.process_id), fields)
             except CacheError:
                 return False
             self._published = totals
@@ -185,7 +201,7 @@ class SharedCounters:
         Raises ``CacheError`` when Redis cannot be read.
         """
         self.flush()
-        return sum_counters(self._backend.read_fields(self._key))
+        return shared_totals(self._backend, self._keys)
 
     def close(self) -> None:
         """Stop the flusher and fold this process's totals into the retired ones."""
@@ -205,7 +221,8 @@ class SharedCounters:
             if revive is not None:
                 revive()  # Redis may be back while our cooldown still runs
             try:
-                self._backend.retire_counters(self._key, marker, self.process_id, totals)
+                key = self._keys.counters(self.process_id)
+                self._backend.retire_counters(key, marker, self.process_id, totals)
             except CacheError as exc:
                 log.warning("could not publish final counters (%s); they are lost", exc)
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any, Final
 
 from penny_cache.config import Settings
 from penny_cache.errors import ConfigurationError
-from penny_cache.flows import ListenerFactory
-from penny_cache.invalidation import InvalidationListener
+from penny_cache.flows import Listener, ListenerFactory
+from penny_cache.invalidation import InvalidationListener, ListenerGroup
+from penny_cache.keys import INVALIDATION_SHARDS, shard_channel
 from penny_cache.near import NearCache
 from penny_cache.process_metrics import ProcessMetrics
 from penny_cache.redis_backend import RedisBackend
@@ -58,9 +59,7 @@ def cache_from_settings(
     metrics: ProcessMetrics | None = None,
 ) -> PersonalityCache:
     """A cache shaped by ``settings`` on a redis-py backend."""
-    backend = RedisBackend.from_url(
-        settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
-    )
+    backend = RedisBackend.from_settings(settings)
     flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
     return cls(backend, **_policy_options(settings, backend, flush), metrics=metrics)
 
@@ -82,25 +81,44 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
 
 
 def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFactory:
+    """One listener on the namespace's channel; on a Cluster, one per sharded channel."""
+    socket_timeout = max(settings.max_staleness, 0.5)
+
     def build(
         near: NearCache,
         channel: str,
         on_event: Callable[[str], None],
         on_tick: Callable[[], None],
         on_applied: Callable[[float], None],
-    ) -> InvalidationListener:
-        return InvalidationListener(
-            lambda: backend.subscriber(socket_timeout=max(settings.max_staleness, 0.5)),
-            channel,
-            near,
-            max_staleness=settings.max_staleness,
-            on_event=on_event,
-            on_tick=on_tick,
-            error_log_interval=settings.error_log_interval,
-            on_applied=on_applied,
+    ) -> Listener:
+        def listener(name: str, tick: Callable[[], None], sharded: bool) -> InvalidationListener:
+            return InvalidationListener(
+                lambda: backend.subscriber(socket_timeout, name),
+                name,
+                near,
+                max_staleness=settings.max_staleness,
+                on_event=on_event,
+                on_tick=tick,
+                error_log_interval=settings.error_log_interval,
+                on_applied=on_applied,
+                sharded=sharded,
+            )
+
+        if settings.redis_topology != "cluster":
+            return listener(channel, on_tick, sharded=False)
+        shards = range(INVALIDATION_SHARDS)  # the periodic work runs on one member only
+        return ListenerGroup(
+            [
+                listener(shard_channel(channel, k), on_tick if k == 0 else _idle, True)
+                for k in shards
+            ]
         )
 
     return build
+
+
+def _idle() -> None:
+    """The periodic hook of the listeners that do not run the periodic work."""
 
 
 def async_cache_from_url(
@@ -125,11 +143,7 @@ def async_cache_from_settings(
     listener thread."""
     from penny_cache.redis_async import AsyncRedisBackend
 
-    backend = AsyncRedisBackend.from_url(
-        settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
-    )
-    sync = RedisBackend.from_url(
-        settings.redis_url, timeout=settings.redis_timeout, cooldown=settings.redis_cooldown
-    )
+    backend = AsyncRedisBackend.from_settings(settings)
+    sync = RedisBackend.from_settings(settings)
     flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
     return cls(backend, sync, **_policy_options(settings, sync, flush), metrics=metrics)

@@ -225,6 +225,9 @@ class _DownBackend(RedisBackend):
     def read_fields(self, key: str) -> dict[str, str]:
         raise CacheUnavailableError("down")
 
+    def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]:
+        raise CacheUnavailableError("down")
+
 
 def test_redis_down_is_a_miss_counted_and_logged_once_per_interval(
     caplog: pytest.LogCaptureFixture, clock: FakeClock

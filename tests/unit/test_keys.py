@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from fnmatch import fnmatchcase
 from typing import cast
 
@@ -11,11 +12,16 @@ from hypothesis import strategies as st
 
 from penny_cache.errors import ConfigurationError, InvalidUserIdError
 from penny_cache.keys import (
+    COUNTER_SHARDS,
+    INVALIDATION_SHARDS,
     KEY_SCHEMA,
     UNBOUND_SCOPE,
     KeySchema,
     decode_user_id,
     encode_user_id,
+    invalidation_shard,
+    shard_channel,
+    shard_sequence,
 )
 from penny_cache.state import MAX_USER_ID_BYTES
 
@@ -54,8 +60,11 @@ def test_default_layout() -> None:
     assert keys.legacy("alice") == "penny:v1:legacy:{alice}"
     assert keys.state_pattern() == "penny:v1:_:state:*"
     assert keys.legacy_pattern() == "penny:v1:legacy:*"
-    assert keys.counters() == "{penny:stats}:v1:counters"
-    assert keys.retired_marker("p1") == "{penny:stats}:v1:retired:p1"
+    shard = zlib.crc32(b"p1") % COUNTER_SHARDS
+    assert keys.counters("p1") == f"{{penny:stats:{shard}}}:v1:counters"
+    assert keys.retired_marker("p1") == f"{{penny:stats:{shard}}}:v1:retired:p1"
+    assert keys.counters("p1") in keys.all_counters()
+    assert len(set(keys.all_counters())) == COUNTER_SHARDS
     assert keys.with_scope("abc").state("alice") == "penny:v1:abc:state:{alice}"
 
 
@@ -127,7 +136,7 @@ def test_namespaces_and_scopes_separate_keys_and_patterns() -> None:
     assert len({k.state("alice") for k in schemas}) == len(schemas)
     assert len({k.state_pattern() for k in schemas}) == len(schemas)
     assert len({k.legacy("alice") for k in schemas}) == 2  # legacy keys ignore the scope
-    assert len({k.counters() for k in schemas}) == 2
+    assert len({k.counters("p1") for k in schemas}) == 2
     assert KeySchema("penny").with_scope("s1") == KeySchema("penny", "s1")
 
 
@@ -143,7 +152,7 @@ def test_state_pattern_matches_only_its_own_scope(user_id: str) -> None:
         assert not fnmatchcase(other.state(user_id), pattern)
         assert not fnmatchcase(mine.state(user_id), other.state_pattern())
     assert not fnmatchcase(mine.legacy(user_id), pattern)
-    assert not fnmatchcase(mine.counters(), pattern)
+    assert not any(fnmatchcase(key, pattern) for key in mine.all_counters())
 
 
 @pytest.mark.parametrize("user_id", AWKWARD_IDS)
@@ -154,7 +163,7 @@ def test_legacy_pattern_matches_only_legacy_keys(user_id: str) -> None:
     assert fnmatchcase(keys.legacy(user_id), pattern)
     assert not fnmatchcase(keys.state(user_id), pattern)
     assert not fnmatchcase(KeySchema("penny2").legacy(user_id), pattern)
-    assert not fnmatchcase(keys.counters(), pattern)
+    assert not any(fnmatchcase(key, pattern) for key in keys.all_counters())
 
 
 @pytest.mark.parametrize("namespace", ["", "a b", "a:b", "a*", "{a}", "a?", "x" * 65, "é", 5, None])
@@ -197,15 +206,27 @@ def test_unhashable_user_ids_raise_invalid_user_id(user_id: object) -> None:
 
 @pytest.mark.parametrize("namespace", ["penny", "other.ns"])
 def test_stats_keys_share_one_hash_tag(namespace: str) -> None:
-    """counters() and every retired_marker() share one hash tag (RETIRE_COUNTERS needs it)."""
+    """A process's counters hash and its retired marker share a hash tag (RETIRE_COUNTERS
+    needs one slot), while processes spread over all counter shards (no single hot slot)."""
     keys = KeySchema(namespace, "s1")
-    tag = hash_tag(keys.counters())
-    assert tag == f"{namespace}:stats"
-    for process in ("p1", "host-1:123", "x" * 40):
-        marker = keys.retired_marker(process)
-        assert hash_tag(marker) == tag
-        assert marker != keys.counters()
-    assert hash_tag(KeySchema(namespace).counters()) == tag  # the scope does not matter
+    tags = set()
+    for process in [f"host-{i}:{i * 7}" for i in range(200)]:
+        tag = hash_tag(keys.counters(process))
+        assert hash_tag(keys.retired_marker(process)) == tag
+        assert tag.startswith(f"{namespace}:stats:")
+        assert hash_tag(KeySchema(namespace).counters(process)) == tag  # scope-independent
+        tags.add(tag)
+    assert len(tags) == COUNTER_SHARDS
+
+
+def test_sharded_invalidation_keys_share_their_channels_slot() -> None:
+    """Each sharded channel and its sequence key share one hash tag (SHARD_PUBLISH touches
+    both in one slot), and users spread over every shard."""
+    channel = KeySchema("penny").channel()
+    for shard in range(INVALIDATION_SHARDS):
+        assert hash_tag(shard_channel(channel, shard)) == hash_tag(shard_sequence(channel, shard))
+    shards = {invalidation_shard(encode_user_id(f"user-{i}")) for i in range(500)}
+    assert shards == set(range(INVALIDATION_SHARDS))
 
 
 def test_legacy_is_not_a_store_scope() -> None:

@@ -1,0 +1,159 @@
+"""redis-py clients for each topology (standalone, Sentinel, Cluster), built from Settings.
+
+The only module that knows how redis-py's Sentinel and Cluster clients are put
+together. Every client gets the same short timeouts and no hidden retry loops: redis-py's
+Cluster client otherwise retries with backoff for seconds, and a request must not wait
+for Redis longer than the configured timeout (SQL answers instead).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+import redis.asyncio as aredis
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+from redis.sentinel import Sentinel
+
+from penny_cache.config import Settings
+
+__all__ = [
+    "SubscriberFactory",
+    "async_client",
+    "client_options",
+    "subscriber_factory",
+    "sync_client",
+]
+
+# (channel, socket timeout) -> a fresh client whose connection reaches that channel
+SubscriberFactory = Callable[[str, float], redis.Redis]
+
+
+def client_options(timeout: float) -> dict[str, Any]:
+    """Short timeouts and one retry on a dropped connection only.
+
+    Every command we send is idempotent or harmless to repeat (plain reads,
+    version-checked writes, absolute counter writes; a repeated invalidation only drops
+    more), so the single reconnect-retry cannot do harm; a timeout is not retried.
+    """
+    return {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "health_check_interval": 0,
+    }
+
+
+def _credentials(settings: Settings) -> dict[str, str]:
+    found = {"username": settings.redis_username, "password": settings.redis_password}
+    return {name: value for name, value in found.items() if value}
+
+
+def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+    timeout = settings.redis_timeout
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+
+
+def _sentinel(settings: Settings) -> Any:
+    return Sentinel(settings.redis_sentinels, sentinel_kwargs=_sentinel_kwargs(settings))  # type: ignore[no-untyped-call]
+
+
+def sync_client(settings: Settings) -> Any:
+    """The request client: ``redis.Redis`` (standalone, Sentinel master) or ``RedisCluster``."""
+    options = client_options(settings.redis_timeout) | _credentials(settings)
+    topology = settings.redis_topology
+    if topology == "sentinel":
+        return _sentinel(settings).master_for(settings.redis_master_name, **options)
+    if topology == "cluster":
+        options.pop("retry")
+        return RedisCluster.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), **options)
+    return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def async_client(settings: Settings, max_connections: int) -> Any:
+    """The asyncio request client, with the same options as ``sync_client``."""
+    timeout = settings.redis_timeout
+    options = client_options(timeout) | _credentials(settings)
+    options["retry"] = aredis.retry.Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    topology = settings.redis_topology
+    if topology == "sentinel":
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
+            settings.redis_sentinels, sentinel_kwargs=_sentinel_kwargs(settings)
+        )
+        return sentinel.master_for(
+            settings.redis_master_name, max_connections=max_connections, **options
+        )
+    if topology == "cluster":
+        options.pop("retry")
+        options.pop("health_check_interval")
+        return aredis.RedisCluster.from_url(
+            settings.redis_url,
+            retry=aredis.retry.Retry(NoBackoff(), 1),
+            max_connections=max_connections,
+            **options,
+        )
+    # Bounded and blocking: a burst of coroutines waits up to ``timeout`` for a connection
+    # instead of opening hundreds (or failing with "Too many connections").
+    pool = aredis.BlockingConnectionPool.from_url(
+        settings.redis_url, max_connections=max_connections, timeout=timeout, **options
+    )
+    return aredis.Redis(connection_pool=pool)
+
+
+def _subscriber_options(settings: Settings, socket_timeout: float) -> dict[str, Any]:
+    """No retries: a dropped subscription must surface to the listener."""
+    options = client_options(settings.redis_timeout) | _credentials(settings)
+    options.update(socket_timeout=socket_timeout, retry=Retry(NoBackoff(), 0))
+    return options
+
+
+def subscriber_factory(settings: Settings) -> SubscriberFactory:
+    """Fresh subscriber clients: on the Sentinel's current master, or on the Cluster
+    node that owns the (sharded) channel's slot, looked up anew at each connect."""
+    topology = settings.redis_topology
+    if topology == "sentinel":
+        sentinel = _sentinel(settings)
+
+        def on_master(_channel: str, socket_timeout: float) -> redis.Redis:
+            options = _subscriber_options(settings, socket_timeout)
+            client: redis.Redis = sentinel.master_for(settings.redis_master_name, **options)
+            return client
+
+        return on_master
+    if topology == "cluster":
+        return _ClusterSubscribers(settings)
+
+    def standalone(_channel: str, socket_timeout: float) -> redis.Redis:
+        options = _subscriber_options(settings, socket_timeout)
+        return redis.Redis.from_url(settings.redis_url, **options)
+
+    return standalone
+
+
+class _ClusterSubscribers:
+    """Connects each subscriber to the node owning its channel's slot.
+
+    A private cluster client holds the topology and refreshes it before each connect: a
+    subscriber reconnects after its slot moved (Redis sends ``sunsubscribe``) or its
+    node failed, and must find the new owner, not the cached old one.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._topology: RedisCluster | None = None
+
+    def __call__(self, channel: str, socket_timeout: float) -> redis.Redis:
+        with self._lock:
+            if self._topology is None:
+                self._topology = sync_client(self._settings)
+            else:
+                self._topology.nodes_manager.initialize()
+            node = self._topology.get_node_from_key(channel)
+        options = _subscriber_options(self._settings, socket_timeout)
+        return redis.Redis(host=node.host, port=node.port, **options)
