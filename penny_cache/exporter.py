@@ -170,13 +170,18 @@ _LANDING: Final = b"""<!doctype html><html><head><title>penny_cache exporter</ti
 
 
 def exporter_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app: ``/metrics`` from ``registry``, a small landing page at ``/``."""
+    """A WSGI app: ``/metrics`` from ``registry``, a small landing page at ``/``, and
+    ``/healthz`` for liveness probes (the process answers; Redis is ``penny_cache_up``)."""
     metrics = make_wsgi_app(registry)
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
-        if environ.get("PATH_INFO", "/") in {"", "/"}:
+        path = environ.get("PATH_INFO", "/")
+        if path in {"", "/"}:
             start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
             return [_LANDING]
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"status": "ok"}']
         return metrics(environ, start_response)  # type: ignore[no-any-return]
 
     return app

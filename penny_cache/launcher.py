@@ -42,7 +42,13 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     import uvicorn
 
     made_dir = None
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        # prometheus_client's rule: wipe the directory between runs. A restarted
+        # container keeps its emptyDir, and new workers may reuse old pids.
+        for stale in Path(given).glob("*.db"):
+            stale.unlink(missing_ok=True)
+    else:
         made_dir = tempfile.mkdtemp(prefix="penny-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
     print(f"service          http://{host}:{port}/ ({workers} workers)", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import shutil
 import subprocess
@@ -101,9 +102,12 @@ def test_series_do_not_grow_with_users(
 
 
 def test_landing_page_and_promtool(exporter: str) -> None:
-    """/ is a landing page linking /metrics, and the exposition passes promtool."""
+    """/ is a landing page linking /metrics, /healthz answers ok for liveness probes, and
+    the exposition passes promtool."""
     with urllib.request.urlopen(f"{exporter}/", timeout=5) as response:
         assert b'href="/metrics"' in response.read()
+    with urllib.request.urlopen(f"{exporter}/healthz", timeout=5) as response:
+        assert json.loads(response.read()) == {"status": "ok"}
     promtool = shutil.which("promtool")
     if promtool is None:
         unavailable("promtool is not installed (Debian package prometheus)")
