@@ -34,6 +34,7 @@ from typing import Any, Final
 
 import redis
 from redis.client import PubSub
+from redis.exceptions import RedisClusterException
 
 from penny_cache.keys import decode_user_id
 from penny_cache.near import NearCache
@@ -167,8 +168,12 @@ class InvalidationListener:
             self._subscribed = False
             try:
                 self._listen()
-            except (redis.RedisError, OSError, ValueError) as exc:
+            except (redis.RedisError, RedisClusterException, OSError, ValueError) as exc:
                 self._errors.warning("lost", f"invalidation listener lost its subscription: {exc}")
+            except Exception as exc:  # the thread must not die: a dead one trusts nothing again
+                log.exception(
+                    "invalidation listener failed (%s); restarting it", type(exc).__name__
+                )
             self._distrust()
             if self._stop.is_set():
                 return

@@ -24,6 +24,7 @@ from penny_cache.redis_backend import (
     _PUBLISH_FLUSH,
     _SCAN_BATCH,
     _WRITE_PUBLISH,
+    REDIS_ERRORS,
     ErrorBoundary,
     Script,
     entry_args,
@@ -75,7 +76,8 @@ class AsyncRedisBackend(ErrorBoundary):
             async_client(settings, _MAX_CONNECTIONS),
             cooldown=settings.redis_cooldown,
             wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
-            wait_timeout_ms=max(1, int(settings.redis_timeout * 1000)),
+            # below the socket timeout: WAIT must answer before the read gives up
+            wait_timeout_ms=max(1, int(settings.redis_timeout * 500)),
         )
 
     async def _replicated(self, result: _T) -> _T:
@@ -93,7 +95,7 @@ class AsyncRedisBackend(ErrorBoundary):
         self._check_cooldown()
         try:
             result = await command()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._translate(exc) from exc
         self._down_until = 0.0
         return result

@@ -11,10 +11,11 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, TypeVar, cast
+from typing import Any, Final, TypeVar, cast
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from penny_cache import scripts
@@ -28,7 +29,7 @@ from penny_cache.errors import (
 )
 from penny_cache.redis_clients import SubscriberFactory, subscriber_factory, sync_client
 
-__all__ = ["ErrorBoundary", "RedisBackend", "Script", "entry_args"]
+__all__ = ["REDIS_ERRORS", "ErrorBoundary", "RedisBackend", "Script", "entry_args"]
 
 _SCAN_BATCH = 500
 
@@ -53,6 +54,8 @@ _PUBLISH_FLUSH = Script(scripts.PUBLISH_FLUSH)
 _LEASE = Script(scripts.LEASE)
 _RETIRE = Script(scripts.RETIRE_COUNTERS)
 _T = TypeVar("_T")
+# Everything redis-py raises: the Cluster client's "no reachable node" is not a RedisError.
+REDIS_ERRORS: Final = (redis.RedisError, RedisClusterException)
 
 
 class ErrorBoundary:
@@ -68,8 +71,11 @@ class ErrorBoundary:
         if self._down_until and self._monotonic() < self._down_until:
             raise CacheUnavailableError("redis is cooling down after a failure")
 
-    def _translate(self, exc: redis.RedisError) -> CacheError:
+    def _translate(self, exc: Exception) -> CacheError:
         """The one place redis-py errors become ours (tripping the cooldown if needed)."""
+        if isinstance(exc, RedisClusterException):  # no reachable node: not a RedisError
+            self._trip()
+            return CacheUnavailableError(f"redis cluster unreachable: {exc}")
         if isinstance(exc, redis.TimeoutError):
             self._trip()
             return CacheTimeoutError(f"redis timed out: {exc}")
@@ -139,7 +145,8 @@ class RedisBackend(ErrorBoundary):
             monotonic=monotonic,
             subscribers=subscriber_factory(settings),
             wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
-            wait_timeout_ms=max(1, int(settings.redis_timeout * 1000)),
+            # below the socket timeout: WAIT must answer before the read gives up
+            wait_timeout_ms=max(1, int(settings.redis_timeout * 500)),
         )
 
     def _replicated(self, result: _T) -> _T:
@@ -157,7 +164,7 @@ class RedisBackend(ErrorBoundary):
         self._check_cooldown()
         try:
             result = command()
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._translate(exc) from exc
         self._down_until = 0.0
         return result
@@ -168,7 +175,7 @@ class RedisBackend(ErrorBoundary):
             self._check_cooldown()
         try:
             payload = self._client.get(key)
-        except redis.RedisError as exc:
+        except REDIS_ERRORS as exc:
             raise self._translate(exc) from exc
         self._down_until = 0.0
         return cast("bytes | None", payload)
@@ -283,7 +290,7 @@ class RedisBackend(ErrorBoundary):
             return True
         try:
             self._client.ping()
-        except redis.RedisError:
+        except REDIS_ERRORS:
             return False
         self._down_until = 0.0
         return True

@@ -18,7 +18,8 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.utils import SENTINEL
 
 from penny_cache.config import Settings
 
@@ -49,6 +50,28 @@ def client_options(timeout: float) -> dict[str, Any]:
     }
 
 
+class _SentinelConnection(SentinelManagedConnection):
+    """redis-py's sync Sentinel connection does not drop itself when a read fails (its
+    ``read_response`` defaults to ``disconnect_on_error=False``, unlike every other
+    connection class): after a timeout it goes back to the pool with the late reply still
+    unread, and the next command on it reads that reply as its own. Drop it instead."""
+
+    def read_response(
+        self,
+        disable_decoding: bool = False,
+        *,
+        timeout: float | object = SENTINEL,
+        disconnect_on_error: bool | None = True,
+        push_request: bool | None = False,
+    ) -> Any:
+        return super().read_response(
+            disable_decoding=disable_decoding,
+            timeout=timeout,
+            disconnect_on_error=disconnect_on_error,
+            push_request=push_request,
+        )
+
+
 def _credentials(settings: Settings) -> dict[str, str]:
     found = {"username": settings.redis_username, "password": settings.redis_password}
     return {name: value for name, value in found.items() if value}
@@ -68,7 +91,9 @@ def sync_client(settings: Settings) -> Any:
     options = client_options(settings.redis_timeout) | _credentials(settings)
     topology = settings.redis_topology
     if topology == "sentinel":
-        return _sentinel(settings).master_for(settings.redis_master_name, **options)
+        return _sentinel(settings).master_for(
+            settings.redis_master_name, connection_class=_SentinelConnection, **options
+        )
     if topology == "cluster":
         options.pop("retry")
         return RedisCluster.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), **options)
@@ -121,7 +146,9 @@ def subscriber_factory(settings: Settings) -> SubscriberFactory:
 
         def on_master(_channel: str, socket_timeout: float) -> redis.Redis:
             options = _subscriber_options(settings, socket_timeout)
-            client: redis.Redis = sentinel.master_for(settings.redis_master_name, **options)
+            client: redis.Redis = sentinel.master_for(
+                settings.redis_master_name, connection_class=_SentinelConnection, **options
+            )
             return client
 
         return on_master

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from penny_cache.cache import PersonalityCache
+from penny_cache.config import Settings
 from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
@@ -57,6 +58,16 @@ class Plan:
     max_staleness: float = 0.5
     pace: float = 0.002
     converge_within: float = 5.0
+    options: tuple[tuple[str, Any], ...] = ()  # more Settings fields (Sentinel, Cluster)
+
+    def settings(self) -> Settings:
+        return Settings(
+            redis_url=self.redis_url,
+            database_url=self.database_url,
+            namespace=self.namespace,
+            max_staleness=self.max_staleness,
+            **dict(self.options),
+        )
 
 
 @dataclass
@@ -88,9 +99,7 @@ class WorkerResult:
 def run_worker(plan: Plan, worker: int, start: Barrier, writes_done: Barrier, out: str) -> None:
     """Warm up, run the timed workload, converge, publish counters, write the result."""
     faulthandler.dump_traceback_later(STUCK_AFTER)  # a stuck worker shows where it is
-    cache = PersonalityCache.from_url(
-        plan.redis_url, namespace=plan.namespace, max_staleness=plan.max_staleness
-    )
+    cache = PersonalityCache.from_settings(plan.settings())
     store = PersonalityStore(plan.database_url)
     tracker = PersonalityTracker(store, cache)
     ops: list[Op] = []

@@ -21,6 +21,7 @@ the listener thread as soon as Redis answers, not on the writer's next Redis rea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import multiprocessing
 import threading
 import time
@@ -35,6 +36,7 @@ import pytest
 import redis
 
 from penny_cache.cache import PersonalityCache
+from penny_cache.config import Settings
 from penny_cache.embedded import RedisServerProcess, wait_until
 from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
@@ -56,7 +58,7 @@ MAX_STALENESS: Final = 0.5
 BOUND: Final = MAX_STALENESS + 0.1
 JOIN_WITHIN: Final = 45.0
 
-FaultLoop = Callable[[RedisServerProcess, threading.Event, list[float]], None]
+FaultLoop = Callable[[Any, threading.Event, list[float]], None]  # (servers, stop, times)
 
 
 @dataclass
@@ -79,7 +81,7 @@ class Run:
 class FaultThread(threading.Thread):
     """Runs a fault loop until told to stop; keeps its exception for the test."""
 
-    def __init__(self, loop: FaultLoop, server: RedisServerProcess) -> None:
+    def __init__(self, loop: FaultLoop, server: Any) -> None:
         super().__init__(name="coherence-fault", daemon=True)
         self._loop = loop
         self._server = server
@@ -95,17 +97,32 @@ class FaultThread(threading.Thread):
 
 
 def run_history(
-    server: RedisServerProcess,
+    server: Any,
     database_url: str,
     namespace: str,
     out_dir: Path,
     fault: FaultLoop | None = None,
+    *,
+    options: dict[str, Any] | None = None,
+    duration: float = 3.0,
 ) -> Run:
-    """Run the workers (and the fault loop, while they work) and check their history."""
+    """Run the workers (and the fault loop, while they work) and check their history.
+
+    ``server`` has a ``url`` and is what the fault loop hurts; ``options`` are more
+    Settings fields (a Sentinel or Cluster topology)."""
     store = PersonalityStore(database_url)
     assert store.identity  # tables up front: 4 first uses at once can hit "database is locked"
     store.close()
-    plan = Plan(server.url, database_url, namespace, USERS, max_staleness=MAX_STALENESS)
+    extra = tuple((options or {}).items())
+    plan = Plan(
+        server.url,
+        database_url,
+        namespace,
+        USERS,
+        duration=duration,
+        max_staleness=MAX_STALENESS,
+        options=extra,
+    )
     start, writes_done = SPAWN.Barrier(WORKERS + 1), SPAWN.Barrier(WORKERS)
     paths = [out_dir / f"worker-{n}.json" for n in range(WORKERS)]
     procs = [
@@ -123,10 +140,11 @@ def run_history(
         _reap(procs)
     results = [WorkerResult.load(path) for path in paths]
     report = check_history(results, BOUND)
-    return Run(results, report, shared_stats(server, namespace), [t - began for t in fault_times])
+    stats = shared_stats(plan.settings())
+    return Run(results, report, stats, [t - began for t in fault_times])
 
 
-def _during(duration: float, server: RedisServerProcess, fault: FaultLoop | None) -> list[float]:
+def _during(duration: float, server: Any, fault: FaultLoop | None) -> list[float]:
     """Wait out the workload, running ``fault`` meanwhile; the times it recorded."""
     if fault is None:
         time.sleep(duration)  # pacing: the workers stop by their own deadline
@@ -168,11 +186,10 @@ def _reap(procs: list[SpawnProcess]) -> None:
             proc.join(10)
 
 
-def shared_stats(server: RedisServerProcess, namespace: str) -> dict[str, Any]:
+def shared_stats(settings: Settings) -> dict[str, Any]:
     """``get_stats()`` as any process sees it once the workers have closed."""
-    with PersonalityCache.from_url(
-        server.url, namespace=namespace, stats_flush_interval=None, near_cache=False
-    ) as cache:
+    quiet = dataclasses.replace(settings, near_cache=False)
+    with PersonalityCache.from_settings(quiet) as cache:
         return cache.get_stats()
 
 
