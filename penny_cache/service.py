@@ -40,7 +40,7 @@ from penny_cache.tracker import MAX_CONTEXT_CHARS
 __all__ = ["MAX_BODY_BYTES", "STATS_MAX_AGE", "app_from_env", "create_app"]
 
 MAX_BODY_BYTES: Final = 16 * 1024
-STATS_MAX_AGE: Final = 1.0  # seconds a worker reuses the shared totals (one HGETALL)
+STATS_MAX_AGE: Final = 1.0  # seconds a worker reuses the shared totals (one Redis round trip)
 
 
 class DimensionUpdate(BaseModel):

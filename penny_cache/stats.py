@@ -1,12 +1,13 @@
 """Counters that cost no round trip per lookup and still add up across processes.
 
 Each process keeps cumulative totals in memory and writes them, as absolute values, to
-its own fields of one Redis hash (``<process>|<counter>``) at most once per interval, on
+its own fields (``<process>|<counter>``) of one of 16 Redis hashes (chosen by its process
+id, so that no single key, or Cluster slot, takes every write) at most once per interval, on
 ``close()`` and at exit. Writing absolutes makes a flush idempotent: a retried or
 repeated flush cannot double count, and after a Redis restart the next flush puts the
 live processes' totals back. A closing process folds its fields into ``retired|*``
 exactly once (guarded by a marker key), so the hash does not grow with restarts.
-Reading sums every field of the hash: one HGETALL, never SCAN.
+Reading sums every field of the 16 hashes: one pipelined round of HGETALLs, never SCAN.
 """
 
 from __future__ import annotations
