@@ -2,8 +2,8 @@
 
 One exporter per namespace publishes what every worker counted (the workers' own
 ``/metrics`` can only say what one process knows). Each scrape is one pipelined round of
-``HGETALL`` over the 16 counter hashes, never a SCAN; no label carries a user id, so the series count does not
-grow with users. When Redis cannot be read the scrape still answers, with
+``HGETALL`` over the 16 counter hashes, never a SCAN; no label carries a user id, so the
+series count does not grow with users. When Redis cannot be read the scrape still answers, with
 ``penny_cache_up 0`` and no counter samples (a gap, not a fake zero).
 """
 

@@ -15,7 +15,12 @@ it can prove it has seen everything:
 * trust lasts ``max_staleness`` after a PING whose PONG came back: Redis answers in
   order on the subscriber connection, so every message published before that PING was
   applied before the PONG was read. No PONG in time means reads go to Redis;
-* a message that does not parse (or is forged) flushes, which is always safe.
+* a message that does not parse (or is forged) flushes, which is always safe;
+* behind Sentinel, a subscription can be alive and deaf: on a primary that was paused,
+  lost its role, and answers PINGs again. There each PING carries the primary's current
+  sequence number (read through the request connections, which follow the sentinels); a
+  PONG proves nothing unless every message up to that number has been applied, and one
+  that finds a message missing drops the subscription.
 
 On a Redis Cluster the messages travel on sharded channels (``SSUBSCRIBE``), one listener
 per channel, each connected to the node that owns its slot; a ``ListenerGroup`` trusts
@@ -36,6 +41,7 @@ import redis
 from redis.client import PubSub
 from redis.exceptions import RedisClusterException
 
+from penny_cache.errors import CacheError
 from penny_cache.keys import decode_user_id
 from penny_cache.near import NearCache
 from penny_cache.ratelog import RateLimitedLog
@@ -109,10 +115,14 @@ class InvalidationListener:
         on_applied: Callable[[float], None] = lambda _lag: None,
         wall_clock: Callable[[], float] = time.time,
         sharded: bool = False,
+        sequence_probe: Callable[[], int] | None = None,
     ) -> None:
         self._client_factory = client_factory
         self._channel = channel
         self._sharded = sharded
+        self._probe = sequence_probe
+        self._seq_floor = 0  # on subscribing: the sequence number already published
+        self._ping_seq: dict[str, int | None] = {}
         self.on_trust: Callable[[], None] = lambda: None
         self._near = near
         self._max_staleness = max_staleness
@@ -160,6 +170,7 @@ class InvalidationListener:
         self.on_trust()
         self._last_seq = None
         self._pings.clear()
+        self._ping_seq.clear()
         self._near.flush()
 
     def _run(self) -> None:
@@ -216,7 +227,17 @@ class InvalidationListener:
     def _send_ping(self, pubsub: _TrackedPubSub, now: float) -> None:
         token = f"penny-{now:.6f}"
         self._pings[token] = now
+        if self._probe is not None:
+            self._ping_seq[token] = self._probe_sequence()
         pubsub.ping(token)
+
+    def _probe_sequence(self) -> int | None:
+        """The primary's sequence number now, None when it cannot be read."""
+        assert self._probe is not None
+        try:
+            return self._probe()
+        except CacheError:
+            return None
 
     def _overdue(self, now: float) -> bool:
         oldest = min(self._pings.values(), default=now)
@@ -236,6 +257,11 @@ class InvalidationListener:
             self._near.flush()
             self._last_seq = None
             self._subscribed = True
+            if self._probe is not None:
+                floor = self._probe_sequence()
+                if floor is None:
+                    raise ValueError("cannot read the sequence number to start from")
+                self._seq_floor = floor
 
     def _on_pong(self, data: bytes | str) -> None:
         token = data.decode() if isinstance(data, bytes) else data
@@ -244,8 +270,21 @@ class InvalidationListener:
             return
         for older in [t for t, at in self._pings.items() if at < sent]:
             del self._pings[older]  # answered in order: older pings were lost with a reset
+            self._ping_seq.pop(older, None)
+        if self._probe is not None and not self._heard_up_to(self._ping_seq.pop(token, None)):
+            return
         self.trusted_until = max(self.trusted_until, sent + self._max_staleness)
         self.on_trust()
+
+    def _heard_up_to(self, published: int | None) -> bool:
+        """Whether every message the primary had published when the PING left has been
+        applied; raises (drop the subscription) when one is missing."""
+        if published is None:
+            return False  # unknown: no proof, no trust (the near cache is not used)
+        applied = max(self._last_seq or 0, self._seq_floor)
+        if applied < published:
+            raise ValueError(f"deaf subscription: {published} published, {applied} applied")
+        return True
 
     def _apply(self, data: bytes) -> None:
         try:

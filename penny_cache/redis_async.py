@@ -72,13 +72,15 @@ class AsyncRedisBackend(ErrorBoundary):
             backend_class: type[AsyncRedisBackend] = AsyncClusterRedisBackend
         else:
             backend_class = cls
-        return backend_class(
+        backend = backend_class(
             async_client(settings, _MAX_CONNECTIONS),
             cooldown=settings.redis_cooldown,
             wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
             # below the socket timeout: WAIT must answer before the read gives up
             wait_timeout_ms=max(1, int(settings.redis_timeout * 500)),
         )
+        backend.reset_pool_on_failure = settings.redis_topology == "sentinel"
+        return backend
 
     async def _replicated(self, result: _T) -> _T:
         """As ``RedisBackend._replicated``."""
@@ -93,6 +95,9 @@ class AsyncRedisBackend(ErrorBoundary):
 
     async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
         self._check_cooldown()
+        if self._pool_stale:
+            self._pool_stale = False
+            await self._client.connection_pool.disconnect()
         try:
             result = await command()
         except REDIS_ERRORS as exc:

@@ -66,6 +66,12 @@ class ErrorBoundary:
         self._monotonic = monotonic
         self._down_until = 0.0
         self._lock = threading.Lock()
+        # Behind Sentinel a failure may mean a failover: pooled connections may lead to a
+        # primary that is paused now and demoted later, still answering reads with old
+        # data. After a failure, every connection is dropped and made anew (the pool asks
+        # the sentinels where the primary is).
+        self.reset_pool_on_failure = False
+        self._pool_stale = False
 
     def _check_cooldown(self) -> None:
         if self._down_until and self._monotonic() < self._down_until:
@@ -87,6 +93,7 @@ class ErrorBoundary:
     def _trip(self) -> None:
         with self._lock:
             self._down_until = self._monotonic() + self._cooldown
+            self._pool_stale = self.reset_pool_on_failure
 
     @property
     def available(self) -> bool:
@@ -139,7 +146,7 @@ class RedisBackend(ErrorBoundary):
             backend_class: type[RedisBackend] = ClusterRedisBackend
         else:
             backend_class = cls
-        return backend_class(
+        backend = backend_class(
             sync_client(settings),
             cooldown=settings.redis_cooldown,
             monotonic=monotonic,
@@ -148,6 +155,12 @@ class RedisBackend(ErrorBoundary):
             # below the socket timeout: WAIT must answer before the read gives up
             wait_timeout_ms=max(1, int(settings.redis_timeout * 500)),
         )
+        backend.reset_pool_on_failure = settings.redis_topology == "sentinel"
+        return backend
+
+    def _reset_pool(self) -> None:
+        self._pool_stale = False
+        self._client.connection_pool.disconnect()
 
     def _replicated(self, result: _T) -> _T:
         """``result`` once ``wait_replicas`` replicas acknowledged this connection's writes."""
@@ -162,6 +175,8 @@ class RedisBackend(ErrorBoundary):
 
     def _run(self, command: Callable[[], _T]) -> _T:
         self._check_cooldown()
+        if self._pool_stale:
+            self._reset_pool()
         try:
             result = command()
         except REDIS_ERRORS as exc:
@@ -173,12 +188,19 @@ class RedisBackend(ErrorBoundary):
         # The hot path: inlined rather than through _run (saves a call per cache hit).
         if self._down_until:
             self._check_cooldown()
+            if self._pool_stale:
+                self._reset_pool()
         try:
             payload = self._client.get(key)
         except REDIS_ERRORS as exc:
             raise self._translate(exc) from exc
         self._down_until = 0.0
         return cast("bytes | None", payload)
+
+    def read_counter(self, key: str) -> int:
+        """An integer key's value (0 when absent)."""
+        raw = self._run(lambda: self._client.get(key))
+        return int(raw) if raw is not None else 0
 
     def set(self, key: str, payload: bytes, ttl_ms: int) -> None:
         self._run(lambda: self._client.set(key, payload, px=ttl_ms))
@@ -288,6 +310,8 @@ class RedisBackend(ErrorBoundary):
         (delivering queued write-throughs, final counters), never for requests."""
         if not self._down_until:
             return True
+        if self._pool_stale:
+            self._reset_pool()
         try:
             self._client.ping()
         except REDIS_ERRORS:

@@ -13,7 +13,7 @@ from penny_cache.config import Settings
 from penny_cache.errors import ConfigurationError
 from penny_cache.flows import Listener, ListenerFactory
 from penny_cache.invalidation import InvalidationListener, ListenerGroup
-from penny_cache.keys import INVALIDATION_SHARDS, shard_channel
+from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, shard_channel
 from penny_cache.near import NearCache
 from penny_cache.process_metrics import ProcessMetrics
 from penny_cache.redis_backend import RedisBackend
@@ -83,6 +83,12 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
 def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFactory:
     """One listener on the namespace's channel; on a Cluster, one per sharded channel."""
     socket_timeout = max(settings.max_staleness, 0.5)
+    probe = None
+    if settings.redis_topology == "sentinel":
+        sequence_key = KeySchema(settings.namespace).sequence()
+
+        def probe() -> int:
+            return backend.read_counter(sequence_key)
 
     def build(
         near: NearCache,
@@ -102,6 +108,7 @@ def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFact
                 error_log_interval=settings.error_log_interval,
                 on_applied=on_applied,
                 sharded=sharded,
+                sequence_probe=probe,
             )
 
         if settings.redis_topology != "cluster":

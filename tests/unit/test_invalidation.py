@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from penny_cache.errors import CacheUnavailableError
 from penny_cache.invalidation import InvalidationListener, Message, format_message, parse_message
 from penny_cache.keys import encode_user_id
 from penny_cache.near import NearCache
@@ -178,3 +179,69 @@ def test_unanswered_pings_become_overdue(clock: FakeClock) -> None:
     assert not listener._overdue(clock())
     clock.advance(0.2)
     assert listener._overdue(clock())
+
+
+class _Wire:
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    def ping(self, token: str) -> None:
+        self.sent.append(token)
+
+
+def _probed_listener(
+    clock: FakeClock, published: list[int | None]
+) -> tuple[InvalidationListener, _Wire]:
+    """A listener whose sequence probe answers the last value of ``published``."""
+
+    def probe() -> int:
+        value = published[-1]
+        if value is None:
+            raise CacheUnavailableError("down")
+        return value
+
+    def no_client() -> Any:
+        raise AssertionError("these tests never connect")
+
+    near = NearCache(10, 60, monotonic=clock)
+    listener = InvalidationListener(
+        no_client, "ch", near, max_staleness=0.5, monotonic=clock, sequence_probe=probe
+    )
+    return listener, _Wire()
+
+
+def _ping_pong(listener: InvalidationListener, wire: _Wire, clock: FakeClock) -> None:
+    listener._send_ping(wire, clock())  # type: ignore[arg-type]
+    listener._handle({"type": "pong", "data": wire.sent[-1].encode()})
+
+
+def test_a_pong_trusts_only_if_every_published_message_was_applied(clock: FakeClock) -> None:
+    """Behind Sentinel, a PONG extends trust only when the messages the primary had
+    published before the PING have all arrived; one missing means a deaf subscription
+    (e.g. on a demoted primary), and the listener drops it."""
+    published: list[int | None] = [7]
+    listener, wire = _probed_listener(clock, published)
+    listener._handle({"type": "subscribe", "data": 1})  # floor: 7 already published
+    _ping_pong(listener, wire, clock)
+    assert listener.trusted_until > clock()
+    listener._handle(message(8, 1, "a"))
+    published.append(8)
+    clock.advance(0.2)
+    _ping_pong(listener, wire, clock)  # 8 published, 8 applied: trusted on
+    assert listener.trusted_until == pytest.approx(clock() + 0.5)
+    published.append(9)  # published on the real primary, never heard here
+    with pytest.raises(ValueError, match="deaf"):
+        _ping_pong(listener, wire, clock)
+
+
+def test_no_proof_no_trust_when_the_sequence_cannot_be_read(clock: FakeClock) -> None:
+    """A PONG whose PING could not read the primary's sequence proves nothing; a
+    subscription that cannot read it at all is dropped."""
+    published: list[int | None] = [3]
+    listener, wire = _probed_listener(clock, published)
+    listener._handle({"type": "subscribe", "data": 1})
+    published.append(None)
+    _ping_pong(listener, wire, clock)
+    assert listener.trusted_until == 0.0
+    with pytest.raises(ValueError, match="sequence"):
+        listener._handle({"type": "subscribe", "data": 1})
