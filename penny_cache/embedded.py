@@ -73,7 +73,11 @@ class RedisServerProcess:
         args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self._dir, *self.extra_args]
         log = Path(self._dir, "redis.log").open("ab")  # noqa: SIM115 - owned by the process
-        self._proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)  # noqa: S603
+        # its own session: a Ctrl-C in the terminal reaches the owner, which stops the
+        # server last (after the processes that still write their final counters)
+        self._proc = subprocess.Popen(  # noqa: S603
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         wait_until(self._ready, timeout, f"redis-server :{self.port}")
         return self
