@@ -17,14 +17,14 @@ import os
 import sys
 import tempfile
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings, redact_url
 from penny_cache.demo import DemoConfig, format_report, run_demo
 from penny_cache.embedded import embedded_redis
-from penny_cache.errors import ConfigurationError, InvalidInputError, StoreError
+from penny_cache.errors import CacheError, ConfigurationError, InvalidInputError, StoreError
 from penny_cache.store import PersonalityStore
 
 __all__ = ["main"]
@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     stats = sub.add_parser("stats", help="print the hit rate and counters of all processes")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("check", help="exit non-zero unless Redis and SQL are reachable")
+    sub.add_parser(
+        "load-scripts",
+        help="load the Lua scripts into Redis (admin credentials: the service's ACL user "
+        "may run them but not load them)",
+    )
     exporter = sub.add_parser("exporter", help="serve the cross-process counters to Prometheus")
     exporter.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
     exporter.add_argument("--port", type=_port, help="default: PENNY_EXPORTER_PORT or 9464")
@@ -181,16 +186,36 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
         return run_stack(StackOptions(args.workers, args.duration), environ)
     settings = Settings.from_env(environ)
-    if args.command == "serve":
-        from penny_cache.launcher import serve
+    commands: dict[str, Callable[[argparse.Namespace, Settings], int]] = {
+        "serve": _serve,
+        "stats": _stats,
+        "exporter": _exporter,
+        "load-scripts": lambda _args, settings: _load_scripts(settings),
+        "check": lambda _args, settings: _check(settings),
+    }
+    return commands[args.command](args, settings)
 
-        port, workers = args.port or settings.http_port, args.workers or settings.http_workers
-        return serve(settings, args.host, port, workers)
-    if args.command == "stats":
-        return _stats(args, settings)
-    if args.command == "exporter":
-        return _exporter(args, settings)
-    return _check(settings)
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from penny_cache.launcher import serve
+
+    port, workers = args.port or settings.http_port, args.workers or settings.http_workers
+    return serve(settings, args.host, port, workers)
+
+
+def _load_scripts(settings: Settings) -> int:
+    from penny_cache.redis_backend import RedisBackend
+
+    backend = RedisBackend.from_settings(settings)
+    try:
+        shas = backend.load_scripts()
+    except CacheError as exc:
+        print(f"penny-cache: cannot load the scripts: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        backend.close()
+    print(f"loaded {len(shas)} scripts: {' '.join(sha[:12] for sha in shas)}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

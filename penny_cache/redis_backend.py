@@ -29,7 +29,7 @@ from penny_cache.errors import (
 )
 from penny_cache.redis_clients import SubscriberFactory, subscriber_factory, sync_client
 
-__all__ = ["REDIS_ERRORS", "ErrorBoundary", "RedisBackend", "Script", "entry_args"]
+__all__ = ["ALL_SCRIPTS", "REDIS_ERRORS", "ErrorBoundary", "RedisBackend", "Script", "entry_args"]
 
 _SCAN_BATCH = 500
 
@@ -53,6 +53,16 @@ _INVALIDATE_PUBLISH = Script(scripts.INVALIDATE_PUBLISH)
 _PUBLISH_FLUSH = Script(scripts.PUBLISH_FLUSH)
 _LEASE = Script(scripts.LEASE)
 _RETIRE = Script(scripts.RETIRE_COUNTERS)
+_SHARD_PUBLISH = Script(scripts.SHARD_PUBLISH)
+ALL_SCRIPTS: Final = (
+    _FILL,
+    _WRITE_PUBLISH,
+    _INVALIDATE_PUBLISH,
+    _PUBLISH_FLUSH,
+    _LEASE,
+    _RETIRE,
+    _SHARD_PUBLISH,
+)
 _T = TypeVar("_T")
 # Everything redis-py raises: the Cluster client's "no reachable node" is not a RedisError.
 REDIS_ERRORS: Final = (redis.RedisError, RedisClusterException)
@@ -304,6 +314,15 @@ class RedisBackend(ErrorBoundary):
 
     def ping(self) -> bool:
         return bool(self._run(self._client.ping))
+
+    def load_scripts(self) -> list[str]:
+        """SCRIPT LOAD every script (the admin path when the service's ACL user may only
+        EVALSHA); their SHA1s. On a Cluster, redis-py sends it to every primary."""
+
+        def load() -> list[str]:
+            return [str(self._client.script_load(script.source)) for script in ALL_SCRIPTS]
+
+        return self._run(load)
 
     def revive(self) -> bool:
         """Ping past the cooldown and end it if Redis answers: for background work

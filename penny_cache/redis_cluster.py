@@ -12,15 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from penny_cache import scripts
 from penny_cache.codec import Entry
 from penny_cache.keys import INVALIDATION_SHARDS, invalidation_shard, shard_channel, shard_sequence
 from penny_cache.redis_async import AsyncRedisBackend
-from penny_cache.redis_backend import _FILL, RedisBackend, Script, entry_args
+from penny_cache.redis_backend import _FILL, _SHARD_PUBLISH, RedisBackend, entry_args
 
 __all__ = ["AsyncClusterRedisBackend", "ClusterRedisBackend"]
 
-_SHARD_PUBLISH = Script(scripts.SHARD_PUBLISH)
 _FLUSH = "flush"
 _ANY_VERSION = "*"
 
