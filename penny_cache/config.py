@@ -106,6 +106,7 @@ class Settings:
     http_port: int = 8000
     http_workers: int = 2
     exporter_port: int = 9464
+    breaker_failures: int = 3
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))
@@ -113,6 +114,7 @@ class Settings:
         for name in ("http_port", "exporter_port"):
             _check_int(getattr(self, name), name, 1, 65535)
         _check_int(self.http_workers, "http_workers", 1, 256)
+        _check_int(self.breaker_failures, "breaker_failures", 1, 1000)
         validate_namespace(self.namespace, source=_label("namespace"))
         if not self.database_url.strip():
             raise ConfigurationError("PENNY_DATABASE_URL must not be empty")
@@ -230,6 +232,7 @@ _ENV_NAMES: Final = {
     "http_port": "PENNY_HTTP_PORT",
     "http_workers": "PENNY_HTTP_WORKERS",
     "exporter_port": "PENNY_EXPORTER_PORT",
+    "breaker_failures": "PENNY_BREAKER_FAILURES",
 }
 _DURATIONS: Final = (
     "cache_ttl",
@@ -273,4 +276,5 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "http_port": int,
     "http_workers": int,
     "exporter_port": int,
+    "breaker_failures": int,
 }

@@ -76,11 +76,14 @@ class WritePolicy:
     def deliver_pending(self) -> None:
         """Background delivery of queued write-throughs (listener and flusher threads):
         other processes must not wait for this process's next Redis read to learn of
-        an update it committed while Redis was unreachable."""
-        if not self._pending:
-            return
+        an update it committed while Redis was unreachable.
+
+        Also the circuit breaker's background probe: once its cooldown has passed, a ping
+        from here closes it, so requests need not be the ones to find Redis back."""
         revive = getattr(self._sync_backend, "revive", None)
-        if revive is not None and not revive():
+        if revive is not None and not revive(force=bool(self._pending)):
+            return
+        if not self._pending:
             return
         backend = self._sync_backend
         drive(self._drain_flow(None), lambda name, args: getattr(backend, name)(*args))

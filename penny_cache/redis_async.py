@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 import redis
 import redis.asyncio as aredis
 
+from penny_cache.breaker import CircuitBreaker
 from penny_cache.codec import Entry
 from penny_cache.config import Settings
 from penny_cache.errors import CacheNotReplicatedError
@@ -27,7 +28,9 @@ from penny_cache.redis_backend import (
     REDIS_ERRORS,
     ErrorBoundary,
     Script,
+    breaker_for,
     entry_args,
+    wait_timeout_ms,
 )
 from penny_cache.redis_clients import async_client
 
@@ -48,8 +51,10 @@ class AsyncRedisBackend(ErrorBoundary):
         monotonic: Callable[[], float] = time.monotonic,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        deadline: float = 0.1,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
-        super().__init__(cooldown, monotonic)
+        super().__init__(cooldown, monotonic, deadline=deadline, breaker=breaker)
         self._client = client
         self._wait_replicas = wait_replicas
         self._wait_timeout_ms = wait_timeout_ms
@@ -64,7 +69,9 @@ class AsyncRedisBackend(ErrorBoundary):
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> AsyncRedisBackend:
+    def from_settings(
+        cls, settings: Settings, *, breaker: CircuitBreaker | None = None
+    ) -> AsyncRedisBackend:
         """As ``RedisBackend.from_settings``: the topology's client, WAIT behind Sentinel."""
         if settings.redis_topology == "cluster":
             from penny_cache.redis_cluster import AsyncClusterRedisBackend
@@ -76,8 +83,9 @@ class AsyncRedisBackend(ErrorBoundary):
             async_client(settings, _MAX_CONNECTIONS),
             cooldown=settings.redis_cooldown,
             wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
-            # below the socket timeout: WAIT must answer before the read gives up
-            wait_timeout_ms=max(1, int(settings.redis_timeout * 500)),
+            wait_timeout_ms=wait_timeout_ms(settings.redis_timeout),
+            deadline=settings.redis_timeout,
+            breaker=breaker or breaker_for(settings, time.monotonic),
         )
         backend.reset_pool_on_failure = settings.redis_topology == "sentinel"
         return backend
@@ -94,15 +102,25 @@ class AsyncRedisBackend(ErrorBoundary):
         return result
 
     async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
-        self._check_cooldown()
-        if self._pool_stale:
-            self._pool_stale = False
-            await self._client.connection_pool.disconnect()
+        """As ``RedisBackend._run``: the breaker, one fast-failure retry, translation."""
+        breaker = self._breaker
+        if not breaker.healthy:
+            self._admit()
+            if self._pool_stale:
+                self._pool_stale = False
+                await self._client.connection_pool.disconnect()
+        started = self._monotonic()
         try:
             result = await command()
         except REDIS_ERRORS as exc:
-            raise self._translate(exc) from exc
-        self._down_until = 0.0
+            if not self._may_retry(exc, started):
+                raise self._translate(exc) from exc
+            try:
+                result = await command()
+            except REDIS_ERRORS as again:
+                raise self._translate(again) from again
+        if not breaker.healthy:
+            breaker.success()
         return result
 
     async def _eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:

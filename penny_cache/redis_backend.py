@@ -8,7 +8,6 @@ so a dead or hanging Redis costs one timeout per cooldown, not one per request.
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Final, TypeVar, cast
@@ -19,6 +18,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from penny_cache import scripts
+from penny_cache.breaker import CircuitBreaker
 from penny_cache.codec import Entry, version_prefix
 from penny_cache.config import Settings
 from penny_cache.errors import (
@@ -27,9 +27,24 @@ from penny_cache.errors import (
     CacheTimeoutError,
     CacheUnavailableError,
 )
-from penny_cache.redis_clients import SubscriberFactory, subscriber_factory, sync_client
+from penny_cache.redis_clients import (
+    FAST_FAILURE,
+    SubscriberFactory,
+    socket_timeout,
+    subscriber_factory,
+    sync_client,
+)
 
-__all__ = ["ALL_SCRIPTS", "REDIS_ERRORS", "ErrorBoundary", "RedisBackend", "Script", "entry_args"]
+__all__ = [
+    "ALL_SCRIPTS",
+    "REDIS_ERRORS",
+    "ErrorBoundary",
+    "RedisBackend",
+    "Script",
+    "breaker_for",
+    "entry_args",
+    "wait_timeout_ms",
+]
 
 _SCAN_BATCH = 500
 
@@ -68,14 +83,40 @@ _T = TypeVar("_T")
 REDIS_ERRORS: Final = (redis.RedisError, RedisClusterException)
 
 
-class ErrorBoundary:
-    """Error translation and the cooldown, shared by the sync and asyncio backends."""
+def breaker_for(settings: Settings, monotonic: Callable[[], float]) -> CircuitBreaker:
+    return CircuitBreaker(settings.breaker_failures, settings.redis_cooldown, monotonic)
 
-    def __init__(self, cooldown: float, monotonic: Callable[[], float]) -> None:
-        self._cooldown = cooldown
+
+def wait_timeout_ms(deadline: float) -> int:
+    """WAIT's own timeout: below the read timeout, so WAIT answers before the read gives
+    up (Sentinel)."""
+    return max(1, int(socket_timeout(deadline) * 1000 * 0.8))
+
+
+class ErrorBoundary:
+    """Error translation, the retry rule and the circuit breaker, shared by the sync and
+    asyncio backends (and by every backend of one cache: they share the breaker).
+
+    A call has an overall deadline: socket connect and read timeouts are each
+    ``RETRY_SHARE`` of it, and a call is retried once only after a connection failure
+    that came back within ``FAST_FAILURE`` of the deadline (refused, reset: a restarted
+    Redis or a stale pooled connection), so first attempt plus retry stay within the
+    deadline. Timeouts are never retried. Every command we send is idempotent or harmless
+    to repeat (reads, version-checked writes, absolute counter writes, invalidations that
+    only drop more), so the one retry cannot do harm.
+    """
+
+    def __init__(
+        self,
+        cooldown: float,
+        monotonic: Callable[[], float],
+        *,
+        deadline: float = 0.1,
+        breaker: CircuitBreaker | None = None,
+    ) -> None:
         self._monotonic = monotonic
-        self._down_until = 0.0
-        self._lock = threading.Lock()
+        self._breaker = breaker or CircuitBreaker(3, cooldown, monotonic)
+        self._fast_failure = deadline * FAST_FAILURE
         # Behind Sentinel a failure may mean a failover: pooled connections may lead to a
         # primary that is paused now and demoted later, still answering reads with old
         # data. After a failure, every connection is dropped and made anew (the pool asks
@@ -83,12 +124,23 @@ class ErrorBoundary:
         self.reset_pool_on_failure = False
         self._pool_stale = False
 
-    def _check_cooldown(self) -> None:
-        if self._down_until and self._monotonic() < self._down_until:
-            raise CacheUnavailableError("redis is cooling down after a failure")
+    @property
+    def breaker(self) -> CircuitBreaker:
+        return self._breaker
+
+    def _admit(self) -> None:
+        """Raise without touching the network while the breaker is open."""
+        if not self._breaker.allow():
+            raise CacheUnavailableError("redis circuit open: recent calls failed")
+
+    def _may_retry(self, exc: Exception, started: float) -> bool:
+        return (
+            isinstance(exc, redis.ConnectionError)
+            and self._monotonic() - started < self._fast_failure
+        )
 
     def _translate(self, exc: Exception) -> CacheError:
-        """The one place redis-py errors become ours (tripping the cooldown if needed)."""
+        """The one place redis-py errors become ours (feeding the breaker)."""
         if isinstance(exc, RedisClusterException):  # no reachable node: not a RedisError
             self._trip()
             return CacheUnavailableError(f"redis cluster unreachable: {exc}")
@@ -98,17 +150,17 @@ class ErrorBoundary:
         if isinstance(exc, redis.ConnectionError):
             self._trip()
             return CacheUnavailableError(f"redis unreachable: {exc}")
+        self._breaker.success()  # Redis answered (with an error): it is reachable
         return CacheError(f"redis error: {type(exc).__name__}: {exc}")
 
     def _trip(self) -> None:
-        with self._lock:
-            self._down_until = self._monotonic() + self._cooldown
-            self._pool_stale = self.reset_pool_on_failure
+        self._breaker.failure()
+        self._pool_stale = self.reset_pool_on_failure
 
     @property
     def available(self) -> bool:
-        """False while cooling down after a failure."""
-        return not self._down_until or self._monotonic() >= self._down_until
+        """False while the breaker keeps requests off Redis."""
+        return self._breaker.state == "closed"
 
 
 class RedisBackend(ErrorBoundary):
@@ -123,8 +175,10 @@ class RedisBackend(ErrorBoundary):
         subscribers: SubscriberFactory | None = None,
         wait_replicas: int = 0,
         wait_timeout_ms: int = 100,
+        deadline: float = 0.1,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
-        super().__init__(cooldown, monotonic)
+        super().__init__(cooldown, monotonic, deadline=deadline, breaker=breaker)
         self._client = client
         self._subscribers = subscribers
         self._wait_replicas = wait_replicas
@@ -145,7 +199,11 @@ class RedisBackend(ErrorBoundary):
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, monotonic: Callable[[], float] = time.monotonic
+        cls,
+        settings: Settings,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        breaker: CircuitBreaker | None = None,
     ) -> RedisBackend:
         """A backend for the configured topology. Behind Sentinel, a write that tells
         other processes about a change counts as done only once a replica has it (WAIT):
@@ -162,8 +220,9 @@ class RedisBackend(ErrorBoundary):
             monotonic=monotonic,
             subscribers=subscriber_factory(settings),
             wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
-            # below the socket timeout: WAIT must answer before the read gives up
-            wait_timeout_ms=max(1, int(settings.redis_timeout * 500)),
+            wait_timeout_ms=wait_timeout_ms(settings.redis_timeout),
+            deadline=settings.redis_timeout,
+            breaker=breaker or breaker_for(settings, monotonic),
         )
         backend.reset_pool_on_failure = settings.redis_topology == "sentinel"
         return backend
@@ -184,27 +243,41 @@ class RedisBackend(ErrorBoundary):
         return result
 
     def _run(self, command: Callable[[], _T]) -> _T:
-        self._check_cooldown()
-        if self._pool_stale:
-            self._reset_pool()
+        breaker = self._breaker
+        if not breaker.healthy:
+            self._admit()
+            if self._pool_stale:
+                self._reset_pool()
+        started = self._monotonic()
         try:
             result = command()
         except REDIS_ERRORS as exc:
-            raise self._translate(exc) from exc
-        self._down_until = 0.0
+            if not self._may_retry(exc, started):
+                raise self._translate(exc) from exc
+            try:
+                result = command()
+            except REDIS_ERRORS as again:
+                raise self._translate(again) from again
+        if not breaker.healthy:
+            breaker.success()
         return result
 
     def get(self, key: str) -> bytes | None:
-        # The hot path: inlined rather than through _run (saves a call per cache hit).
-        if self._down_until:
-            self._check_cooldown()
+        # The hot path: ``_run`` inlined (saves a closure and a call per Redis hit).
+        breaker = self._breaker
+        if not breaker.healthy:
+            self._admit()
             if self._pool_stale:
                 self._reset_pool()
+        started = self._monotonic()
         try:
             payload = self._client.get(key)
         except REDIS_ERRORS as exc:
-            raise self._translate(exc) from exc
-        self._down_until = 0.0
+            if not self._may_retry(exc, started):
+                raise self._translate(exc) from exc
+            return cast("bytes | None", self._run(lambda: self._client.get(key)))
+        if not breaker.healthy:
+            breaker.success()
         return cast("bytes | None", payload)
 
     def read_counter(self, key: str) -> int:
@@ -324,18 +397,23 @@ class RedisBackend(ErrorBoundary):
 
         return self._run(load)
 
-    def revive(self) -> bool:
-        """Ping past the cooldown and end it if Redis answers: for background work
-        (delivering queued write-throughs, final counters), never for requests."""
-        if not self._down_until:
+    def revive(self, *, force: bool = False) -> bool:
+        """The background probe: while the breaker is open and its cooldown has passed
+        (or at once with ``force``: final counters, queued write-throughs), ping Redis
+        and close the breaker if it answers. Requests never wait for this."""
+        breaker = self._breaker
+        if breaker.healthy:
             return True
+        if not (force or breaker.probe_due()) and breaker.state == "open":
+            return False
         if self._pool_stale:
             self._reset_pool()
         try:
             self._client.ping()
         except REDIS_ERRORS:
+            breaker.failure()
             return False
-        self._down_until = 0.0
+        breaker.success()
         return True
 
     def close(self) -> None:

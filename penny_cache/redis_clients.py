@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import redis
 import redis.asyncio as aredis
@@ -24,9 +24,12 @@ from redis.utils import SENTINEL
 from penny_cache.config import Settings
 
 __all__ = [
+    "FAST_FAILURE",
+    "RETRY_SHARE",
     "SubscriberFactory",
     "async_client",
     "client_options",
+    "socket_timeout",
     "subscriber_factory",
     "sync_client",
 ]
@@ -35,17 +38,24 @@ __all__ = [
 SubscriberFactory = Callable[[str, float], redis.Redis]
 
 
-def client_options(timeout: float) -> dict[str, Any]:
-    """Short timeouts and one retry on a dropped connection only.
+RETRY_SHARE: Final = 0.45  # each of connect and read timeout, as a share of the deadline
+FAST_FAILURE: Final = 0.1  # a failure within this share of the deadline may be retried
 
-    Every command we send is idempotent or harmless to repeat (plain reads,
-    version-checked writes, absolute counter writes; a repeated invalidation only drops
-    more), so the single reconnect-retry cannot do harm; a timeout is not retried.
-    """
+
+def socket_timeout(deadline: float) -> float:
+    """The connect and the read timeout that keep attempt + retry within ``deadline``."""
+    return deadline * RETRY_SHARE
+
+
+def client_options(deadline: float) -> dict[str, Any]:
+    """Connect and read timeouts sized so that one attempt plus the backend's one retry
+    fit in ``deadline``; redis-py itself retries nothing (the backend decides, see
+    ``redis_backend.ErrorBoundary``)."""
+    timeout = socket_timeout(deadline)
     return {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+        "retry": Retry(NoBackoff(), 0),
         "health_check_interval": 0,
     }
 
@@ -102,9 +112,9 @@ def sync_client(settings: Settings) -> Any:
 
 def async_client(settings: Settings, max_connections: int) -> Any:
     """The asyncio request client, with the same options as ``sync_client``."""
-    timeout = settings.redis_timeout
-    options = client_options(timeout) | _credentials(settings)
-    options["retry"] = aredis.retry.Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    timeout = socket_timeout(settings.redis_timeout)
+    options = client_options(settings.redis_timeout) | _credentials(settings)
+    options["retry"] = aredis.retry.Retry(NoBackoff(), 0)
     topology = settings.redis_topology
     if topology == "sentinel":
         sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]

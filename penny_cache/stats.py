@@ -220,7 +220,7 @@ class SharedCounters:
             marker = self._keys.retired_marker(self.process_id)
             revive = getattr(self._backend, "revive", None)
             if revive is not None:
-                revive()  # Redis may be back while our cooldown still runs
+                revive(force=True)  # Redis may be back while the breaker is still open
             try:
                 key = self._keys.counters(self.process_id)
                 self._backend.retire_counters(key, marker, self.process_id, totals)

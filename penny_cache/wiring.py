@@ -150,7 +150,8 @@ def async_cache_from_settings(
     listener thread."""
     from penny_cache.redis_async import AsyncRedisBackend
 
-    backend = AsyncRedisBackend.from_settings(settings)
+    # one breaker for both: the background probe (sync) reopens the asyncio requests too
     sync = RedisBackend.from_settings(settings)
+    backend = AsyncRedisBackend.from_settings(settings, breaker=sync.breaker)
     flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
     return cls(backend, sync, **_policy_options(settings, sync, flush), metrics=metrics)

@@ -364,11 +364,14 @@ def test_an_update_committed_during_a_pause_reaches_other_near_caches(
 def test_updates_committed_while_cooling_down_after_a_restart_reach_other_near_caches(
     own_redis: RedisServerProcess, sqlite_url: str, namespace: str
 ) -> None:
-    """Redis restarts while A's and B's backends cool down (3 s); with their listeners
+    """Redis restarts while A's and B's breakers are open (3 s); with their listeners
     resubscribed, B then A update "u" (their write-throughs are refused by the cooldown);
     B reads A's version within max_staleness (+ 0.5 s slack), long before the cooldown
     would have ended, while A and B keep reading."""
-    with two_trackers(own_redis, sqlite_url, namespace, cooldown=3.0) as (a, b):
+    with two_trackers(own_redis, sqlite_url, namespace, cooldown=3.0, breaker_failures=1) as (
+        a,
+        b,
+    ):
         own_redis.kill()
         assert not a.cache.ping() and not b.cache.ping()  # both now cool down for 3 s
         wait_until(lambda: not (a.cache.near_trusted or b.cache.near_trusted), 5.0, "distrust")

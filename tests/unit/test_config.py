@@ -33,6 +33,7 @@ ALL_VARIABLES = {
     "PENNY_HTTP_PORT": "8080",
     "PENNY_HTTP_WORKERS": "8",
     "PENNY_EXPORTER_PORT": "9100",
+    "PENNY_BREAKER_FAILURES": "5",
 }
 # Sentinel and Cluster exclude each other: the all-variables case uses Sentinel.
 SENTINEL_VARIABLES = {k: v for k, v in ALL_VARIABLES.items() if k != "PENNY_REDIS_CLUSTER"}
@@ -83,6 +84,7 @@ def test_every_variable_is_parsed() -> None:
         http_port=8080,
         http_workers=8,
         exporter_port=9100,
+        breaker_failures=5,
     )
     assert isinstance(settings.cache_ttl, float)
     assert settings.redis_topology == "sentinel"
