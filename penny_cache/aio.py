@@ -155,8 +155,16 @@ class AsyncPersonalityTracker(TrackerPolicy):
         cache: AsyncPersonalityCache,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        outbox_interval: float | None = 5.0,
+        outbox_grace: float = 2.0,
     ) -> None:
-        super().__init__(store, cache, monotonic=monotonic)
+        super().__init__(
+            store,
+            cache,
+            monotonic=monotonic,
+            outbox_interval=outbox_interval,
+            outbox_grace=outbox_grace,
+        )
         self._cache = cache
         self._loads: dict[str, asyncio.Future[PersonalityState]] = {}
 
@@ -235,6 +243,7 @@ class AsyncPersonalityTracker(TrackerPolicy):
         began = self._monotonic()
         state = await asyncio.to_thread(lambda: self._store.update_dimension(**args))
         await self._cache.write_through(state)
+        self._confirm_delivery(state)
         self._observe("update", began)
         return state
 

@@ -88,6 +88,17 @@ class WritePolicy:
         backend = self._sync_backend
         drive(self._drain_flow(None), lambda name, args: getattr(backend, name)(*args))
 
+    def publish_committed(self, state: PersonalityState) -> bool:
+        """Write a committed state through from a background thread (the outbox
+        sweeper); True once Redis has it."""
+        backend = self._sync_backend
+        drive(self.write_through_flow(state), lambda name, args: getattr(backend, name)(*args))
+        return not self.is_pending(state.user_id)
+
+    def is_pending(self, user_id: str) -> bool:
+        """Whether a write-through of ``user_id`` still waits for Redis."""
+        return user_id in self._pending
+
     def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
         seq_key, channel = self._keys.sequence(), self._keys.channel()
         user = encode_user_id(user_id)

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, Row
 
+from penny_cache import store_outbox
 from penny_cache.errors import (
     InvalidInputError,
     StoreConflictError,
@@ -183,6 +184,7 @@ class PersonalityStore:
             if bumped.rowcount != 1:
                 raise _LostRaceError  # rolls the transaction back; the caller retries
             _upsert_dimension(conn, user_id, dimension, new.dimensions[dimension])
+            store_outbox.record(conn, user_id, new.version, now)
             conn.execute(
                 sa.insert(history).values(
                     user_id=user_id,
@@ -213,6 +215,22 @@ class PersonalityStore:
         with _translated(), self._engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_record(row) for row in rows]
+
+    def outbox_due(self, grace: float, limit: int = 100) -> list[tuple[str, int]]:
+        """Committed versions older than ``grace`` seconds whose delivery to the cache
+        was not confirmed: (user, version), oldest first."""
+        self._ensure_schema()
+        older_than = self._clock() - timedelta(seconds=grace)
+        with _translated(), self._engine.connect() as conn, conn.begin():
+            return store_outbox.due_rows(conn, older_than, limit)
+
+    def outbox_delivered(self, delivered: list[tuple[str, int]]) -> int:
+        """Forget the outbox rows of these delivered versions (older rows only)."""
+        if not delivered:
+            return 0
+        self._ensure_schema()
+        with _translated(), self._write() as conn:
+            return store_outbox.delete_delivered(conn, delivered)
 
     def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers."""

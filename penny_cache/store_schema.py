@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-__all__ = ["UTCDateTime", "dimensions", "history", "meta", "metadata", "users"]
+__all__ = ["UTCDateTime", "dimensions", "history", "meta", "metadata", "outbox", "users"]
 
 _USER_ID_CHARS = 256  # a valid id is at most 256 UTF-8 bytes, so at most 256 characters
 
@@ -83,4 +83,16 @@ history = sa.Table(
     sa.Column("timestamp", UTCDateTime(), nullable=False),
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Index("ix_penny_history_user_time", "user_id", "timestamp"),
+)
+
+# The transactional outbox: written in the update's transaction, so a committed version
+# whose write-through never happened (the process died right after COMMIT) is still
+# known, and a sweeper in any process publishes it.
+outbox = sa.Table(
+    "penny_outbox",
+    metadata,
+    sa.Column("user_id", sa.String(_USER_ID_CHARS), primary_key=True),
+    sa.Column("version", sa.BigInteger, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_penny_outbox_created", "created_at"),
 )

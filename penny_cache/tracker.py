@@ -17,6 +17,7 @@ from penny_cache.cache import PersonalityCache
 from penny_cache.errors import InvalidInputError
 from penny_cache.flight import SingleFlight
 from penny_cache.near import Ticket
+from penny_cache.outbox import OutboxSweeper
 from penny_cache.policy import CachePolicy, Flow, drive
 from penny_cache.state import (
     EvolutionRecord,
@@ -69,10 +70,17 @@ class TrackerPolicy:
         cache: CachePolicy,
         *,
         monotonic: Callable[[], float] = time.monotonic,
+        outbox_interval: float | None = 5.0,
+        outbox_grace: float = 2.0,
     ) -> None:
         self._store = store
         self._policy = cache
         self._bound = False
+        self._outbox = None
+        if outbox_interval is not None:
+            self._outbox = OutboxSweeper(
+                store, cache.publish_committed, interval=outbox_interval, grace=outbox_grace
+            )
         self._monotonic = monotonic
         self._recent: dict[str, tuple[float, PersonalityState]] = {}
 
@@ -86,6 +94,22 @@ class TrackerPolicy:
         if not self._bound:
             self._policy.bind_store(self._store.identity)
             self._bound = True
+            if self._outbox is not None:
+                self._outbox.start()
+
+    @property
+    def outbox(self) -> OutboxSweeper | None:
+        return self._outbox
+
+    def _confirm_delivery(self, state: PersonalityState) -> None:
+        """The write-through reached Redis: the outbox row may go (in the next sweep)."""
+        if self._outbox is not None and not self._policy.is_pending(state.user_id):
+            self._outbox.delivered(state.user_id, state.version)
+
+    def close(self) -> None:
+        """Stop the outbox sweeper (the store and cache belong to the caller)."""
+        if self._outbox is not None:
+            self._outbox.stop()
 
     def _load_flow(
         self, user_id: str, ticket: Ticket | None, lease: str | None
@@ -171,12 +195,22 @@ class PersonalityTracker(TrackerPolicy):
         *,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
+        outbox_interval: float | None = 5.0,
+        outbox_grace: float = 2.0,
     ) -> None:
+        """``outbox_interval``: seconds between outbox sweeps (None: no sweeper here);
+        ``outbox_grace``: how old an undelivered version must be before it is replayed."""
         if cache is None:
             from penny_cache.facade import get_cache
 
             cache = get_cache()
-        super().__init__(store, cache, monotonic=monotonic)
+        super().__init__(
+            store,
+            cache,
+            monotonic=monotonic,
+            outbox_interval=outbox_interval,
+            outbox_grace=outbox_grace,
+        )
         self._cache = cache
         self._loads: SingleFlight[PersonalityState] = SingleFlight()
         self._local_ops: dict[str, Callable[..., Any]] = {"sql_load": store.load, "sleep": sleep}
@@ -237,6 +271,7 @@ class PersonalityTracker(TrackerPolicy):
         began = self._monotonic()
         state = self._store.update_dimension(**args)
         self._cache.write_through(state)
+        self._confirm_delivery(state)
         self._observe("update", began)
         return state
 

@@ -69,6 +69,7 @@ class Run:
     report: Report
     stats: dict[str, Any]
     faults: list[float]  # seconds after the workload started
+    began: float = 0.0  # when the workload started (time.monotonic(), as the ops)
 
     def summary(self) -> str:
         near = sum(int(r.stats.get("near_hits", 0)) for r in self.results)
@@ -141,7 +142,7 @@ def run_history(
     results = [WorkerResult.load(path) for path in paths]
     report = check_history(results, BOUND)
     stats = shared_stats(plan.settings())
-    return Run(results, report, stats, [t - began for t in fault_times])
+    return Run(results, report, stats, [t - began for t in fault_times], began)
 
 
 def _during(duration: float, server: Any, fault: FaultLoop | None) -> list[float]:

@@ -1,0 +1,80 @@
+"""The transactional outbox: a committed version whose write-through never happened is
+found in SQL and published by a sweeper (fakeredis, SQLite, injected clocks)."""
+
+from __future__ import annotations
+
+from penny_cache.cache import PersonalityCache
+from penny_cache.store import PersonalityStore
+from penny_cache.tracker import PersonalityTracker
+from tests.conftest import FakeUTCClock
+from tests.unit.test_cache import _DownBackend
+
+DIM = "communication_formality"
+
+
+def _tracker(store: PersonalityStore, cache: PersonalityCache) -> PersonalityTracker:
+    """A tracker whose sweeper thread never fires during a test: they call sweep()."""
+    return PersonalityTracker(store, cache, outbox_interval=3600, outbox_grace=2.0)
+
+
+def test_an_update_commits_its_outbox_row_in_the_same_transaction(
+    store: PersonalityStore, utc_clock: FakeUTCClock
+) -> None:
+    """Every committed version leaves a row, newest version per user, found once it is
+    older than the grace period."""
+    store.update_dimension("ann", DIM, 0.1)
+    store.update_dimension("ann", DIM, 0.2)
+    assert store.outbox_due(grace=2.0) == []
+    utc_clock.advance(seconds=3)
+    assert store.outbox_due(grace=2.0) == [("ann", 2)]
+
+
+def test_a_version_committed_but_never_written_through_is_published_by_the_sweep(
+    store: PersonalityStore, cache: PersonalityCache, utc_clock: FakeUTCClock
+) -> None:
+    """A writer that died right after COMMIT (simulated: the store alone, no
+    write-through) leaves Redis on the old version; after the grace period a sweep loads
+    the committed version and writes it through, and the row is gone."""
+    tracker = _tracker(store, cache)
+    assert tracker.get_current_personality_state("bob").version == 0  # cached: version 0
+    store.update_dimension("bob", DIM, 0.9)  # committed; the writer "dies" here
+    assert cache.get("bob").version == 0  # type: ignore[union-attr]
+    assert tracker.outbox is not None
+    assert tracker.outbox.sweep() == 0  # within the grace period: its writer may still
+    utc_clock.advance(seconds=3)
+    assert tracker.outbox.sweep() == 1
+    assert cache.get("bob").version == 1  # type: ignore[union-attr]
+    assert store.outbox_due(grace=0) == []
+
+
+def test_delivered_versions_are_forgotten_without_a_replay(
+    store: PersonalityStore, cache: PersonalityCache, utc_clock: FakeUTCClock
+) -> None:
+    """An update whose write-through reached Redis is removed at the next sweep and
+    never replayed; a newer row is not removed by an older delivery."""
+    tracker = _tracker(store, cache)
+    tracker.update_personality_dimension("cy", DIM, 0.3)
+    store.update_dimension("cy", DIM, 0.4)  # version 2: committed, not delivered
+    utc_clock.advance(seconds=3)
+    assert tracker.outbox is not None
+    assert tracker.outbox.sweep() == 1  # version 1's delivery did not hide version 2
+    assert cache.get("cy").version == 2  # type: ignore[union-attr]
+    tracker.update_personality_dimension("cy", DIM, 0.5)
+    utc_clock.advance(seconds=3)
+    assert tracker.outbox.sweep() == 0
+    assert store.outbox_due(grace=0) == []
+
+
+def test_a_write_through_redis_refused_stays_in_the_outbox(
+    store: PersonalityStore, utc_clock: FakeUTCClock
+) -> None:
+    """With Redis down the update commits and its row stays (to be replayed), and the
+    sweep reports nothing delivered rather than failing."""
+    cache = PersonalityCache(_DownBackend(), stats_flush_interval=None)
+    tracker = _tracker(store, cache)
+    assert tracker.update_personality_dimension("dee", DIM, 0.6).version == 1
+    utc_clock.advance(seconds=3)
+    assert tracker.outbox is not None
+    assert tracker.outbox.sweep() == 0
+    assert store.outbox_due(grace=2.0) == [("dee", 1)]
+    cache.close()
