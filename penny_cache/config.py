@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Final, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from penny_cache.errors import ConfigurationError
 
@@ -107,10 +107,15 @@ class Settings:
     http_workers: int = 2
     exporter_port: int = 9464
     breaker_failures: int = 3
+    redis_tls_ca_file: str | None = None
+    redis_tls_cert_file: str | None = None
+    redis_tls_key_file: str | None = None
+    redis_tls_insecure: bool = False
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))
         self._check_topology()
+        self._check_tls()
         for name in ("http_port", "exporter_port"):
             _check_int(getattr(self, name), name, 1, 65535)
         _check_int(self.http_workers, "http_workers", 1, 256)
@@ -144,6 +149,27 @@ class Settings:
                 raise ConfigurationError(f"{_label('redis_sentinels')}: bad address {host}:{port}")
         if self.redis_sentinels and not self.redis_master_name.strip():
             raise ConfigurationError(f"{_label('redis_master_name')} must not be empty")
+
+    def _check_tls(self) -> None:
+        """Certificate verification is on unless turned off by name: a URL that says
+        ``ssl_cert_reqs=none`` is refused without PENNY_REDIS_TLS_INSECURE."""
+        query = parse_qs(urlsplit(self.redis_url).query)
+        weakened = [v for v in query.get("ssl_cert_reqs", []) if v.lower() != "required"]
+        weakened += [v for v in query.get("ssl_check_hostname", []) if v.lower() != "true"]
+        if weakened and not self.redis_tls_insecure:
+            raise ConfigurationError(
+                f"{_label('redis_url')} turns off TLS certificate or host name "
+                f"verification; set {_label('redis_tls_insecure')} to allow it explicitly"
+            )
+        if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
+            raise ConfigurationError(
+                f"{_label('redis_tls_cert_file')} and {_label('redis_tls_key_file')} go together"
+            )
+
+    @property
+    def redis_tls(self) -> bool:
+        """Whether connections to Redis use TLS (a ``rediss://`` URL)."""
+        return urlsplit(self.redis_url).scheme == "rediss"
 
     @property
     def redis_topology(self) -> str:
@@ -233,6 +259,10 @@ _ENV_NAMES: Final = {
     "http_workers": "PENNY_HTTP_WORKERS",
     "exporter_port": "PENNY_EXPORTER_PORT",
     "breaker_failures": "PENNY_BREAKER_FAILURES",
+    "redis_tls_ca_file": "PENNY_REDIS_TLS_CA_FILE",
+    "redis_tls_cert_file": "PENNY_REDIS_TLS_CERT_FILE",
+    "redis_tls_key_file": "PENNY_REDIS_TLS_KEY_FILE",
+    "redis_tls_insecure": "PENNY_REDIS_TLS_INSECURE",
 }
 _DURATIONS: Final = (
     "cache_ttl",
@@ -277,4 +307,5 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "http_workers": int,
     "exporter_port": int,
     "breaker_failures": int,
+    "redis_tls_insecure": _parse_bool,
 }

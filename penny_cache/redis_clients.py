@@ -18,7 +18,7 @@ from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
-from redis.sentinel import Sentinel, SentinelManagedConnection
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 from redis.utils import SENTINEL
 
 from penny_cache.config import Settings
@@ -82,9 +82,33 @@ class _SentinelConnection(SentinelManagedConnection):
         )
 
 
-def _credentials(settings: Settings) -> dict[str, str]:
+class _SentinelSSLConnection(_SentinelConnection, SentinelManagedSSLConnection):
+    """The same, over TLS."""
+
+
+def _sentinel_connection(settings: Settings) -> type[SentinelManagedConnection]:
+    return _SentinelSSLConnection if settings.redis_tls else _SentinelConnection
+
+
+def _credentials(settings: Settings) -> dict[str, Any]:
+    """User, password and TLS options (verification on unless explicitly turned off)."""
     found = {"username": settings.redis_username, "password": settings.redis_password}
-    return {name: value for name, value in found.items() if value}
+    options: dict[str, Any] = {name: value for name, value in found.items() if value}
+    if settings.redis_tls:
+        options.update(_tls_options(settings))
+    return options
+
+
+def _tls_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {"ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    if settings.redis_tls_ca_file:
+        options["ssl_ca_certs"] = settings.redis_tls_ca_file
+    if settings.redis_tls_cert_file:
+        options["ssl_certfile"] = settings.redis_tls_cert_file
+        options["ssl_keyfile"] = settings.redis_tls_key_file
+    if settings.redis_tls_insecure:
+        options.update(ssl_cert_reqs="none", ssl_check_hostname=False)
+    return options
 
 
 def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
@@ -102,7 +126,7 @@ def sync_client(settings: Settings) -> Any:
     topology = settings.redis_topology
     if topology == "sentinel":
         return _sentinel(settings).master_for(
-            settings.redis_master_name, connection_class=_SentinelConnection, **options
+            settings.redis_master_name, connection_class=_sentinel_connection(settings), **options
         )
     if topology == "cluster":
         options.pop("retry")
@@ -157,7 +181,9 @@ def subscriber_factory(settings: Settings) -> SubscriberFactory:
         def on_master(_channel: str, socket_timeout: float) -> redis.Redis:
             options = _subscriber_options(settings, socket_timeout)
             client: redis.Redis = sentinel.master_for(
-                settings.redis_master_name, connection_class=_SentinelConnection, **options
+                settings.redis_master_name,
+                connection_class=_sentinel_connection(settings),
+                **options,
             )
             return client
 
@@ -193,4 +219,6 @@ class _ClusterSubscribers:
                 self._topology.nodes_manager.initialize()
             node = self._topology.get_node_from_key(channel)
         options = _subscriber_options(self._settings, socket_timeout)
+        if self._settings.redis_tls:
+            options["ssl"] = True
         return redis.Redis(host=node.host, port=node.port, **options)

@@ -34,6 +34,10 @@ ALL_VARIABLES = {
     "PENNY_HTTP_WORKERS": "8",
     "PENNY_EXPORTER_PORT": "9100",
     "PENNY_BREAKER_FAILURES": "5",
+    "PENNY_REDIS_TLS_CA_FILE": "/etc/penny/ca.pem",
+    "PENNY_REDIS_TLS_CERT_FILE": "/etc/penny/client.pem",
+    "PENNY_REDIS_TLS_KEY_FILE": "/etc/penny/client.key",
+    "PENNY_REDIS_TLS_INSECURE": "yes",
 }
 # Sentinel and Cluster exclude each other: the all-variables case uses Sentinel.
 SENTINEL_VARIABLES = {k: v for k, v in ALL_VARIABLES.items() if k != "PENNY_REDIS_CLUSTER"}
@@ -85,6 +89,10 @@ def test_every_variable_is_parsed() -> None:
         http_workers=8,
         exporter_port=9100,
         breaker_failures=5,
+        redis_tls_ca_file="/etc/penny/ca.pem",
+        redis_tls_cert_file="/etc/penny/client.pem",
+        redis_tls_key_file="/etc/penny/client.key",
+        redis_tls_insecure=True,
     )
     assert isinstance(settings.cache_ttl, float)
     assert settings.redis_topology == "sentinel"
@@ -129,6 +137,9 @@ def test_a_secret_file_problem_names_the_variable(tmp_path: Path) -> None:
         ({"PENNY_HTTP_PORT": "0"}, "PENNY_HTTP_PORT"),
         ({"PENNY_HTTP_WORKERS": "1000"}, "PENNY_HTTP_WORKERS"),
         ({"PENNY_EXPORTER_PORT": "x"}, "PENNY_EXPORTER_PORT"),
+        ({"PENNY_REDIS_URL": "rediss://h:6380/0?ssl_cert_reqs=none"}, "PENNY_REDIS_TLS_INSECURE"),
+        ({"PENNY_REDIS_URL": "rediss://h/0?ssl_check_hostname=false"}, "PENNY_REDIS_TLS_INSECURE"),
+        ({"PENNY_REDIS_TLS_CERT_FILE": "/c.pem"}, "go together"),
     ],
 )
 def test_bad_topology_and_ports_name_the_variable(variables: dict[str, str], words: str) -> None:
@@ -142,10 +153,12 @@ def test_every_field_has_a_variable() -> None:
     assert len(ALL_VARIABLES) == len(dataclasses.fields(Settings))
     assert Settings.from_env(SENTINEL_VARIABLES) != Settings()
     defaults = dataclasses.asdict(Settings())
+    pair = ("PENNY_REDIS_TLS_CERT_FILE", "PENNY_REDIS_TLS_KEY_FILE")  # valid only together
     for name, value in ALL_VARIABLES.items():
-        changed = dataclasses.asdict(Settings.from_env({name: value}))
+        environ = {n: ALL_VARIABLES[n] for n in pair} if name in pair else {name: value}
+        changed = dataclasses.asdict(Settings.from_env(environ))
         differing = [field for field in defaults if defaults[field] != changed[field]]
-        assert len(differing) == 1, name
+        assert len(differing) == len(environ), name
 
 
 @pytest.mark.parametrize("name", list(ALL_VARIABLES))
