@@ -131,4 +131,6 @@ def _describe_failure(payload: bytes, exc: Exception) -> str:
         return f"undecodable entry: {type(exc).__name__}"
     if schema != ENVELOPE_SCHEMA:
         return f"entry has schema {schema}, expected {ENVELOPE_SCHEMA}"
-    return f"invalid entry: {exc}"
+    # Where, not what: validation messages may quote the (untrusted, personal) values.
+    _, at, path = str(exc).rpartition(" - at ")
+    return f"invalid entry ({type(exc).__name__}{' at ' + path if at else ''})"

@@ -25,6 +25,7 @@ keeps everything of one user on one slot. The encoded id is at most 768 characte
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
@@ -44,6 +45,7 @@ __all__ = [
     "decode_user_id",
     "encode_user_id",
     "invalidation_shard",
+    "log_id",
     "shard_channel",
     "shard_sequence",
 ]
@@ -65,6 +67,12 @@ def encode_user_id(user_id: str) -> str:
 @lru_cache(maxsize=65536)
 def _encode_user_id(user_id: str) -> str:
     return quote(validate_user_id(user_id), safe=_SAFE)
+
+
+def log_id(user_id: str) -> str:
+    """How logs name a user: a short hash, never the id itself (ids may be
+    personal data; the hash still lets an operator match lines about one user)."""
+    return "user#" + hashlib.blake2s(user_id.encode("utf-8", "replace"), digest_size=6).hexdigest()
 
 
 def invalidation_shard(encoded_user: str) -> int:

@@ -22,7 +22,7 @@ from penny_cache.codec import decode_state
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, StoreMismatchError
 from penny_cache.flows import Flow, Listener, ListenerFactory, Op, drive, stats_view
-from penny_cache.keys import UNBOUND_SCOPE, KeySchema
+from penny_cache.keys import UNBOUND_SCOPE, KeySchema, log_id
 from penny_cache.near import NearCache, Ticket
 from penny_cache.policy_writes import WritePolicy
 from penny_cache.process_metrics import ProcessMetrics
@@ -216,7 +216,9 @@ class CachePolicy(WritePolicy):
             return decode(payload, user_id)
         except CacheDecodeError as exc:
             self._counters.incr("decode_errors")
-            self._errors.warning("decode", f"dropping an undecodable cache entry: {exc}")
+            self._errors.warning(
+                "decode", f"dropping an undecodable cache entry of {log_id(user_id)}: {exc}"
+            )
             return _UNREADABLE
 
     def peek_flow(self, user_id: str) -> Flow[PersonalityState | None]:
