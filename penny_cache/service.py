@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Final
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -41,6 +41,19 @@ __all__ = ["MAX_BODY_BYTES", "STATS_MAX_AGE", "app_from_env", "create_app"]
 
 MAX_BODY_BYTES: Final = 16 * 1024
 STATS_MAX_AGE: Final = 1.0  # seconds a worker reuses the shared totals (one Redis round trip)
+
+
+# What the API accepts as a user id, stated in the OpenAPI schema: no control characters
+# and at most 64 characters (so at most 256 UTF-8 bytes, the library's limit).
+UserId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[^\x00-\x1f\x7f-\x9f]+$",
+        description="the user's id: 1-64 characters, no control characters",
+    ),
+]
 
 
 class DimensionUpdate(BaseModel):
@@ -196,7 +209,7 @@ def _install_routes(app: FastAPI) -> None:
     }
 
     @app.get("/personality/{user_id}", responses=errors)
-    async def get_personality(user_id: str, request: Request) -> PersonalityView:
+    async def get_personality(user_id: UserId, request: Request) -> PersonalityView:
         """The user's current personality, with the shared cache's totals."""
         service = _service(request)
         state = await service.tracker.get_current_personality_state(user_id)
@@ -204,7 +217,7 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.put("/personality/{user_id}/dimensions/{name}", responses={**errors, 409: errors[404]})
     async def put_dimension(
-        user_id: str, name: str, update: DimensionUpdate, request: Request
+        user_id: UserId, name: str, update: DimensionUpdate, request: Request
     ) -> PersonalityView:
         """Commit one dimension as the next version; every worker's cache drops the old."""
         service = _service(request)

@@ -93,7 +93,7 @@ def test_put_without_confidence_keeps_it_and_accepts_categories(client: TestClie
         (FORMALITY, {"value": 0.5, "extra": 1}, 422, "extra"),
         (FORMALITY, {}, 422, "value"),
         ("/personality/alice/dimensions/humor_style_preference", {"value": "loud"}, 422, "one of"),
-        ("/personality/a%0Ab/dimensions/communication_formality", {"value": 0.5}, 422, "user id"),
+        ("/personality/a%0Ab/dimensions/communication_formality", {"value": 0.5}, 422, "user_id"),
     ],
 )
 def test_bad_input_is_a_clear_4xx_and_writes_nothing(
@@ -126,7 +126,7 @@ def test_bad_user_id_on_get_is_422(client: TestClient) -> None:
     """A user id the cache cannot key (too long) is a 422 naming the user id."""
     response = client.get("/personality/" + "u" * 300)
     assert response.status_code == 422
-    assert "user id" in response.json()["detail"]
+    assert "user_id" in response.json()["detail"]
 
 
 def test_health_readiness_metrics_and_openapi(client: TestClient) -> None:

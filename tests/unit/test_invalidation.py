@@ -245,3 +245,36 @@ def test_no_proof_no_trust_when_the_sequence_cannot_be_read(clock: FakeClock) ->
     assert listener.trusted_until == 0.0
     with pytest.raises(ValueError, match="sequence"):
         listener._handle({"type": "subscribe", "data": 1})
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.builds(
+                format_message,
+                st.integers(0, 10**6),
+                st.one_of(st.integers(0, 10**6), st.just("*"), st.just("flush")),
+                st.text(max_size=20),
+            ),
+        ),
+        max_size=30,
+    )
+)
+def test_forged_or_random_messages_never_crash_and_only_ever_drop(messages: list[bytes]) -> None:
+    """Any sequence of bytes on the channel (forged, truncated, valid) is applied without an
+    exception escaping, and each one that does not parse as ours empties the near cache:
+    a forged message can make caches drop entries, never keep or add one."""
+    clock = FakeClock()
+    near = filled(NearCache(10, 60, monotonic=clock), "a", "b")
+    listener, events = make_listener(clock, near)
+    for data in messages:
+        before = near.flushes
+        listener._handle({"type": "message", "data": data})
+        try:
+            parse_message(data)
+        except (ValueError, UnicodeDecodeError):
+            assert near.flushes == before + 1
+            assert events[-1] == "malformed"
+    assert len(near) <= 2
