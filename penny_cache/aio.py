@@ -18,7 +18,7 @@ from typing import Any, Protocol, Self, TypeVar
 from penny_cache import forks
 from penny_cache.codec import Entry
 from penny_cache.config import Settings
-from penny_cache.errors import CacheError
+from penny_cache.errors import CacheError, StoreUnavailableError
 from penny_cache.near import Ticket
 from penny_cache.policy import CachePolicy, Flow
 from penny_cache.process_metrics import ProcessMetrics
@@ -157,6 +157,7 @@ class AsyncPersonalityTracker(TrackerPolicy):
         monotonic: Callable[[], float] = time.monotonic,
         outbox_interval: float | None = 5.0,
         outbox_grace: float = 2.0,
+        serve_stale: bool = False,
     ) -> None:
         super().__init__(
             store,
@@ -164,6 +165,7 @@ class AsyncPersonalityTracker(TrackerPolicy):
             monotonic=monotonic,
             outbox_interval=outbox_interval,
             outbox_grace=outbox_grace,
+            serve_stale=serve_stale,
         )
         self._cache = cache
         self._loads: dict[str, asyncio.Future[PersonalityState]] = {}
@@ -200,7 +202,10 @@ class AsyncPersonalityTracker(TrackerPolicy):
             return cached
         state = self._recent_load(user_id, began)
         if state is None:
-            state = await self._load(user_id, ticket, lease)
+            try:
+                state = await self._load(user_id, ticket, lease)
+            except StoreUnavailableError:
+                state = self._fail_safe(user_id)
         self._observe("miss", began)
         return state
 

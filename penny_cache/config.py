@@ -111,6 +111,9 @@ class Settings:
     redis_tls_cert_file: str | None = None
     redis_tls_key_file: str | None = None
     redis_tls_insecure: bool = False
+    serve_stale: bool = False
+    outbox_interval: float = 5.0
+    outbox_grace: float = 2.0
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))
@@ -263,6 +266,9 @@ _ENV_NAMES: Final = {
     "redis_tls_cert_file": "PENNY_REDIS_TLS_CERT_FILE",
     "redis_tls_key_file": "PENNY_REDIS_TLS_KEY_FILE",
     "redis_tls_insecure": "PENNY_REDIS_TLS_INSECURE",
+    "serve_stale": "PENNY_SERVE_STALE",
+    "outbox_interval": "PENNY_OUTBOX_INTERVAL",
+    "outbox_grace": "PENNY_OUTBOX_GRACE",
 }
 _DURATIONS: Final = (
     "cache_ttl",
@@ -272,6 +278,8 @@ _DURATIONS: Final = (
     "error_log_interval",
     "max_staleness",
     "lease_ttl",
+    "outbox_interval",
+    "outbox_grace",
 )
 
 
@@ -308,4 +316,7 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "exporter_port": int,
     "breaker_failures": int,
     "redis_tls_insecure": _parse_bool,
+    "serve_stale": _parse_bool,
+    "outbox_interval": float,
+    "outbox_grace": float,
 }

@@ -64,6 +64,10 @@ COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
         "penny_cache_malformed_messages",
         "Messages on the invalidation channel that did not parse.",
     ),
+    "stale_served": (
+        "penny_cache_stale_served",
+        "Reads answered with a last known state because SQL was down (fail-safe mode).",
+    ),
 }
 
 

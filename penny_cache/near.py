@@ -72,6 +72,12 @@ class NearCache:
             return entry.state
         return None
 
+    def last_known(self, user_id: str) -> PersonalityState | None:
+        """The entry even if expired: the fail-safe answer when SQL is down. An entry
+        that was invalidated is gone, so this is never a version known to be replaced."""
+        entry = self._entries.get(user_id)
+        return None if entry is None else entry.state
+
     def ticket(self) -> Ticket:
         """Take before reading Redis; hand to ``put`` with what the read returned."""
         return Ticket(self._generation, self._applied)

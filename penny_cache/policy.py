@@ -166,6 +166,14 @@ class CachePolicy(WritePolicy):
                     return state
         return None
 
+    def last_known(self, user_id: str) -> PersonalityState | None:
+        """This process's last known state of the user (fail-safe reads while SQL is
+        down), counted as stale; None when there is none."""
+        state = None if self._near is None else self._near.last_known(user_id)
+        if state is not None:
+            self._counters.incr("stale_served")
+        return state
+
     def ticket(self) -> Ticket | None:
         """Take before a read whose result may go into the near cache (see ``NearCache``).
 

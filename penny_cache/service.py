@@ -269,11 +269,18 @@ def create_app(
         metrics, registry = for_worker(multiprocess_dir)
         cache = AsyncPersonalityCache.from_settings(settings, metrics=metrics)
         store = PersonalityStore(settings.database_url)
-        tracker = AsyncPersonalityTracker(store, cache)
+        tracker = AsyncPersonalityTracker(
+            store,
+            cache,
+            outbox_interval=settings.outbox_interval,
+            outbox_grace=settings.outbox_grace,
+            serve_stale=settings.serve_stale,
+        )
         app.state.service = _Service(tracker, _Stats(cache.get_stats, monotonic), registry)
         try:
             yield
         finally:
+            tracker.close()
             await cache.aclose()
             store.close()
             if multiprocess_dir:

@@ -48,6 +48,7 @@ COUNTERS: Final = (
     "redis_errors",
     "listener_reconnects",
     "sequence_gaps",
+    "stale_served",
     "malformed_messages",
 )
 _SEEN: Final = "seen"

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.errors import InvalidInputError
+from penny_cache.errors import InvalidInputError, StoreUnavailableError
 from penny_cache.flight import SingleFlight
 from penny_cache.near import Ticket
 from penny_cache.outbox import OutboxSweeper
@@ -72,9 +72,11 @@ class TrackerPolicy:
         monotonic: Callable[[], float] = time.monotonic,
         outbox_interval: float | None = 5.0,
         outbox_grace: float = 2.0,
+        serve_stale: bool = False,
     ) -> None:
         self._store = store
         self._policy = cache
+        self._serve_stale = serve_stale
         self._bound = False
         self._outbox = None
         if outbox_interval is not None:
@@ -128,6 +130,14 @@ class TrackerPolicy:
             self._recent.clear()
         self._recent[user_id] = (started, state)
         return state  # type: ignore[no-any-return]
+
+    def _fail_safe(self, user_id: str) -> PersonalityState:
+        """SQL is down: with ``serve_stale``, the last state this process knew (counted
+        as ``stale_served``); otherwise, or with none known, the error goes up."""
+        state = self._policy.last_known(user_id) if self._serve_stale else None
+        if state is None:
+            raise  # noqa: PLE0704 - re-raise the StoreUnavailableError being handled
+        return state
 
     def _recent_load(self, user_id: str, began: float) -> PersonalityState | None:
         """A load that started after this read began is as fresh as this read may be:
@@ -197,9 +207,12 @@ class PersonalityTracker(TrackerPolicy):
         sleep: Callable[[float], None] = time.sleep,
         outbox_interval: float | None = 5.0,
         outbox_grace: float = 2.0,
+        serve_stale: bool = False,
     ) -> None:
         """``outbox_interval``: seconds between outbox sweeps (None: no sweeper here);
-        ``outbox_grace``: how old an undelivered version must be before it is replayed."""
+        ``outbox_grace``: how old an undelivered version must be before it is replayed;
+        ``serve_stale``: when SQL is down, answer reads with this process's last known
+        state (counted as ``stale_served``) instead of raising. Writes always raise."""
         if cache is None:
             from penny_cache.facade import get_cache
 
@@ -210,6 +223,7 @@ class PersonalityTracker(TrackerPolicy):
             monotonic=monotonic,
             outbox_interval=outbox_interval,
             outbox_grace=outbox_grace,
+            serve_stale=serve_stale,
         )
         self._cache = cache
         self._loads: SingleFlight[PersonalityState] = SingleFlight()
@@ -242,10 +256,13 @@ class PersonalityTracker(TrackerPolicy):
         state = self._recent_load(user_id, began)
         if state is None:
             load = self._load_flow(user_id, ticket, lease)
-            if lease:  # elected across processes: load now; a waiter never holds the lease
-                state = drive(load, self._call)
-            else:
-                state = self._loads.run(user_id, lambda: drive(load, self._call))
+            try:
+                if lease:  # elected across processes: load now; a waiter never holds it
+                    state = drive(load, self._call)
+                else:
+                    state = self._loads.run(user_id, lambda: drive(load, self._call))
+            except StoreUnavailableError:
+                state = self._fail_safe(user_id)
         self._observe("miss", began)
         return state
 

@@ -38,6 +38,9 @@ ALL_VARIABLES = {
     "PENNY_REDIS_TLS_CERT_FILE": "/etc/penny/client.pem",
     "PENNY_REDIS_TLS_KEY_FILE": "/etc/penny/client.key",
     "PENNY_REDIS_TLS_INSECURE": "yes",
+    "PENNY_SERVE_STALE": "on",
+    "PENNY_OUTBOX_INTERVAL": "10",
+    "PENNY_OUTBOX_GRACE": "3",
 }
 # Sentinel and Cluster exclude each other: the all-variables case uses Sentinel.
 SENTINEL_VARIABLES = {k: v for k, v in ALL_VARIABLES.items() if k != "PENNY_REDIS_CLUSTER"}
@@ -93,6 +96,9 @@ def test_every_variable_is_parsed() -> None:
         redis_tls_cert_file="/etc/penny/client.pem",
         redis_tls_key_file="/etc/penny/client.key",
         redis_tls_insecure=True,
+        serve_stale=True,
+        outbox_interval=10.0,
+        outbox_grace=3.0,
     )
     assert isinstance(settings.cache_ttl, float)
     assert settings.redis_topology == "sentinel"

@@ -3,10 +3,17 @@ found in SQL and published by a sweeper (fakeredis, SQLite, injected clocks)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from penny_cache.cache import PersonalityCache
+from penny_cache.errors import StoreUnavailableError
+from penny_cache.near import NearCache
+from penny_cache.redis_backend import RedisBackend
 from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
-from tests.conftest import FakeUTCClock
+from tests.conftest import FakeClock, FakeUTCClock
 from tests.unit.test_cache import _DownBackend
 
 DIM = "communication_formality"
@@ -78,3 +85,44 @@ def test_a_write_through_redis_refused_stays_in_the_outbox(
     assert tracker.outbox.sweep() == 0
     assert store.outbox_due(grace=2.0) == [("dee", 1)]
     cache.close()
+
+
+class _SqlDown(PersonalityStore):
+    """A store whose reads fail as if the database were unreachable."""
+
+    down = False
+
+    def load(self, user_id: str) -> Any:
+        if self.down:
+            raise StoreUnavailableError("database is down")
+        return super().load(user_id)
+
+
+def test_fail_safe_reads_serve_the_last_known_state_only_when_asked(
+    sqlite_url: str, utc_clock: FakeUTCClock, clock: FakeClock, fake_backend: RedisBackend
+) -> None:
+    """With SQL down and the entry gone from Redis, a read raises by default; with
+    serve_stale it answers this process's last known state, counted as stale_served.
+    A write still raises: it never pretends to succeed."""
+    store = _SqlDown(sqlite_url, clock=utc_clock)
+    near = NearCache(10, 1.0, monotonic=clock)
+    cache = PersonalityCache(fake_backend, stats_flush_interval=None, near=near, monotonic=clock)
+    strict = PersonalityTracker(store, cache, outbox_interval=None)
+    lenient = PersonalityTracker(store, cache, outbox_interval=None, serve_stale=True)
+    version = strict.update_personality_dimension("eve", DIM, 0.8).version
+    fake_backend.delete(cache.keys.state("eve"))
+    clock.advance(5)  # the near entry has expired: only a fail-safe read may use it
+    store.down = True
+    with pytest.raises(StoreUnavailableError):
+        strict.get_current_personality_state("eve")
+    assert lenient.get_current_personality_state("eve").version == version
+    assert cache.local_stats()["stale_served"] == 1
+    with pytest.raises(StoreUnavailableError):
+        store.update_dimension = _raise_down  # type: ignore[method-assign]
+        lenient.update_personality_dimension("eve", DIM, 0.1)
+    cache.close()
+    store.close()
+
+
+def _raise_down(*_args: object, **_kwargs: object) -> Any:
+    raise StoreUnavailableError("database is down")
