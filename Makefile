@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: venv run demo test test-unit test-integration lint bench bench-quick clean
 
@@ -13,6 +14,10 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
 
 ## run: the main job: the HTTP service on 4 workers + the exporter, sharing one cache
 ## (embedded Redis unless PENNY_REDIS_URL), a self-check, then URLs to curl until Ctrl-C

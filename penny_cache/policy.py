@@ -255,7 +255,7 @@ class CachePolicy(WritePolicy):
         try:
             result = yield ("try_lease", (key, self._keys.lease(user_id), token, self._lease_ms))
         except CacheError as exc:
-            self._redis_failed("get", exc)
+            self._redis_failed("read-or-lease", exc)
             result = False
             token = ""
         state = None

@@ -226,7 +226,9 @@ class SharedCounters:
                 key = self._keys.counters(self.process_id)
                 self._backend.retire_counters(key, marker, self.process_id, totals)
             except CacheError as exc:
-                log.warning("could not publish final counters (%s); they are lost", exc)
+                # the last published absolutes stay in the hash (still summed); what is
+                # lost is what was counted since, and the fold into the retired totals
+                log.warning("could not retire this process's counters (%s)", exc)
 
     def after_fork(self) -> None:
         """A forked child must not inherit the parent's counts, id or thread."""

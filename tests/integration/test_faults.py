@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from penny_cache.cache import PersonalityCache
+from penny_cache.codec import decode_state
 from penny_cache.embedded import RedisServerProcess, wait_until
 from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
@@ -213,6 +214,14 @@ def commit_and_die(database_url: str, user: str) -> None:
     os._exit(9)
 
 
+def _cached_version(server: RedisServerProcess, cache: PersonalityCache, user: str) -> int:
+    """The version Redis holds for ``user`` (read raw: no breaker, no near cache)."""
+    with redis.Redis(port=server.port, socket_timeout=2) as client:
+        payload = client.get(cache.keys.state(user))
+    assert payload is not None
+    return decode_state(payload, user).version
+
+
 def test_a_writer_killed_after_its_commit_is_published_by_an_outbox_sweep(
     own_redis: RedisServerProcess, sqlite_url: str, namespace: str
 ) -> None:
@@ -221,7 +230,7 @@ def test_a_writer_killed_after_its_commit_is_published_by_an_outbox_sweep(
     grace + interval, publishes the committed one; then every reader has it."""
     cache = PersonalityCache.from_url(own_redis.url, namespace=namespace)
     store = PersonalityStore(sqlite_url)
-    tracker = PersonalityTracker(store, cache, outbox_interval=0.2, outbox_grace=0.5)
+    tracker = PersonalityTracker(store, cache, outbox_interval=0.2, outbox_grace=1.5)
     try:
         assert tracker.get_current_personality_state("kim").version == 0
         wait_until(lambda: cache.near_trusted, 5, "a trusted near cache")
@@ -230,15 +239,14 @@ def test_a_writer_killed_after_its_commit_is_published_by_an_outbox_sweep(
         writer.join(30)
         assert writer.exitcode == 9
         killed_at = time.monotonic()
-        assert tracker.get_current_personality_state("kim").version == 0  # stale, cached
-        wait_until(
-            lambda: tracker.get_current_personality_state("kim").version == 1,
-            5,
-            "the outbox sweep to publish version 1",
-        )
+        assert _cached_version(own_redis, cache, "kim") == 0  # Redis still holds version 0
+        sweeper = tracker.outbox
+        assert sweeper is not None
+        wait_until(lambda: sweeper.replayed >= 1, 5, "the outbox sweep to publish version 1")
         took = time.monotonic() - killed_at
         print(f"\n[writer killed after commit] published by the sweeper after {took:.2f} s")
-        assert tracker.outbox is not None and tracker.outbox.replayed >= 1
+        assert _cached_version(own_redis, cache, "kim") == 1
+        assert tracker.get_current_personality_state("kim").version == 1
         assert store.outbox_due(grace=0) == []
     finally:
         tracker.close()
