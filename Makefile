@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-BENCH_STAMP := $(VENV)/.bench-stamp
 
 .PHONY: venv run demo test test-unit test-integration lint bench bench-quick clean
 
@@ -14,10 +13,6 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 venv: $(STAMP)
-
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev,bench]'
-	@touch $(BENCH_STAMP)
 
 ## run: the main job: the HTTP service on 4 workers + the exporter, sharing one cache
 ## (embedded Redis unless PENNY_REDIS_URL), a self-check, then URLs to curl until Ctrl-C
@@ -43,14 +38,19 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check penny_cache tests bench
 	$(BIN)/mypy
 
-## bench: every benchmark, side by side with its baselines, in one run each (ratios)
+## bench: every benchmark, side by side with its baselines and peers, in one run each
+## (ratios; JSON in bench/, the chart in bench/peers.png)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_foundation --json bench/results.json
 	$(BIN)/python -m bench.bench_near --json bench/results_near.json
+	$(BIN)/python -m bench.bench_peers --json bench/results_peers.json
+	$(BIN)/python -m bench.bench_workload --json bench/results_workload.json
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.bench_foundation --quick
 	$(BIN)/python -m bench.bench_near --quick
+	$(BIN)/python -m bench.bench_peers --quick
+	$(BIN)/python -m bench.bench_workload --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
