@@ -17,7 +17,7 @@ import redis.asyncio as aredis
 from penny_cache.breaker import CircuitBreaker
 from penny_cache.codec import Entry
 from penny_cache.config import Settings
-from penny_cache.errors import CacheNotReplicatedError
+from penny_cache.errors import CacheError, CacheNotReplicatedError
 from penny_cache.redis_backend import (
     _FILL,
     _INVALIDATE_PUBLISH,
@@ -25,7 +25,6 @@ from penny_cache.redis_backend import (
     _PUBLISH_FLUSH,
     _SCAN_BATCH,
     _WRITE_PUBLISH,
-    REDIS_ERRORS,
     ErrorBoundary,
     Script,
     breaker_for,
@@ -108,16 +107,20 @@ class AsyncRedisBackend(ErrorBoundary):
             self._admit()
             if self._pool_stale:
                 self._pool_stale = False
-                await self._client.connection_pool.disconnect()
+                await self._client.connection_pool.disconnect(inuse_connections=False)
         started = self._monotonic()
         try:
             result = await command()
-        except REDIS_ERRORS as exc:
+        except CacheError:
+            raise
+        except Exception as exc:  # anything redis-py raises (see ErrorBoundary._translate)
             if not self._may_retry(exc, started):
                 raise self._translate(exc) from exc
             try:
                 result = await command()
-            except REDIS_ERRORS as again:
+            except CacheError:
+                raise
+            except Exception as again:
                 raise self._translate(again) from again
         if not breaker.healthy:
             breaker.success()

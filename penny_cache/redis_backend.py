@@ -150,8 +150,13 @@ class ErrorBoundary:
         if isinstance(exc, redis.ConnectionError):
             self._trip()
             return CacheUnavailableError(f"redis unreachable: {exc}")
-        self._breaker.success()  # Redis answered (with an error): it is reachable
-        return CacheError(f"redis error: {type(exc).__name__}: {exc}")
+        if isinstance(exc, redis.RedisError):
+            self._breaker.success()  # Redis answered (with an error): it is reachable
+            return CacheError(f"redis error: {type(exc).__name__}: {exc}")
+        # Not a redis-py error: the client failed inside (a race in its socket checks was
+        # seen during a failover). A cache fault still never fails a request.
+        self._trip()
+        return CacheUnavailableError(f"redis client failed: {type(exc).__name__}: {exc}")
 
     def _trip(self) -> None:
         self._breaker.failure()
@@ -229,7 +234,9 @@ class RedisBackend(ErrorBoundary):
 
     def _reset_pool(self) -> None:
         self._pool_stale = False
-        self._client.connection_pool.disconnect()
+        # idle connections only: yanking one another thread is using breaks redis-py
+        # mid-call (found under failover: a TypeError from inside its socket check)
+        self._client.connection_pool.disconnect(inuse_connections=False)
 
     def _replicated(self, result: _T) -> _T:
         """``result`` once ``wait_replicas`` replicas acknowledged this connection's writes."""
@@ -251,12 +258,16 @@ class RedisBackend(ErrorBoundary):
         started = self._monotonic()
         try:
             result = command()
-        except REDIS_ERRORS as exc:
+        except CacheError:
+            raise
+        except Exception as exc:  # anything redis-py raises (see _translate)
             if not self._may_retry(exc, started):
                 raise self._translate(exc) from exc
             try:
                 result = command()
-            except REDIS_ERRORS as again:
+            except CacheError:
+                raise
+            except Exception as again:
                 raise self._translate(again) from again
         if not breaker.healthy:
             breaker.success()
@@ -272,7 +283,7 @@ class RedisBackend(ErrorBoundary):
         started = self._monotonic()
         try:
             payload = self._client.get(key)
-        except REDIS_ERRORS as exc:
+        except Exception as exc:  # anything redis-py raises (see _translate)
             if not self._may_retry(exc, started):
                 raise self._translate(exc) from exc
             return cast("bytes | None", self._run(lambda: self._client.get(key)))
@@ -410,7 +421,7 @@ class RedisBackend(ErrorBoundary):
             self._reset_pool()
         try:
             self._client.ping()
-        except REDIS_ERRORS:
+        except Exception:  # the background probe must not die of a client error
             breaker.failure()
             return False
         breaker.success()

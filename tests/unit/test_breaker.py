@@ -134,3 +134,14 @@ def test_an_error_reply_proves_redis_reachable(clock: FakeClock) -> None:
     with pytest.raises(CacheError, match="NOPERM"):
         backend.get("k")
     assert backend.breaker.state == "closed"
+
+
+def test_a_client_that_fails_inside_is_a_cache_fault_not_a_crash(clock: FakeClock) -> None:
+    """An exception that is not a redis-py error (a race inside the client during a
+    failover raised TypeError) becomes CacheUnavailableError and counts as a failure: a
+    cache fault never fails the request."""
+    client = _Client(clock, [(0.001, TypeError("argument must be an int"))] * 2)
+    backend = _backend(client, clock, threshold=1)
+    with pytest.raises(CacheUnavailableError, match="client failed: TypeError"):
+        backend.get("k")
+    assert backend.breaker.state == "open"
