@@ -1,4 +1,5 @@
-"""`make bench-quick` keeps working: a smoke run, checked for shape, never for speed."""
+"""`make bench-quick` keeps working: each benchmark's quick run, checked for shape, never
+for speed."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,44 +16,58 @@ from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
 
+LIBRARIES = {"penny_cache", "dogpile", "cashews"}
+
+
+def run_quick(module: str, tmp_path: Path, timeout: float = 300) -> dict[str, Any]:
+    """Run ``python -m bench.<module> --quick`` and return the JSON report it wrote."""
+    if shutil.which("redis-server") is None:
+        unavailable("the benchmark starts its own redis-server, and none is installed")
+    out = tmp_path / f"{module}.json"
+    result = subprocess.run(
+        [sys.executable, "-m", f"bench.{module}", "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report: dict[str, Any] = json.loads(out.read_text())
+    for key in ("date", "platform", "cpu_count", "python", "redis_server"):
+        assert key in report
+    return report
+
 
 def test_quick_benchmark_runs_and_its_counters_add_up(tmp_path: Path) -> None:
     """The quick benchmark exits 0, writes every ratio, and its self-check of the cache's
     counters (one hit per timed hit, one miss per timed miss) holds."""
-    if shutil.which("redis-server") is None:
-        unavailable("the benchmark starts its own redis-server, and none is installed")
-    out = tmp_path / "bench.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.bench_foundation", "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
+    report = run_quick("bench_foundation", tmp_path)
     assert report["counters_check"]["ok"] is True
     assert set(report["ratios"]) == {"hit_vs_raw", "miss_vs_budget"}
     assert all(ratio > 0 for ratio in report["ratios"].values())
 
 
 def test_quick_peer_benchmark_measures_every_row(tmp_path: Path) -> None:
-    """The peers benchmark's quick run exits 0 and reports every read path, penny_cache's
-    and the peers', with a ratio for every target and the memory figures."""
-    if shutil.which("redis-server") is None:
-        unavailable("the benchmark starts its own redis-server, and none is installed")
-    out = tmp_path / "peers.json"
-    result = subprocess.run(
-        [sys.executable, "-m", "bench.bench_peers", "--quick", "--json", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
+    """The peers benchmark's quick run reports every read path, penny_cache's and the
+    peers', with a ratio for every target and the memory figures."""
+    report = run_quick("bench_peers", tmp_path)
     assert {"near_hit", "redis_hit", "miss", "dogpile_hit", "cashews", "a_redis_hit"} <= set(
         report["summary"]
     )
     assert len(report["verdicts"]) == 8
     assert report["memory"]["near_bytes_per_entry"] > 0
+
+
+def test_quick_workload_runs_every_library_and_its_counters_add_up(tmp_path: Path) -> None:
+    """Every library runs at every worker count, penny_cache's shared counters match what
+    its workers counted, and the report carries what a reader needs to compare runs."""
+    report = run_quick("bench_workload", tmp_path, timeout=110)
+    runs = report["runs"]
+    expected = {(library, n) for library in LIBRARIES for n in (1, 2)}
+    assert {(r["library"], r["workers"]) for r in runs} == expected
+    for run in runs:
+        assert run["reads"] > 0 and run["updates"] > 0 and run["throughput"] > 0
+        assert run["counters_agree"] is True, run
+        assert 0.0 <= run["hit_rate"] <= 1.0
+    assert {v["name"] for v in report["verdicts"]} >= {"hit_rate", "read_your_writes"}
+    assert len(report["ratios"]) == 4
