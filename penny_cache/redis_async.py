@@ -25,12 +25,10 @@ from penny_cache.redis_backend import (
     _PUBLISH_FLUSH,
     _SCAN_BATCH,
     _WRITE_PUBLISH,
-    ErrorBoundary,
     Script,
-    breaker_for,
     entry_args,
-    wait_timeout_ms,
 )
+from penny_cache.redis_boundary import ErrorBoundary, breaker_for, wait_timeout_ms
 from penny_cache.redis_clients import async_client
 
 __all__ = ["AsyncRedisBackend"]
