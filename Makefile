@@ -45,6 +45,9 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_near --json bench/results_near.json
 	$(BIN)/python -m bench.bench_peers --json bench/results_peers.json
 	$(BIN)/python -m bench.bench_workload --json bench/results_workload.json
+	@# the same workload on PostgreSQL when PENNY_BENCH_DATABASE_URL names a server
+	@if [ -n "$$PENNY_BENCH_DATABASE_URL" ]; then \
+	    $(BIN)/python -m bench.bench_workload --json bench/results_workload_postgres.json; fi
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench.bench_foundation --quick

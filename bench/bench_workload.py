@@ -39,6 +39,7 @@ from typing import Any, Final
 import redis
 
 from bench.bench_foundation import redis_server
+from bench.databases import database_kind, fresh_database
 from bench.runner import bench_main
 from bench.workload_workers import (
     TTL_S,
@@ -204,9 +205,9 @@ class Env:
 def run_one(config: Config, env: Env, library: str, workers: int) -> dict[str, Any]:
     """One library at one worker count, on an emptied Redis and a fresh database."""
     port, workdir, states = env.port, env.workdir, env.states
-    with redis.Redis(port=port) as raw:
+    label = f"{library}-{workers}"
+    with redis.Redis(port=port) as raw, fresh_database(workdir, label) as db_url:
         raw.flushall()
-        db_url = f"sqlite:///{workdir}/{library}-{workers}.db"
         namespace = f"workload-{library}-{workers}"
         prefill(library, port, db_url, namespace, states)
         specs = [
@@ -366,7 +367,8 @@ def render(report: Mapping[str, Any]) -> str:
     c = report["config"]
     lines = [f"{c['users']} users, Zipf s={c['zipf_s']}, {c['update_share']:.0%} updates; "
              f"{c['duration_s']} s timed per run after {c['warmup_s']} s warm-up; "
-             f"cores available: {report['cores_available']}", ""]  # fmt: skip
+             f"cores available: {report['cores_available']}; SQL: {report['database']}",
+             ""]  # fmt: skip
     widths = [len(spec.format(**report["runs"][0])) for _, spec in _COLUMNS]
     lines.append(" ".join(f"{h:>{w}}" for (h, _), w in zip(_COLUMNS, widths, strict=True)))
     lines.append("-" * len(lines[-1]))
@@ -442,6 +444,7 @@ def run(config: Config) -> tuple[dict[str, Any], str]:
         "verdicts": [asdict(v) for v in verdicts],
         "all_passed": all(v.passed for v in verdicts),
         "cashews": "done",
+        "database": database_kind(),
         "cross_process_staleness": "not measured (see bench_near)",
     }
     return report, render(report)
