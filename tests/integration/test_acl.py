@@ -32,7 +32,7 @@ from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import unavailable
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 ACL_TEMPLATE = Path(__file__).resolve().parents[2] / "deploy" / "redis" / "users.acl"
 NAMESPACE = "penny"

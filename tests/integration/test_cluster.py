@@ -30,7 +30,7 @@ from tests.conftest import unavailable
 from tests.integration.test_coherence import USERS, FaultLoop, assert_coherent, run_history
 from tests.topologies import RedisClusterProcesses
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.scaleout]
 
 
 @pytest.fixture(scope="module")

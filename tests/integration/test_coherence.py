@@ -50,7 +50,7 @@ from tests.integration.coherence_workers import (
     run_worker,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 SPAWN = multiprocessing.get_context("spawn")
 WORKERS: Final = 4
 USERS: Final = tuple(f"coh-{n}" for n in range(5))

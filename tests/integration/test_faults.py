@@ -31,7 +31,7 @@ from tests.faultproxy import FaultProxy
 from tests.integration.coherence_workers import DIMENSION, READ
 from tests.integration.test_coherence import Run, assert_coherent, run_history
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
 SPAWN = multiprocessing.get_context("spawn")
 DEADLINE: Final = 0.1  # PENNY_REDIS_TIMEOUT's default
 CALLS_PER_READ: Final = 2  # a tracker read that misses: read-or-lease, then the fill

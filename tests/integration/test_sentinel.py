@@ -27,7 +27,7 @@ from tests.conftest import unavailable
 from tests.integration.test_coherence import WORKERS, assert_coherent, run_history
 from tests.topologies import SentinelGroup
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.scaleout]
 FAILOVER_WITHIN = 15.0
 
 

@@ -19,7 +19,7 @@ from penny_cache.store import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import unavailable
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.security]
 
 
 @dataclass(frozen=True)

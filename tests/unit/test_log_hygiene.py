@@ -14,6 +14,8 @@ from penny_cache.keys import log_id
 from penny_cache.state import default_state
 from tests.unit.test_cache import T0
 
+pytestmark = pytest.mark.security
+
 
 def test_a_hostile_entry_is_logged_without_its_values_or_the_user_id(
     cache: PersonalityCache, fake_redis: fakeredis.FakeRedis, caplog: pytest.LogCaptureFixture
