@@ -16,7 +16,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-__all__ = ["database_kind", "fresh_database"]
+__all__ = ["database_kind", "fresh_database", "postgres_database"]
 
 _ENV = "PENNY_BENCH_DATABASE_URL"
 
@@ -33,10 +33,22 @@ def fresh_database(workdir: Path, label: str) -> Iterator[str]:
     if not base:
         yield f"sqlite:///{workdir}/{label}.db"
         return
+    with postgres_database(base, "penny_bench") as url:
+        yield url
+
+
+@contextmanager
+def postgres_database(base: str, prefix: str) -> Iterator[str]:
+    """A new database on ``base``'s server (the tests use it too), dropped at the end.
+    Raises ``sqlalchemy.exc.OperationalError`` when the server cannot be reached."""
     admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    name = f"penny_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except BaseException:
+        admin.dispose()
+        raise
     try:
         yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
     finally:

@@ -155,18 +155,12 @@ def postgres_url() -> Iterator[str]:
         return
     import sqlalchemy as sa
 
-    admin = sa.create_engine(base, isolation_level="AUTOCOMMIT")
-    name = f"penny_test_{uuid.uuid4().hex[:12]}"
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        unavailable(f"PostgreSQL unreachable at {base}: {exc}")
-        return
-    try:
-        yield sa.make_url(base).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    from bench.databases import postgres_database
+
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_database(base, "penny_test"))
+        except sa.exc.OperationalError as exc:
+            unavailable(f"PostgreSQL unreachable at {base}: {exc}")
+            return
+        yield url
