@@ -164,6 +164,10 @@ class Settings:
                 f"{_label('redis_url')} turns off TLS certificate or host name "
                 f"verification; set {_label('redis_tls_insecure')} to allow it explicitly"
             )
+        for name in ("redis_tls_ca_file", "redis_tls_cert_file", "redis_tls_key_file"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise ConfigurationError(f"{_label(name)}: no such file: {path!r}")
         if bool(self.redis_tls_cert_file) != bool(self.redis_tls_key_file):
             raise ConfigurationError(
                 f"{_label('redis_tls_cert_file')} and {_label('redis_tls_key_file')} go together"
@@ -197,8 +201,10 @@ class Settings:
             raw = _raw_value(environ, env_name)
             if raw is None or raw.strip() == "":
                 continue
+            if setting.name not in _VERBATIM:  # a password may begin or end with a space
+                raw = raw.strip()
             parse = _PARSERS.get(setting.name, str)
-            values[setting.name] = _parse(parse, raw.strip(), env_name)
+            values[setting.name] = _parse(parse, raw, env_name)
         return cls(**values)  # type: ignore[arg-type]
 
 
@@ -210,7 +216,7 @@ def _raw_value(environ: Mapping[str, str], env_name: str) -> str | None:
     if environ.get(env_name, "").strip():
         raise ConfigurationError(f"set {env_name} or {env_name}_FILE, not both")
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
+        return Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigurationError(f"{env_name}_FILE: cannot read {path!r}: {exc}") from None
 
@@ -270,6 +276,7 @@ _ENV_NAMES: Final = {
     "outbox_interval": "PENNY_OUTBOX_INTERVAL",
     "outbox_grace": "PENNY_OUTBOX_GRACE",
 }
+_VERBATIM: Final = frozenset({"redis_password", "redis_username"})
 _DURATIONS: Final = (
     "cache_ttl",
     "redis_timeout",

@@ -97,8 +97,30 @@ class _Stack:
         return f"http://127.0.0.1:{self.http_port}{path}"
 
 
+def _stop_on_signals() -> None:
+    """Ctrl-C, SIGTERM and SIGHUP all unwind the stack, which stops every child: the
+    children run in sessions of their own, and a shell that started us in the background
+    may have told us to ignore SIGINT."""
+
+    def stop(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
+
+
 def run_stack(options: StackOptions, environ: dict[str, str]) -> int:
-    """The ``make run`` job; exit status 0 when the self-check passed."""
+    """The ``make run`` job; exit status 0 when the self-check passed (130 if stopped
+    before it finished)."""
+    _stop_on_signals()
+    try:
+        return _run_stack(options, environ)
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+        return 130
+
+
+def _run_stack(options: StackOptions, environ: dict[str, str]) -> int:
     with contextlib.ExitStack() as resources:
         tmp = resources.enter_context(tempfile.TemporaryDirectory(prefix="penny-run-"))
         env = dict(environ)

@@ -185,15 +185,58 @@ def _where(location: Any) -> str:
     return f"{path}: " if path else ""
 
 
-def _install_body_limit(app: FastAPI) -> None:
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next: Any) -> Response:
-        length = request.headers.get("content-length")
+class _BodyLimitAndWorker:
+    """ASGI middleware: refuse bodies over ``MAX_BODY_BYTES`` (413) whether or not they
+    declare a Content-Length (a chunked body is counted as it arrives, buffered, and
+    replayed to the app), and name the worker on every response."""
+
+    def __init__(self, app: Any) -> None:
+        self._app = app
+        self._worker = str(os.getpid()).encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+
+        async def named(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (b"x-penny-worker", self._worker),
+                ]
+            await send(message)
+
+        buffered = await self._read_limited(scope, receive)
+        if buffered is None:
+            detail = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
+            await _problem(413, detail)(scope, receive, named)
+            return
+        replay = iter(buffered)
+
+        async def replayed() -> Any:
+            return next(replay, None) or await receive()
+
+        await self._app(scope, replayed, named)
+
+    @staticmethod
+    async def _read_limited(scope: Any, receive: Any) -> list[Any] | None:
+        """The request's body messages, or None once they pass the limit."""
+        headers = dict(scope.get("headers", []))
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
-            return _problem(413, f"request bodies are limited to {MAX_BODY_BYTES} bytes")
-        response: Response = await call_next(request)
-        response.headers["X-Penny-Worker"] = str(os.getpid())
-        return response
+            return None
+        if scope.get("method") in {"GET", "HEAD", "OPTIONS", "DELETE"}:
+            return []
+        messages, size = [], 0
+        while True:
+            message = await receive()
+            messages.append(message)
+            size += len(message.get("body", b""))
+            if size > MAX_BODY_BYTES:
+                return None
+            if message["type"] != "http.request" or not message.get("more_body"):
+                return messages
 
 
 def _service(request: Request) -> _Service:
@@ -295,7 +338,7 @@ def create_app(
         lifespan=lifespan,
     )
     _install_error_handlers(app)
-    _install_body_limit(app)
+    app.add_middleware(_BodyLimitAndWorker)
     _install_routes(app)
     return app
 

@@ -115,11 +115,26 @@ def test_malformed_json_and_nonfinite_numbers_are_422(client: TestClient, sqlite
     assert _history_rows(sqlite_url, "alice") == 0
 
 
-def test_oversized_body_is_413(client: TestClient) -> None:
-    """A body over the limit is refused before it is parsed."""
+def test_oversized_body_is_413(client: TestClient, sqlite_url: str) -> None:
+    """A body over the limit is refused before it is parsed, whether it declares its
+    length or arrives chunked (no Content-Length), names its worker, and writes nothing."""
     huge = b'{"value": 0.5, "context": "' + b"x" * MAX_BODY_BYTES + b'"}'
     response = client.put(FORMALITY, content=huge, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
+    assert response.headers["X-Penny-Worker"].isdigit()
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"value": 0.5, "context": "'
+        for _ in range(64):
+            yield b" " * 1024
+        yield b'"}'
+
+    chunked = client.put(FORMALITY, content=chunks(), headers={"Content-Type": "application/json"})
+    assert chunked.status_code == 413
+    json_type = {"Content-Type": "application/json"}
+    small = client.put(FORMALITY, content=iter([b'{"value": ', b"0.25}"]), headers=json_type)
+    assert small.status_code == 200, small.text
+    assert _history_rows(sqlite_url, "alice") == 1
 
 
 def test_bad_user_id_on_get_is_422(client: TestClient) -> None:

@@ -10,6 +10,7 @@ import pytest
 from penny_cache.config import DEFAULT_REDIS_URL, Settings
 from penny_cache.errors import ConfigurationError
 
+EXISTING_FILE = __file__  # TLS settings must name files that exist; any file will do here
 ALL_VARIABLES = {
     "PENNY_REDIS_URL": "rediss://cache.internal:6380/2",
     "PENNY_DATABASE_URL": "postgresql+psycopg://u:p@db/penny",
@@ -34,9 +35,9 @@ ALL_VARIABLES = {
     "PENNY_HTTP_WORKERS": "8",
     "PENNY_EXPORTER_PORT": "9100",
     "PENNY_BREAKER_FAILURES": "5",
-    "PENNY_REDIS_TLS_CA_FILE": "/etc/penny/ca.pem",
-    "PENNY_REDIS_TLS_CERT_FILE": "/etc/penny/client.pem",
-    "PENNY_REDIS_TLS_KEY_FILE": "/etc/penny/client.key",
+    "PENNY_REDIS_TLS_CA_FILE": EXISTING_FILE,
+    "PENNY_REDIS_TLS_CERT_FILE": EXISTING_FILE,
+    "PENNY_REDIS_TLS_KEY_FILE": EXISTING_FILE,
     "PENNY_REDIS_TLS_INSECURE": "yes",
     "PENNY_SERVE_STALE": "on",
     "PENNY_OUTBOX_INTERVAL": "10",
@@ -92,9 +93,9 @@ def test_every_variable_is_parsed() -> None:
         http_workers=8,
         exporter_port=9100,
         breaker_failures=5,
-        redis_tls_ca_file="/etc/penny/ca.pem",
-        redis_tls_cert_file="/etc/penny/client.pem",
-        redis_tls_key_file="/etc/penny/client.key",
+        redis_tls_ca_file=EXISTING_FILE,
+        redis_tls_cert_file=EXISTING_FILE,
+        redis_tls_key_file=EXISTING_FILE,
         redis_tls_insecure=True,
         serve_stale=True,
         outbox_interval=10.0,
@@ -123,6 +124,18 @@ def test_secrets_come_from_files(tmp_path: Path) -> None:
     assert settings.redis_url == "redis://cache:6379/1"
 
 
+def test_secrets_keep_their_spaces(tmp_path: Path) -> None:
+    """A password is taken verbatim (only a file's final newline goes): spaces are part
+    of it, while other settings are trimmed."""
+    secret = tmp_path / "password"
+    secret.write_text(" pass word \n")
+    settings = Settings.from_env(
+        {"PENNY_REDIS_PASSWORD_FILE": str(secret), "PENNY_NAMESPACE": " penny "}
+    )
+    assert settings.redis_password == " pass word "
+    assert settings.namespace == "penny"
+
+
 def test_a_secret_file_problem_names_the_variable(tmp_path: Path) -> None:
     """An unreadable file, or a variable set both ways, fails naming the variable."""
     missing = str(tmp_path / "nope")
@@ -145,7 +158,8 @@ def test_a_secret_file_problem_names_the_variable(tmp_path: Path) -> None:
         ({"PENNY_EXPORTER_PORT": "x"}, "PENNY_EXPORTER_PORT"),
         ({"PENNY_REDIS_URL": "rediss://h:6380/0?ssl_cert_reqs=none"}, "PENNY_REDIS_TLS_INSECURE"),
         ({"PENNY_REDIS_URL": "rediss://h/0?ssl_check_hostname=false"}, "PENNY_REDIS_TLS_INSECURE"),
-        ({"PENNY_REDIS_TLS_CERT_FILE": "/c.pem"}, "go together"),
+        ({"PENNY_REDIS_TLS_CERT_FILE": EXISTING_FILE}, "go together"),
+        ({"PENNY_REDIS_TLS_CA_FILE": "/nonexistent/ca.pem"}, "PENNY_REDIS_TLS_CA_FILE"),
     ],
 )
 def test_bad_topology_and_ports_name_the_variable(variables: dict[str, str], words: str) -> None:
