@@ -112,15 +112,16 @@ def _demo(args: argparse.Namespace, environ: dict[str, str]) -> int:
         if environ.get("PENNY_REDIS_URL"):
             settings = Settings.from_env(environ)
             print(f"redis            {redact_url(settings.redis_url)} (PENNY_REDIS_URL)")
-            return _run_demo(args, settings.redis_url, database_url)
+            return _run_demo(args, settings.redis_url, database_url, settings.redis_timeout)
         with embedded_redis() as redis:
             print(f"redis            {redis.description}; set PENNY_REDIS_URL to use yours")
-            return _run_demo(args, redis.url, database_url)
+            return _run_demo(args, redis.url, database_url, redis.timeout)
 
 
-def _run_demo(args: argparse.Namespace, redis_url: str, database_url: str) -> int:
+def _run_demo(args: argparse.Namespace, redis_url: str, database_url: str, timeout: float) -> int:
     config = DemoConfig(
         redis_url=redis_url,
+        redis_timeout=timeout,
         database_url=database_url,
         namespace=f"demo-{uuid.uuid4().hex[:8]}",
         workers=args.workers,

@@ -37,6 +37,7 @@ class DemoConfig:
     update_share: float = 0.05
     zipf_s: float = 1.1
     seed: int = 7
+    redis_timeout: float = 0.1
 
 
 @dataclass
@@ -102,7 +103,9 @@ def _work(config: DemoConfig, index: int) -> WorkerReport:
     population = [f"user-{n}" for n in range(config.users)]
     weights = _zipf_weights(config.users, config.zipf_s)
     store = _CountingStore(config.database_url)
-    cache = PersonalityCache.from_url(config.redis_url, namespace=config.namespace)
+    cache = PersonalityCache.from_url(
+        config.redis_url, namespace=config.namespace, timeout=config.redis_timeout
+    )
     tracker = PersonalityTracker(store=store, cache=cache)
     report = WorkerReport()
     deadline = time.monotonic() + config.duration
@@ -138,7 +141,9 @@ def run_demo(config: DemoConfig) -> DemoReport:
     with context.Pool(config.workers) as pool:
         reports = pool.starmap(_work, [(config, n) for n in range(config.workers)])
     elapsed = time.monotonic() - started
-    with PersonalityCache.from_url(config.redis_url, namespace=config.namespace) as cache:
+    with PersonalityCache.from_url(
+        config.redis_url, namespace=config.namespace, timeout=config.redis_timeout
+    ) as cache:
         shared = cache.get_stats()
     return DemoReport(config, elapsed, reports, shared)
 

@@ -128,6 +128,8 @@ class EmbeddedRedis:
 
     url: str
     description: str
+    # fakeredis answers in Python, often slower than the 0.1 s default deadline allows
+    timeout: float = 0.1
 
 
 def _fakeredis_server() -> tuple[EmbeddedRedis, Any]:
@@ -139,7 +141,7 @@ def _fakeredis_server() -> tuple[EmbeddedRedis, Any]:
     thread.start()
     wait_until(lambda: _answers_ping(port), 10.0, "fakeredis TCP server")
     about = f"fakeredis TCP server on 127.0.0.1:{port} (redis-server not installed)"
-    return EmbeddedRedis(f"redis://127.0.0.1:{port}/0", about), server
+    return EmbeddedRedis(f"redis://127.0.0.1:{port}/0", about, timeout=1.0), server
 
 
 @contextlib.contextmanager

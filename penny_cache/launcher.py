@@ -129,6 +129,7 @@ def _run_stack(options: StackOptions, environ: dict[str, str]) -> int:
         if not configured:
             redis = resources.enter_context(embedded_redis())
             env["PENNY_REDIS_URL"] = redis.url
+            env.setdefault("PENNY_REDIS_TIMEOUT", str(redis.timeout))
             print(f"redis            {redis.description}; set PENNY_REDIS_URL to use yours")
         settings = Settings.from_env(env)
         stack = _Stack(
