@@ -28,7 +28,7 @@ from penny_cache.redis_backend import (
     Script,
     entry_args,
 )
-from penny_cache.redis_boundary import ErrorBoundary, breaker_for, wait_timeout_ms
+from penny_cache.redis_boundary import ErrorBoundary, boundary_options
 from penny_cache.redis_clients import async_client
 
 __all__ = ["AsyncRedisBackend"]
@@ -46,15 +46,11 @@ class AsyncRedisBackend(ErrorBoundary):
         *,
         cooldown: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
-        wait_replicas: int = 0,
-        wait_timeout_ms: int = 100,
-        deadline: float = 0.1,
-        breaker: CircuitBreaker | None = None,
+        **boundary: Any,
     ) -> None:
-        super().__init__(cooldown, monotonic, deadline=deadline, breaker=breaker)
+        """As ``RedisBackend``."""
+        super().__init__(cooldown, monotonic, **boundary)
         self._client = client
-        self._wait_replicas = wait_replicas
-        self._wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def from_url(
@@ -76,16 +72,10 @@ class AsyncRedisBackend(ErrorBoundary):
             backend_class: type[AsyncRedisBackend] = AsyncClusterRedisBackend
         else:
             backend_class = cls
-        backend = backend_class(
+        return backend_class(
             async_client(settings, _MAX_CONNECTIONS),
-            cooldown=settings.redis_cooldown,
-            wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
-            wait_timeout_ms=wait_timeout_ms(settings.redis_timeout),
-            deadline=settings.redis_timeout,
-            breaker=breaker or breaker_for(settings, time.monotonic),
+            **boundary_options(settings, time.monotonic, breaker),
         )
-        backend.reset_pool_on_failure = settings.redis_topology == "sentinel"
-        return backend
 
     async def _replicated(self, result: _T) -> _T:
         """As ``RedisBackend._replicated``."""

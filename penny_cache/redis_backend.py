@@ -21,24 +21,10 @@ from penny_cache.breaker import CircuitBreaker
 from penny_cache.codec import Entry, version_prefix
 from penny_cache.config import Settings
 from penny_cache.errors import CacheError, CacheNotReplicatedError
-from penny_cache.redis_boundary import (
-    REDIS_ERRORS,
-    ErrorBoundary,
-    breaker_for,
-    wait_timeout_ms,
-)
+from penny_cache.redis_boundary import ErrorBoundary, boundary_options
 from penny_cache.redis_clients import SubscriberFactory, subscriber_factory, sync_client
 
-__all__ = [
-    "ALL_SCRIPTS",
-    "REDIS_ERRORS",
-    "ErrorBoundary",
-    "RedisBackend",
-    "Script",
-    "breaker_for",
-    "entry_args",
-    "wait_timeout_ms",
-]
+__all__ = ["ALL_SCRIPTS", "RedisBackend", "Script", "entry_args"]
 
 _SCAN_BATCH = 500
 
@@ -85,16 +71,12 @@ class RedisBackend(ErrorBoundary):
         cooldown: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
         subscribers: SubscriberFactory | None = None,
-        wait_replicas: int = 0,
-        wait_timeout_ms: int = 100,
-        deadline: float = 0.1,
-        breaker: CircuitBreaker | None = None,
+        **boundary: Any,
     ) -> None:
-        super().__init__(cooldown, monotonic, deadline=deadline, breaker=breaker)
+        """``boundary``: deadline, breaker and the Sentinel options of ``ErrorBoundary``."""
+        super().__init__(cooldown, monotonic, **boundary)
         self._client = client
         self._subscribers = subscribers
-        self._wait_replicas = wait_replicas
-        self._wait_timeout_ms = wait_timeout_ms
 
     @classmethod
     def from_url(
@@ -117,27 +99,18 @@ class RedisBackend(ErrorBoundary):
         monotonic: Callable[[], float] = time.monotonic,
         breaker: CircuitBreaker | None = None,
     ) -> RedisBackend:
-        """A backend for the configured topology. Behind Sentinel, a write that tells
-        other processes about a change counts as done only once a replica has it (WAIT):
-        a failover must not bring back the version it replaced."""
+        """A backend for the configured topology (see ``boundary_options``)."""
         if settings.redis_topology == "cluster":
             from penny_cache.redis_cluster import ClusterRedisBackend
 
             backend_class: type[RedisBackend] = ClusterRedisBackend
         else:
             backend_class = cls
-        backend = backend_class(
+        return backend_class(
             sync_client(settings),
-            cooldown=settings.redis_cooldown,
-            monotonic=monotonic,
             subscribers=subscriber_factory(settings),
-            wait_replicas=1 if settings.redis_topology == "sentinel" else 0,
-            wait_timeout_ms=wait_timeout_ms(settings.redis_timeout),
-            deadline=settings.redis_timeout,
-            breaker=breaker or breaker_for(settings, monotonic),
+            **boundary_options(settings, monotonic, breaker),
         )
-        backend.reset_pool_on_failure = settings.redis_topology == "sentinel"
-        return backend
 
     def _reset_pool(self) -> None:
         self._pool_stale = False

@@ -7,7 +7,7 @@ and feeds the circuit breaker; the sync and asyncio backends differ only in ``aw
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Final
+from typing import Any
 
 import redis
 from redis.exceptions import RedisClusterException
@@ -17,20 +17,28 @@ from penny_cache.config import Settings
 from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
 from penny_cache.redis_clients import FAST_FAILURE, socket_timeout
 
-__all__ = ["REDIS_ERRORS", "ErrorBoundary", "breaker_for", "wait_timeout_ms"]
-
-# Everything redis-py raises: the Cluster client's "no reachable node" is not a RedisError.
-REDIS_ERRORS: Final = (redis.RedisError, RedisClusterException)
+__all__ = ["ErrorBoundary", "boundary_options"]
 
 
-def breaker_for(settings: Settings, monotonic: Callable[[], float]) -> CircuitBreaker:
-    return CircuitBreaker(settings.breaker_failures, settings.redis_cooldown, monotonic)
-
-
-def wait_timeout_ms(deadline: float) -> int:
-    """WAIT's own timeout: below the read timeout, so WAIT answers before the read gives
-    up (Sentinel)."""
-    return max(1, int(socket_timeout(deadline) * 1000 * 0.8))
+def boundary_options(
+    settings: Settings, monotonic: Callable[[], float], breaker: CircuitBreaker | None
+) -> dict[str, Any]:
+    """What the settings decide for a backend's boundary, the same for the sync and
+    asyncio backends. Behind Sentinel a write that tells other processes about a change
+    counts as done only once a replica has it (WAIT: a failover must not bring back the
+    version it replaced), and a failure drops the pooled connections."""
+    sentinel = settings.redis_topology == "sentinel"
+    return {
+        "cooldown": settings.redis_cooldown,
+        "monotonic": monotonic,
+        "deadline": settings.redis_timeout,
+        "breaker": breaker
+        or CircuitBreaker(settings.breaker_failures, settings.redis_cooldown, monotonic),
+        "wait_replicas": 1 if sentinel else 0,
+        # below the read timeout, so WAIT answers before the read gives up
+        "wait_timeout_ms": max(1, int(socket_timeout(settings.redis_timeout) * 800)),
+        "reset_pool_on_failure": sentinel,
+    }
 
 
 class ErrorBoundary:
@@ -53,15 +61,20 @@ class ErrorBoundary:
         *,
         deadline: float = 0.1,
         breaker: CircuitBreaker | None = None,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 100,
+        reset_pool_on_failure: bool = False,
     ) -> None:
         self._monotonic = monotonic
         self._breaker = breaker or CircuitBreaker(3, cooldown, monotonic)
         self._fast_failure = deadline * FAST_FAILURE
+        self._wait_replicas = wait_replicas
+        self._wait_timeout_ms = wait_timeout_ms
         # Behind Sentinel a failure may mean a failover: pooled connections may lead to a
         # primary that is paused now and demoted later, still answering reads with old
         # data. After a failure, every connection is dropped and made anew (the pool asks
         # the sentinels where the primary is).
-        self.reset_pool_on_failure = False
+        self._reset_pool_on_failure = reset_pool_on_failure
         self._pool_stale = False
 
     @property
@@ -100,7 +113,7 @@ class ErrorBoundary:
 
     def _trip(self) -> None:
         self._breaker.failure()
-        self._pool_stale = self.reset_pool_on_failure
+        self._pool_stale = self._reset_pool_on_failure
 
     @property
     def available(self) -> bool:
