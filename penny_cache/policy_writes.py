@@ -85,15 +85,18 @@ class WritePolicy:
             return
         if not self._pending:
             return
-        backend = self._sync_backend
-        drive(self._drain_flow(None), lambda name, args: getattr(backend, name)(*args))
+        self._drive_in_background(self._drain_flow(None))
 
     def publish_committed(self, state: PersonalityState) -> bool:
         """Write a committed state through from a background thread (the outbox
         sweeper); True once Redis has it."""
-        backend = self._sync_backend
-        drive(self.write_through_flow(state), lambda name, args: getattr(backend, name)(*args))
+        self._drive_in_background(self.write_through_flow(state))
         return not self.is_pending(state.user_id)
+
+    def _drive_in_background(self, flow: Flow[Any]) -> None:
+        """Run a flow on the sync backend (a thread's work, also for an asyncio cache)."""
+        backend = self._sync_backend
+        drive(flow, lambda name, args: getattr(backend, name)(*args))
 
     def is_pending(self, user_id: str) -> bool:
         """Whether a write-through of ``user_id`` still waits for Redis."""
