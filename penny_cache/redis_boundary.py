@@ -114,8 +114,3 @@ class ErrorBoundary:
     def _trip(self) -> None:
         self._breaker.failure()
         self._pool_stale = self._reset_pool_on_failure
-
-    @property
-    def available(self) -> bool:
-        """False while the breaker keeps requests off Redis."""
-        return self._breaker.state == "closed"
