@@ -37,7 +37,7 @@ import redis
 
 from bench.runner import bench_main
 from penny_cache import PersonalityCache, PersonalityStore, PersonalityTracker
-from penny_cache.embedded import RedisServerProcess
+from penny_cache.app.embedded import RedisServerProcess
 
 USER: Final = "bench-user"
 HIT_TARGET: Final = 1.15

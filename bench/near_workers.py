@@ -26,7 +26,7 @@ import redis
 from redis.client import PubSub
 
 from penny_cache import PersonalityCache, PersonalityStore, PersonalityTracker
-from penny_cache.near import NearCache
+from penny_cache.policy.near import NearCache
 from penny_cache.state import PersonalityState
 
 SPAWN: Final = multiprocessing.get_context("spawn")

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from penny_cache.codec import decode_state, encode_state
-from penny_cache.near import NearCache
+from penny_cache.policy.near import NearCache
 from penny_cache.state import PersonalityState
 
 __all__ = ["measure_memory"]

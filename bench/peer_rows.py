@@ -27,8 +27,8 @@ from penny_cache import (
     PersonalityStore,
     PersonalityTracker,
 )
+from penny_cache.app.embedded import wait_until
 from penny_cache.codec import decode_state
-from penny_cache.embedded import wait_until
 from penny_cache.state import PersonalityState
 
 __all__ = ["AsyncRow", "Fixture", "Row", "async_rows", "fixture", "sync_rows"]

@@ -239,7 +239,7 @@ class PennyClient:
         from prometheus_client import CollectorRegistry
 
         from penny_cache import PersonalityCache, PersonalityTracker
-        from penny_cache.process_metrics import ProcessMetrics
+        from penny_cache.observe.metrics import ProcessMetrics
 
         self.store = CountingStore(spec.database_url)
         self.registry = CollectorRegistry()

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from penny_cache.aio import AsyncPersonalityCache, AsyncPersonalityTracker
-from penny_cache.cache import PersonalityCache
+from penny_cache import _moved
+from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
 from penny_cache.config import Settings
+from penny_cache.default import get_cache, reset_cache
 from penny_cache.errors import (
     CacheError,
     ConfigurationError,
@@ -18,15 +19,14 @@ from penny_cache.errors import (
     StoreUnavailableError,
     UnknownDimensionError,
 )
-from penny_cache.facade import get_cache, reset_cache
 from penny_cache.state import (
     CATALOGUE,
     EvolutionRecord,
     PersonalityDimension,
     PersonalityState,
 )
-from penny_cache.store import PersonalityStore
-from penny_cache.tracker import PersonalityTracker
+from penny_cache.store.database import PersonalityStore
+from penny_cache.tracker import AsyncPersonalityTracker, PersonalityTracker
 
 __all__ = [  # noqa: RUF022 - plain sorted order, pinned by tests/unit/test_public_api.py
     "AsyncPersonalityCache",
@@ -55,3 +55,5 @@ __all__ = [  # noqa: RUF022 - plain sorted order, pinned by tests/unit/test_publ
 ]
 
 __version__ = "0.1.0"
+
+_moved.install()

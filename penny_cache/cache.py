@@ -1,56 +1,41 @@
-"""``PersonalityCache``: the synchronous face of the cache policy (``policy.py``).
+"""``PersonalityCache`` and ``AsyncPersonalityCache``: the two faces of the cache policy.
 
-It knows no redis-py or SQLAlchemy type: bytes move through a ``CacheBackend``
-(``RedisBackend`` in production, the same class over fakeredis in unit tests). The rules
-(near cache only while vouched for, version-checked writes that publish invalidations,
-undecodable entries as counted misses, Redis failures as misses) live in the policy and
-are shared with ``AsyncPersonalityCache``.
+Both drive the same flows (``penny_cache.policy.reads.CachePolicy``): the sync face with
+plain calls, the asyncio face with ``await``. They know no redis-py or SQLAlchemy type:
+bytes move through a backend (``penny_cache.redis.backend.RedisBackend`` in production, the
+same class over fakeredis in unit tests). The rules (near cache only while vouched for,
+version-checked writes that publish invalidations, undecodable entries as counted misses,
+Redis failures as misses) live in the policy. The asyncio face shares two things rather
+than awaiting them: the counters' flusher and the invalidation listener run in a daemon
+thread with a sync client, so near caches keep receiving invalidations while the event
+loop is busy.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
-from typing import Any, Protocol, Self, TypeVar
+from typing import Any, Self, TypeVar
 
-from penny_cache import forks
-from penny_cache.codec import Entry
+from penny_cache import forks, wiring
 from penny_cache.config import Settings
 from penny_cache.errors import CacheError
-from penny_cache.near import Ticket
-from penny_cache.policy import CachePolicy, Flow, Listener, drive, stats_view
+from penny_cache.observe.metrics import ProcessMetrics
+from penny_cache.policy.flows import AsyncTransport, Flow, SyncTransport, adrive, drive
+from penny_cache.policy.near import Ticket
+from penny_cache.policy.ops import CacheOp
+from penny_cache.policy.reads import CachePolicy
 from penny_cache.state import PersonalityState
-from penny_cache.stats import CounterBackend
 
-__all__ = ["CacheBackend", "Listener", "PersonalityCache", "stats_view"]
+__all__ = ["AsyncPersonalityCache", "PersonalityCache"]
 
 _V = TypeVar("_V")
-
-
-class CacheBackend(CounterBackend, Protocol):
-    """The byte-level operations the policy needs (``RedisBackend`` provides them)."""
-
-    def get(self, key: str) -> bytes | None: ...
-    def set(self, key: str, payload: bytes, ttl_ms: int) -> None: ...
-    def fill(self, entry: Entry, lease_key: str, token: str = "") -> bool: ...
-    def write_publish(
-        self, entry: Entry, seq_key: str, channel: str, encoded_user: str
-    ) -> bool: ...
-    def invalidate_publish(
-        self, key: str, seq_key: str, channel: str, encoded_user: str
-    ) -> None: ...
-    def publish_flush(self, seq_key: str, channel: str) -> None: ...
-    def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool: ...
-    def delete(self, key: str) -> bool: ...
-    def unlink_matching(self, pattern: str) -> int: ...
-    def count_matching(self, pattern: str) -> int: ...
-    def ping(self) -> bool: ...
-    def close(self) -> None: ...
 
 
 class PersonalityCache(CachePolicy):
     """A shared Redis cache of ``PersonalityState`` entries with coherent near caches."""
 
-    def __init__(self, backend: CacheBackend, **options: Any) -> None:
+    def __init__(self, backend: SyncTransport, **options: Any) -> None:
         super().__init__(backend, **options)
         self._backend = backend
         forks.track(self)
@@ -59,23 +44,22 @@ class PersonalityCache(CachePolicy):
     def from_url(cls, url: str, **options: Any) -> PersonalityCache:
         """A cache on the Redis at ``url``; ``options`` as in ``Settings`` field names
         (``ttl``, ``namespace``, ``near_cache``, ``max_staleness``, ``timeout``, ...)."""
-        from penny_cache.wiring import cache_from_url
-
-        return cache_from_url(cls, url, **options)
+        settings, extra = wiring.settings_from_url(url, options)
+        backend, policy_options = wiring.sync_parts(settings, **extra)
+        return cls(backend, **policy_options)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> PersonalityCache:
         """A cache shaped by ``Settings`` (``get_cache()`` uses this)."""
-        from penny_cache.wiring import cache_from_settings
+        backend, policy_options = wiring.sync_parts(settings)
+        return cls(backend, **policy_options)
 
-        return cache_from_settings(cls, settings)
-
-    def call_backend(self, name: str, args: tuple[Any, ...]) -> Any:
-        """Run one backend operation a flow yielded."""
-        return getattr(self._backend, name)(*args)
+    def run_op(self, op: CacheOp) -> Any:
+        """Carry out one operation a flow yielded (the tracker's driver passes them on)."""
+        return self._backend.run(op)
 
     def _run(self, flow: Flow[_V]) -> _V:
-        return drive(flow, self.call_backend)
+        return drive(flow, self._backend.run)
 
     def get(self, user_id: str) -> PersonalityState | None:
         """The cached state, or None on a miss; counts exactly one hit or miss."""
@@ -150,3 +134,89 @@ class PersonalityCache(CachePolicy):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class AsyncPersonalityCache(CachePolicy):
+    """``PersonalityCache`` for asyncio: ``await cache.get(user)`` and friends."""
+
+    def __init__(
+        self, backend: AsyncTransport, sync_backend: SyncTransport, **options: Any
+    ) -> None:
+        """``sync_backend`` serves the background threads: counters, the listener's
+        periodic work, the outbox."""
+        super().__init__(sync_backend, **options)
+        self._backend = backend
+        forks.track(self)
+
+    @classmethod
+    def from_url(cls, url: str, **options: Any) -> AsyncPersonalityCache:
+        """As ``PersonalityCache.from_url``; connections open on first use."""
+        settings, extra = wiring.settings_from_url(url, options)
+        backend, sync_backend, policy_options = wiring.async_parts(settings, **extra)
+        return cls(backend, sync_backend, **policy_options)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, metrics: ProcessMetrics | None = None
+    ) -> AsyncPersonalityCache:
+        """A cache shaped by ``Settings`` (the HTTP service uses this)."""
+        backend, sync_backend, policy_options = wiring.async_parts(settings, metrics=metrics)
+        return cls(backend, sync_backend, **policy_options)
+
+    async def run_op(self, op: CacheOp) -> Any:
+        """Await one operation a flow yielded (the tracker's driver passes them on)."""
+        return await self._backend.run(op)
+
+    async def _run(self, flow: Flow[_V]) -> _V:
+        return await adrive(flow, self._backend.run)
+
+    async def get(self, user_id: str) -> PersonalityState | None:
+        """The cached state, or None on a miss; counts exactly one hit or miss."""
+        state = self.near_get(user_id)
+        if state is not None:
+            return state
+        return await self._run(self.get_flow(user_id))
+
+    async def fill(self, state: PersonalityState, ticket: Ticket | None, lease: str = "") -> bool:
+        return await self._run(self.fill_flow(state, ticket, lease))
+
+    async def set(self, user_id: str, state: PersonalityState) -> bool:
+        """As ``PersonalityCache.set``."""
+        return await self._run(self.set_flow(user_id, state))
+
+    async def write_through(self, state: PersonalityState) -> bool:
+        """As ``PersonalityCache.write_through``."""
+        return await self._run(self.write_through_flow(state))
+
+    async def invalidate(self, user_id: str) -> bool:
+        """As ``PersonalityCache.invalidate``."""
+        return await self._run(self.invalidate_flow(user_id))
+
+    async def clear(self) -> int:
+        """As ``PersonalityCache.clear``."""
+        return await self._run(self.clear_flow())
+
+    async def size(self) -> int:
+        return await self._run(self.size_flow())
+
+    async def get_stats(self) -> dict[str, Any]:  # type: ignore[override]
+        """As ``PersonalityCache.get_stats`` (the read runs in a thread)."""
+        return await asyncio.to_thread(super().get_stats)
+
+    async def ping(self) -> bool:
+        try:
+            return await self._backend.ping()
+        except CacheError:
+            return False
+
+    async def aclose(self) -> None:
+        """Stop the listener, publish the final counters, close connections."""
+        await asyncio.to_thread(self._close_policy)
+        await self._backend.close()
+        self._sync_backend.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -17,8 +17,8 @@ from typing import Any
 from penny_cache.cache import PersonalityCache
 from penny_cache.codec import decode_mapping, encode_mapping
 from penny_cache.config import Settings
+from penny_cache.default import ProcessSingleton
 from penny_cache.errors import InvalidStateError
-from penny_cache.facade import ProcessSingleton
 from penny_cache.state import PersonalityState
 
 __all__ = ["PersonalityStateCache", "get_cache", "reset_cache"]

@@ -1,24 +1,30 @@
-"""``PersonalityTracker``: cache-aside reads and committed, then cached, updates.
+"""``PersonalityTracker`` and ``AsyncPersonalityTracker``: cache-aside reads and
+committed, then cached, updates, side by side.
 
 Reads: cache, else SQL, then a version-checked fill. Writes: validate at the edge,
 commit to SQL (the source of truth), and only then write the committed version through
 to the cache; a fill that loaded an older version can no longer overwrite it.
 Redis trouble never reaches the caller: the cache answers a miss and SQL answers.
+Both trackers drive the flows of ``TrackerPolicy``; the asyncio one runs SQL (SQLAlchemy,
+sync drivers) in a worker thread (``asyncio.to_thread``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from penny_cache.cache import PersonalityCache
+from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
+from penny_cache.default import get_cache
 from penny_cache.errors import InvalidInputError, StoreUnavailableError
-from penny_cache.flight import SingleFlight
-from penny_cache.near import Ticket
-from penny_cache.outbox import OutboxSweeper
-from penny_cache.policy import CachePolicy, Flow, drive
+from penny_cache.policy.flight import AsyncSingleFlight, SingleFlight
+from penny_cache.policy.flows import TrackerFlow, adrive, drive
+from penny_cache.policy.near import Ticket
+from penny_cache.policy.ops import Op, Sleep, SqlLoad
+from penny_cache.policy.reads import CachePolicy
 from penny_cache.state import (
     EvolutionRecord,
     PersonalityState,
@@ -28,9 +34,15 @@ from penny_cache.state import (
     validate_dimension_value,
     validate_user_id,
 )
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
+from penny_cache.store.outbox import OutboxSweeper
 
-__all__ = ["MAX_CONTEXT_CHARS", "PersonalityTracker", "TrackerPolicy"]
+__all__ = [
+    "MAX_CONTEXT_CHARS",
+    "AsyncPersonalityTracker",
+    "PersonalityTracker",
+    "TrackerPolicy",
+]
 
 MAX_CONTEXT_CHARS: Final = 4096
 _RECENT_LOADS: Final = 1024
@@ -60,8 +72,8 @@ def _validate_days(days: object) -> float:
 class TrackerPolicy:
     """Validation and the read/update flows, shared by the sync and async trackers.
 
-    Flows yield cache backend operations plus two of their own, ``sql_load`` and
-    ``sleep``, which each driver runs its own way (a call, or a thread and ``await``).
+    Flows yield the cache's operations plus two of their own, ``SqlLoad`` and ``Sleep``,
+    which each driver runs its own way (a call, or a thread and ``await``).
     """
 
     def __init__(
@@ -115,7 +127,7 @@ class TrackerPolicy:
 
     def _load_flow(
         self, user_id: str, ticket: Ticket | None, lease: str | None
-    ) -> Flow[PersonalityState]:
+    ) -> TrackerFlow[PersonalityState]:
         """Load after a miss: with the lease (or none to be had), from SQL; without it,
         wait for the lease holder's fill, then read SQL ourselves if it is late."""
         if lease is None:
@@ -124,7 +136,7 @@ class TrackerPolicy:
                 return state
             lease = ""  # the other loader is late: read SQL ourselves
         started = self._monotonic()
-        state = yield ("sql_load", (user_id,))
+        state = yield SqlLoad(user_id)
         yield from self._policy.fill_flow(state, ticket, lease)
         if len(self._recent) > _RECENT_LOADS:
             self._recent.clear()
@@ -147,11 +159,11 @@ class TrackerPolicy:
             return recent[1]
         return None
 
-    def _wait_flow(self, user_id: str) -> Flow[PersonalityState | None]:
+    def _wait_flow(self, user_id: str) -> TrackerFlow[PersonalityState | None]:
         deadline = self._monotonic() + self._policy.lease_ttl
         delay = 0.001
         while self._monotonic() < deadline:
-            yield ("sleep", (delay,))
+            yield Sleep(delay)
             state = yield from self._policy.peek_flow(user_id)
             if state is not None:
                 return state
@@ -213,9 +225,7 @@ class PersonalityTracker(TrackerPolicy):
         ``outbox_grace``: how old an undelivered version must be before it is replayed;
         ``serve_stale``: when SQL is down, answer reads with this process's last known
         state (counted as ``stale_served``) instead of raising. Writes always raise."""
-        if cache is None:
-            from penny_cache.facade import get_cache
-
+        if cache is None:  # as the original: the process-wide cache
             cache = get_cache()
         super().__init__(
             store,
@@ -227,17 +237,18 @@ class PersonalityTracker(TrackerPolicy):
         )
         self._cache = cache
         self._loads: SingleFlight[PersonalityState] = SingleFlight()
-        self._local_ops: dict[str, Callable[..., Any]] = {"sql_load": store.load, "sleep": sleep}
+        self._sleep = sleep
 
     @property
     def cache(self) -> PersonalityCache:
         return self._cache
 
-    def _call(self, name: str, args: tuple[Any, ...]) -> Any:
-        local = self._local_ops.get(name)
-        if local is not None:
-            return local(*args)
-        return self._cache.call_backend(name, args)
+    def _call(self, op: Op) -> Any:
+        if isinstance(op, SqlLoad):
+            return self._store.load(op.user_id)
+        if isinstance(op, Sleep):
+            return self._sleep(op.seconds)
+        return self._cache.run_op(op)
 
     def get_current_personality_state(self, user_id: str) -> PersonalityState:
         """The user's current state: from the cache when present, else from SQL."""
@@ -301,3 +312,110 @@ class PersonalityTracker(TrackerPolicy):
     def get_cache_stats(self) -> dict[str, Any]:
         """The shared cache's totals across all processes (see ``PersonalityCache``)."""
         return self._cache.get_stats()
+
+
+class AsyncPersonalityTracker(TrackerPolicy):
+    """``PersonalityTracker`` for asyncio, sharing its flows."""
+
+    def __init__(
+        self,
+        store: PersonalityStore,
+        cache: AsyncPersonalityCache,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        outbox_interval: float | None = 5.0,
+        outbox_grace: float = 2.0,
+        serve_stale: bool = False,
+    ) -> None:
+        """As ``PersonalityTracker``; the cache is required (there is no asyncio default)."""
+        super().__init__(
+            store,
+            cache,
+            monotonic=monotonic,
+            outbox_interval=outbox_interval,
+            outbox_grace=outbox_grace,
+            serve_stale=serve_stale,
+        )
+        self._cache = cache
+        self._loads: AsyncSingleFlight[PersonalityState] = AsyncSingleFlight()
+
+    @property
+    def cache(self) -> AsyncPersonalityCache:
+        return self._cache
+
+    async def _call(self, op: Op) -> Any:
+        if isinstance(op, SqlLoad):
+            return await asyncio.to_thread(self._store.load, op.user_id)
+        if isinstance(op, Sleep):
+            return await asyncio.sleep(op.seconds)
+        return await self._cache.run_op(op)
+
+    async def _bind_async(self) -> None:
+        if not self._bound:
+            await asyncio.to_thread(self._bind)
+
+    async def get_current_personality_state(self, user_id: str) -> PersonalityState:
+        """As ``PersonalityTracker.get_current_personality_state``."""
+        if self._bound:
+            near = self._cache.near_get(user_id)
+            if near is not None:
+                return near
+        validate_user_id(user_id)
+        await self._bind_async()
+        began = self._monotonic()
+        ticket = self._cache.ticket()
+        read = self._policy.read_or_lease_flow(user_id, ticket)
+        cached, lease = await adrive(read, self._call)
+        if cached is not None:
+            self._observe("redis_hit", began)
+            return cached
+        state = self._recent_load(user_id, began)
+        if state is None:
+            try:
+                state = await self._load(user_id, ticket, lease)
+            except StoreUnavailableError:
+                state = self._fail_safe(user_id)
+        self._observe("miss", began)
+        return state
+
+    async def _load(
+        self, user_id: str, ticket: Ticket | None, lease: str | None
+    ) -> PersonalityState:
+        def load() -> Awaitable[PersonalityState]:
+            return adrive(self._load_flow(user_id, ticket, lease), self._call)
+
+        if lease:  # elected across processes: load now; a waiter must never hold the lease
+            return await load()
+        return await self._loads.run(user_id, load)
+
+    async def update_personality_dimension(
+        self,
+        user_id: str,
+        dimension: str,
+        value: float | str,
+        confidence_change: float = 0.0,
+        context: str | None = None,
+        *,
+        confidence: float | None = None,
+    ) -> PersonalityState:
+        """As ``PersonalityTracker.update_personality_dimension``."""
+        args = self._update_args(
+            user_id, dimension, value, confidence_change, context, confidence=confidence
+        )
+        await self._bind_async()
+        began = self._monotonic()
+        state = await asyncio.to_thread(lambda: self._store.update_dimension(**args))
+        await self._cache.write_through(state)
+        self._confirm_delivery(state)
+        self._observe("update", began)
+        return state
+
+    async def get_personality_evolution_history(
+        self, user_id: str, dimension: str | None = None, days: float = 30
+    ) -> list[EvolutionRecord]:
+        """As ``PersonalityTracker.get_personality_evolution_history``."""
+        args = self._history_args(user_id, dimension, days)
+        return await asyncio.to_thread(self._store.history, *args)
+
+    async def get_cache_stats(self) -> dict[str, Any]:
+        return await self._cache.get_stats()

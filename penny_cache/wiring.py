@@ -1,67 +1,128 @@
-"""Assembly: Settings in, a wired ``PersonalityCache`` out (backend, near cache, listener).
+"""Assembly: ``Settings`` in, the parts of a cache out (backend, near cache, listener).
 
-Kept apart so the policy (``cache.py``) never imports redis-py: only this module, the
-backend and the listener know which driver sits underneath.
+The one place that chooses the Redis topology and knows which driver sits underneath: the
+faces (``penny_cache.cache``) call it from ``from_url``/``from_settings`` and the policy
+never sees a redis-py type.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 from penny_cache.config import Settings
 from penny_cache.errors import ConfigurationError
-from penny_cache.flows import Listener, ListenerFactory
-from penny_cache.invalidation import InvalidationListener, ListenerGroup
 from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, shard_channel
-from penny_cache.near import NearCache
-from penny_cache.process_metrics import ProcessMetrics
-from penny_cache.redis_backend import RedisBackend
-
-if TYPE_CHECKING:
-    from penny_cache.aio import AsyncPersonalityCache
-    from penny_cache.cache import PersonalityCache
+from penny_cache.observe.metrics import ProcessMetrics
+from penny_cache.policy.flows import Listener, ListenerFactory
+from penny_cache.policy.near import NearCache
+from penny_cache.redis.backend import AsyncRedisBackend, RedisBackend
+from penny_cache.redis.boundary import boundary_options
+from penny_cache.redis.breaker import CircuitBreaker
+from penny_cache.redis.clients import (
+    ASYNC_MAX_CONNECTIONS,
+    async_client,
+    socket_timeout,
+    subscriber_factory,
+    sync_client,
+)
+from penny_cache.redis.commands import ClusterCommands, Commands
+from penny_cache.redis.listener import InvalidationListener, ListenerGroup
 
 __all__ = [
-    "async_cache_from_settings",
-    "async_cache_from_url",
-    "cache_from_settings",
-    "cache_from_url",
+    "async_backend",
+    "async_parts",
+    "commands_for",
+    "settings_from_url",
+    "sync_backend",
+    "sync_parts",
 ]
 
 # from_url() keeps the short argument names of the original API.
 _ALIASES: Final = {"ttl": "cache_ttl", "timeout": "redis_timeout", "cooldown": "redis_cooldown"}
+_WIRING_OPTIONS: Final = ("stats_flush_interval", "metrics")
 
 
-def cache_from_url(cls: type[PersonalityCache], url: str, **options: Any) -> PersonalityCache:
-    """``PersonalityCache.from_url``: options are ``Settings`` fields (or their aliases);
-    ``stats_flush_interval=None`` turns the background flusher off (tests)."""
-    flush: Any = options.pop("stats_flush_interval", 1.0)
-    metrics: Any = options.pop("metrics", None)
-    return cache_from_settings(
-        cls, _settings(url, options), stats_flush_interval=flush, metrics=metrics
-    )
-
-
-def _settings(url: str, options: dict[str, Any]) -> Settings:
+def settings_from_url(url: str, options: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
+    """``from_url``'s options split: ``Settings`` fields (or their short aliases), and the
+    wiring's own (``stats_flush_interval=None`` turns the background flusher off, for tests;
+    ``metrics``)."""
+    extra: dict[str, Any] = {n: options.pop(n) for n in _WIRING_OPTIONS if n in options}
+    extra.setdefault("stats_flush_interval", 1.0)
     fields = {_ALIASES.get(name, name): value for name, value in options.items()}
     unknown = set(fields) - set(Settings.__dataclass_fields__)
     if unknown:
         raise ConfigurationError(f"unknown cache options: {', '.join(sorted(unknown))}")
-    return Settings(redis_url=url, **fields)
+    return Settings(redis_url=url, **fields), extra
 
 
-def cache_from_settings(
-    cls: type[PersonalityCache],
+def sync_parts(
     settings: Settings,
     *,
     stats_flush_interval: float | object | None = ...,
     metrics: ProcessMetrics | None = None,
-) -> PersonalityCache:
-    """A cache shaped by ``settings`` on a redis-py backend."""
-    backend = RedisBackend.from_settings(settings)
+) -> tuple[RedisBackend, dict[str, Any]]:
+    """A ``PersonalityCache``'s constructor arguments: its backend and policy options."""
+    backend = sync_backend(settings)
     flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
-    return cls(backend, **_policy_options(settings, backend, flush), metrics=metrics)
+    options = _policy_options(settings, backend, flush)
+    options["metrics"] = metrics
+    return backend, options
+
+
+def async_parts(
+    settings: Settings,
+    *,
+    stats_flush_interval: float | object | None = ...,
+    metrics: ProcessMetrics | None = None,
+) -> tuple[AsyncRedisBackend, RedisBackend, dict[str, Any]]:
+    """An ``AsyncPersonalityCache``'s: redis.asyncio for requests; a sync client for the
+    counters' flusher and the listener thread, sharing one breaker (the background probe
+    reopens the asyncio requests too)."""
+    sync, options = sync_parts(settings, stats_flush_interval=stats_flush_interval, metrics=metrics)
+    backend = async_backend(settings, breaker=sync.breaker)
+    return backend, sync, options
+
+
+def sync_backend(
+    settings: Settings,
+    *,
+    monotonic: Callable[[], float] = time.monotonic,
+    breaker: CircuitBreaker | None = None,
+) -> RedisBackend:
+    """The sync backend of the configured topology (standalone and Sentinel share one
+    class; a Cluster publishes on sharded channels)."""
+    return RedisBackend(
+        sync_client(settings),
+        commands=commands_for(settings),
+        subscribers=subscriber_factory(settings),
+        **boundary_options(settings, monotonic, breaker),
+    )
+
+
+def commands_for(settings: Settings) -> Commands:
+    """What the topology sends. Behind Sentinel a write that tells other processes about a
+    change counts as done only once a replica has it (WAIT: a failover must not bring
+    back the version it replaced); a Cluster announces on sharded channels."""
+    if settings.redis_topology == "cluster":
+        return ClusterCommands()
+    if settings.redis_topology == "sentinel":
+        # below the read timeout, so WAIT answers before the read gives up
+        wait_ms = max(1, int(socket_timeout(settings.redis_timeout) * 800))
+        return Commands(wait_replicas=1, wait_timeout_ms=wait_ms)
+    return Commands()
+
+
+def async_backend(
+    settings: Settings, *, breaker: CircuitBreaker | None = None
+) -> AsyncRedisBackend:
+    """The asyncio backend of the configured topology."""
+    return AsyncRedisBackend(
+        async_client(settings, ASYNC_MAX_CONNECTIONS),
+        commands=commands_for(settings),
+        **boundary_options(settings, time.monotonic, breaker),
+    )
 
 
 def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[str, Any]:
@@ -126,32 +187,3 @@ def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFact
 
 def _idle() -> None:
     """The periodic hook of the listeners that do not run the periodic work."""
-
-
-def async_cache_from_url(
-    cls: type[AsyncPersonalityCache], url: str, **options: Any
-) -> AsyncPersonalityCache:
-    """``AsyncPersonalityCache.from_url``: the same options as ``cache_from_url``."""
-    flush: Any = options.pop("stats_flush_interval", 1.0)
-    metrics: Any = options.pop("metrics", None)
-    return async_cache_from_settings(
-        cls, _settings(url, options), stats_flush_interval=flush, metrics=metrics
-    )
-
-
-def async_cache_from_settings(
-    cls: type[AsyncPersonalityCache],
-    settings: Settings,
-    *,
-    stats_flush_interval: float | object | None = ...,
-    metrics: ProcessMetrics | None = None,
-) -> AsyncPersonalityCache:
-    """redis.asyncio for requests; a sync client for the counters' flusher and the
-    listener thread."""
-    from penny_cache.redis_async import AsyncRedisBackend
-
-    # one breaker for both: the background probe (sync) reopens the asyncio requests too
-    sync = RedisBackend.from_settings(settings)
-    backend = AsyncRedisBackend.from_settings(settings, breaker=sync.breaker)
-    flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
-    return cls(backend, sync, **_policy_options(settings, sync, flush), metrics=metrics)

@@ -17,10 +17,10 @@ import fakeredis
 import pytest
 import redis
 
+from penny_cache.app.embedded import RedisServerProcess
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import RedisServerProcess
-from penny_cache.redis_backend import RedisBackend
-from penny_cache.store import PersonalityStore
+from penny_cache.redis.backend import RedisBackend
+from penny_cache.store.database import PersonalityStore
 
 REQUIRE_SERVICES = os.environ.get("PENNY_REQUIRE_SERVICES") == "1"
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from penny_cache.embedded import RedisServerProcess, free_port, wait_until
+from penny_cache.app.embedded import RedisServerProcess, free_port, wait_until
 
 READY_WITHIN = 30.0
 

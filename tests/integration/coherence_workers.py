@@ -25,7 +25,7 @@ from typing import Any, Final, NamedTuple
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 READ: Final = "r"

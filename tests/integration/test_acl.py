@@ -23,12 +23,12 @@ import pytest
 import redis
 from redis.exceptions import NoPermissionError
 
+from penny_cache.app.embedded import RedisServerProcess, wait_until
+from penny_cache.app.exporter import registry_for_settings
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
-from penny_cache.embedded import RedisServerProcess, wait_until
-from penny_cache.exporter import registry_for_settings
-from penny_cache.redis_backend import ALL_SCRIPTS
-from penny_cache.store import PersonalityStore
+from penny_cache.redis.scripts import ALL_SCRIPTS
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import unavailable
 
@@ -117,7 +117,7 @@ class AclServer:
             PENNY_DATABASE_URL=database_url,
         )
         return subprocess.run(
-            [sys.executable, "-m", "penny_cache.cli", command],
+            [sys.executable, "-m", "penny_cache.app.cli", command],
             capture_output=True,
             text=True,
             env=environ,

@@ -6,12 +6,12 @@ import asyncio
 
 import pytest
 
-from penny_cache.aio import AsyncPersonalityCache, AsyncPersonalityTracker
+from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker
+from penny_cache.app.embedded import RedisServerProcess, wait_until
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import RedisServerProcess, wait_until
 from penny_cache.errors import InvalidValueError
 from penny_cache.state import PersonalityState
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 pytestmark = pytest.mark.integration

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
+from penny_cache.app.embedded import free_port
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -20,7 +20,7 @@ def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PENNY_")}
     environ.update(env)
     return subprocess.run(
-        [sys.executable, "-m", "penny_cache.cli", *args],
+        [sys.executable, "-m", "penny_cache.app.cli", *args],
         capture_output=True,
         text=True,
         env=environ,

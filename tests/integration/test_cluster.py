@@ -18,13 +18,13 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from penny_cache.aio import AsyncPersonalityCache, AsyncPersonalityTracker
+from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker
+from penny_cache.app.embedded import wait_until
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
-from penny_cache.embedded import wait_until
 from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, encode_user_id, invalidation_shard
 from penny_cache.keys import shard_channel as sharded
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import unavailable
 from tests.integration.test_coherence import USERS, FaultLoop, assert_coherent, run_history

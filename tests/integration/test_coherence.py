@@ -35,10 +35,10 @@ from typing import Any, Final
 import pytest
 import redis
 
+from penny_cache.app.embedded import RedisServerProcess, wait_until
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
-from penny_cache.embedded import RedisServerProcess, wait_until
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.integration.coherence_workers import (
     BARRIER_TIMEOUT,

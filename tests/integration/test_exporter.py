@@ -15,9 +15,9 @@ from wsgiref.simple_server import WSGIServer
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from penny_cache.app.embedded import RedisServerProcess
+from penny_cache.app.exporter import registry_for_redis, serve
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import RedisServerProcess
-from penny_cache.exporter import registry_for_redis, serve
 from penny_cache.state import default_state
 from tests.conftest import unavailable
 from tests.integration import workers

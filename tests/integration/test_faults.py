@@ -22,11 +22,11 @@ from typing import Any, Final
 import pytest
 import redis
 
+from penny_cache.app.embedded import RedisServerProcess, wait_until
 from penny_cache.cache import PersonalityCache
 from penny_cache.codec import decode_state
-from penny_cache.embedded import RedisServerProcess, wait_until
 from penny_cache.keys import KeySchema
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.faultproxy import FaultProxy
 from tests.integration.coherence_workers import DIMENSION, READ

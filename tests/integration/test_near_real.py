@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import pytest
 import redis
 
+from penny_cache.app.embedded import RedisServerProcess, wait_until
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import RedisServerProcess, wait_until
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
+from penny_cache.app.embedded import RedisServerProcess, wait_until
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import RedisServerProcess, wait_until
-from penny_cache.process_metrics import ProcessMetrics, for_worker
-from penny_cache.store import PersonalityStore
+from penny_cache.observe.metrics import ProcessMetrics, for_worker
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.integration import workers
 

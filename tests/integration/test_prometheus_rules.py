@@ -19,8 +19,8 @@ import promql_parser
 import pytest
 import yaml
 
-from penny_cache.exporter import EXPORTED_METRICS
-from penny_cache.process_metrics import PROCESS_METRICS
+from penny_cache.observe.exporter import EXPORTED_METRICS
+from penny_cache.observe.metrics import PROCESS_METRICS
 from tests.conftest import unavailable
 
 pytestmark = pytest.mark.integration
@@ -33,8 +33,8 @@ ALERTS = PROMETHEUS / "rules" / "penny_cache_alerts.yml"
 RULE_FILES = (RECORDING, ALERTS)
 UNIT_TESTS = PROMETHEUS / "tests" / "penny_cache_alerts_test.yml"
 
-# exactly what penny_cache.exporter publishes, what each service worker exposes itself
-# (penny_cache.process_metrics), plus Prometheus's own scrape health
+# exactly what penny_cache.observe.exporter publishes, what each service worker exposes itself
+# (penny_cache.observe.metrics), plus Prometheus's own scrape health
 ALLOWED_METRICS = EXPORTED_METRICS | PROCESS_METRICS | {"up"}
 SEVERITIES = frozenset({"page", "ticket"})
 RUNBOOK_SECTIONS = ("Meaning", "Impact", "Diagnosis", "Mitigation")

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from penny_cache.app.embedded import RedisServerProcess, free_port, wait_until
+from penny_cache.app.exporter import registry_for_redis, serve
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import RedisServerProcess, free_port, wait_until
-from penny_cache.exporter import registry_for_redis, serve
 from penny_cache.state import default_state
 from tests.conftest import unavailable
 

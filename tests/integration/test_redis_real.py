@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import pytest
 import redis
 
+from penny_cache.app.embedded import RedisServerProcess, wait_until
 from penny_cache.cache import PersonalityCache
-from penny_cache.embedded import RedisServerProcess, wait_until
 from penny_cache.state import default_state
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.integration import workers
 

@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from penny_cache.app.embedded import wait_until
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
-from penny_cache.embedded import wait_until
 from penny_cache.keys import KeySchema
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import unavailable
 from tests.integration.test_coherence import WORKERS, assert_coherent, run_history

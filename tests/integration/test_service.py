@@ -7,11 +7,11 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from penny_cache.app.embedded import RedisServerProcess
+from penny_cache.app.service import MAX_BODY_BYTES, STATS_MAX_AGE, create_app
 from penny_cache.config import Settings
-from penny_cache.embedded import RedisServerProcess
-from penny_cache.service import MAX_BODY_BYTES, STATS_MAX_AGE, create_app
 from penny_cache.state import CATALOGUE
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from schemathesis import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
+from penny_cache.app.service import create_app
 from penny_cache.config import Settings
-from penny_cache.service import create_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.security]
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.integration import workers
 

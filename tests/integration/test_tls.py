@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from penny_cache.app.embedded import RedisServerProcess, free_port
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
-from penny_cache.embedded import RedisServerProcess, free_port
 from penny_cache.errors import ConfigurationError
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import unavailable
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from multiprocessing.synchronize import Event
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 
@@ -43,7 +43,7 @@ def updates(database_url: str, user: str, count: int, worker: int) -> list[int]:
 
 def timed_reads(redis_url: str, namespace: str, database_url: str, users: int) -> None:
     """Read ``users`` cold users through a tracker with per-process metrics."""
-    from penny_cache.process_metrics import ProcessMetrics
+    from penny_cache.observe.metrics import ProcessMetrics
 
     cache = PersonalityCache.from_url(redis_url, namespace=namespace, metrics=ProcessMetrics())
     tracker = PersonalityTracker(PersonalityStore(database_url), cache)

@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 import redis
 
-from penny_cache.breaker import CircuitBreaker
 from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
-from penny_cache.redis_backend import RedisBackend
+from penny_cache.redis.backend import RedisBackend
+from penny_cache.redis.breaker import CircuitBreaker
 from tests.conftest import FakeClock
 
 
@@ -106,7 +106,7 @@ def test_timeouts_and_slow_failures_are_not_retried(
 
 def test_open_breaker_skips_redis_and_the_background_probe_closes_it(clock: FakeClock) -> None:
     """Once open, calls fail at once without touching the client; after the cooldown the
-    background probe (revive) pings, and a success lets requests through again."""
+    background probe (probe) pings, and a success lets requests through again."""
     client = _Client(clock, [(0.045, redis.TimeoutError("slow"))] * 3 + [(0.001, None)] * 2)
     backend = _backend(client, clock)
     for _ in range(3):
@@ -115,9 +115,9 @@ def test_open_breaker_skips_redis_and_the_background_probe_closes_it(clock: Fake
     with pytest.raises(CacheUnavailableError, match="circuit open"):
         backend.get("k")
     assert client.calls == 3
-    assert not backend.revive()  # cooldown not over: no probe
+    assert not backend.probe()  # cooldown not over: no probe
     clock.advance(1.0)
-    assert backend.revive() and backend.breaker.state == "closed"
+    assert backend.probe() and backend.breaker.state == "closed"
     assert backend.get("k") == b"value"
 
 

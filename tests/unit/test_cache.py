@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import fakeredis
 import pytest
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.codec import Entry
 from penny_cache.errors import CacheUnavailableError, InvalidStateError, InvalidUserIdError
-from penny_cache.flows import drive
-from penny_cache.redis_backend import RedisBackend
+from penny_cache.policy.flows import drive
+from penny_cache.policy.ops import CacheOp, WritePublish
+from penny_cache.redis.backend import RedisBackend
 from penny_cache.state import PersonalityState, apply_update, default_state
 from tests.conftest import FakeClock
 
@@ -204,25 +205,10 @@ class _DownBackend(RedisBackend):
     def __init__(self) -> None:
         super().__init__(fakeredis.FakeRedis())
 
+    def run(self, op: CacheOp) -> Any:
+        raise CacheUnavailableError("down")
+
     def get(self, key: str) -> bytes | None:
-        raise CacheUnavailableError("down")
-
-    def fill(self, entry: Entry, lease_key: str, token: str = "") -> bool:
-        raise CacheUnavailableError("down")
-
-    def write_publish(self, entry: Entry, seq_key: str, channel: str, encoded_user: str) -> bool:
-        raise CacheUnavailableError("down")
-
-    def invalidate_publish(self, key: str, seq_key: str, channel: str, encoded_user: str) -> None:
-        raise CacheUnavailableError("down")
-
-    def try_lease(self, key: str, lease_key: str, token: str, ttl_ms: int) -> bytes | bool:
-        raise CacheUnavailableError("down")
-
-    def delete(self, key: str) -> bool:
-        raise CacheUnavailableError("down")
-
-    def read_fields(self, key: str) -> dict[str, str]:
         raise CacheUnavailableError("down")
 
     def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]:
@@ -256,10 +242,10 @@ class _FlakyBackend(RedisBackend):
 
     down = False
 
-    def write_publish(self, entry: Entry, seq_key: str, channel: str, encoded_user: str) -> bool:
-        if self.down:
+    def run(self, op: CacheOp) -> Any:
+        if self.down and isinstance(op, WritePublish):
             raise CacheUnavailableError("down")
-        return super().write_publish(entry, seq_key, channel, encoded_user)
+        return super().run(op)
 
 
 def test_undelivered_write_through_is_kept_and_delivered(
@@ -289,7 +275,7 @@ def test_read_or_lease_elects_one_loader_and_hands_later_ones_the_fill(
     fresh lease (no second SQL load). Every call counts one lookup."""
 
     def read() -> tuple[PersonalityState | None, str | None]:
-        return drive(cache.read_or_lease_flow("alice", None), cache.call_backend)
+        return drive(cache.read_or_lease_flow("alice", None), cache.run_op)
 
     state, first = read()
     assert state is None and first

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.near import NearCache
-from penny_cache.redis_backend import RedisBackend
+from penny_cache.policy.near import NearCache
+from penny_cache.redis.backend import RedisBackend
 from tests.conftest import FakeClock
 from tests.unit.test_cache import state_of
 

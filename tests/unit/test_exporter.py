@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, generate_latest
 
 from penny_cache.errors import CacheUnavailableError
-from penny_cache.exporter import RedisCountersCollector
-from penny_cache.stats import COUNTERS
+from penny_cache.observe.counters import COUNTERS
+from penny_cache.observe.exporter import RedisCountersCollector
 
 TOTALS = {name: n + 1 for n, name in enumerate(COUNTERS)} | {"hits": 30, "near_hits": 20}
 
@@ -64,7 +64,7 @@ def test_exported_metrics_lists_exactly_what_a_scrape_shows() -> None:
     of metric names a scrape with Redis up exposes, so the two cannot drift apart."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    from penny_cache.exporter import EXPORTED_METRICS
+    from penny_cache.observe.exporter import EXPORTED_METRICS
 
     text = generate_latest(registry_for(lambda: TOTALS)).decode()
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}

@@ -8,7 +8,7 @@ import pytest
 
 from penny_cache import get_cache, reset_cache
 from penny_cache.errors import ConfigurationError
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 

@@ -21,7 +21,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from penny_cache.embedded import RedisServerProcess, free_port
+from penny_cache.app.embedded import RedisServerProcess, free_port
 from tests.conftest import unavailable
 from tests.faultproxy import FaultProxy, Mode
 

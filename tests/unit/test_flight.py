@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from penny_cache.flight import SingleFlight
+from penny_cache.policy.flight import SingleFlight
 
 
 def test_concurrent_callers_share_one_load() -> None:

@@ -2,7 +2,7 @@
 
 The dashboard may only chart metrics that exist: the ``penny_cache_*`` families served by
 ``penny-cache exporter``, the per-process ``penny_cache_*`` samples the service workers serve
-(``penny_cache.process_metrics``) and a handful of redis_exporter families. Every query must parse
+(``penny_cache.observe.metrics``) and a handful of redis_exporter families. Every query must parse
 as PromQL and every ``rate``/``increase`` must use ``$__rate_interval``.
 """
 
@@ -19,8 +19,8 @@ import promql_parser
 import pytest
 import yaml
 
-from penny_cache.exporter import EXPORTED_METRICS
-from penny_cache.process_metrics import PROCESS_METRICS
+from penny_cache.observe.exporter import EXPORTED_METRICS
+from penny_cache.observe.metrics import PROCESS_METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "grafana"

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from penny_cache.errors import CacheUnavailableError
-from penny_cache.invalidation import InvalidationListener, Message, format_message, parse_message
 from penny_cache.keys import encode_user_id
-from penny_cache.near import NearCache
+from penny_cache.policy.near import NearCache
+from penny_cache.redis.listener import InvalidationListener, Message, format_message, parse_message
 from penny_cache.state import default_state
 from tests.conftest import FakeClock
 

@@ -11,7 +11,7 @@ import pytest
 from penny_cache.cache import PersonalityCache
 from penny_cache.errors import InvalidStateError
 from penny_cache.personality_state_cache import PersonalityStateCache
-from penny_cache.redis_backend import RedisBackend
+from penny_cache.redis.backend import RedisBackend
 from penny_cache.state import default_state
 
 STATE = {"formality": 0.46, "technical_depth": 0.47, "vocabulary": ["yo", "indeed"]}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from penny_cache.near import NearCache
+from penny_cache.policy.near import NearCache
 from penny_cache.state import PersonalityState, apply_update, default_state
 from tests.conftest import FakeClock
 

@@ -9,9 +9,10 @@ import pytest
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.errors import StoreUnavailableError
-from penny_cache.near import NearCache
-from penny_cache.redis_backend import RedisBackend
-from penny_cache.store import PersonalityStore
+from penny_cache.policy.near import NearCache
+from penny_cache.policy.ops import Delete
+from penny_cache.redis.backend import RedisBackend
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import FakeClock, FakeUTCClock
 from tests.unit.test_cache import _DownBackend
@@ -110,7 +111,7 @@ def test_fail_safe_reads_serve_the_last_known_state_only_when_asked(
     strict = PersonalityTracker(store, cache, outbox_interval=None)
     lenient = PersonalityTracker(store, cache, outbox_interval=None, serve_stale=True)
     version = strict.update_personality_dimension("eve", DIM, 0.8).version
-    fake_backend.delete(cache.keys.state("eve"))
+    fake_backend.run(Delete(cache.keys.state("eve")))
     clock.advance(5)  # the near entry has expired: only a fail-safe read may use it
     store.down = True
     with pytest.raises(StoreUnavailableError):

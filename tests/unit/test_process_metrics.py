@@ -5,10 +5,10 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.near import NearCache
-from penny_cache.process_metrics import ProcessMetrics
-from penny_cache.redis_backend import RedisBackend
-from penny_cache.store import PersonalityStore
+from penny_cache.observe.metrics import ProcessMetrics
+from penny_cache.policy.near import NearCache
+from penny_cache.redis.backend import RedisBackend
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 
@@ -56,7 +56,7 @@ def test_near_gauges_follow_the_near_cache() -> None:
 
 def test_for_worker_without_multiprocess_registers_on_its_registry() -> None:
     """Outside multiprocess mode the worker's registry holds its own metrics."""
-    from penny_cache.process_metrics import for_worker
+    from penny_cache.observe.metrics import for_worker
 
     metrics, registry = for_worker(None)
     metrics.invalidations_received.inc()

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from penny_cache.ratelog import RateLimitedLog
+from penny_cache.observe.ratelog import RateLimitedLog
 from tests.conftest import FakeClock
 
 LOGGER_NAME = "penny_cache.tests.ratelog"

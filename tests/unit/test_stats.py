@@ -5,8 +5,8 @@ from __future__ import annotations
 import fakeredis
 
 from penny_cache.keys import KeySchema
-from penny_cache.redis_backend import RedisBackend
-from penny_cache.stats import SharedCounters, sum_counters
+from penny_cache.observe.counters import SharedCounters, sum_counters
+from penny_cache.redis.backend import RedisBackend
 
 
 def counters(fake_redis: fakeredis.FakeRedis, namespace: str) -> SharedCounters:

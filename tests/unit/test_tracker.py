@@ -11,11 +11,11 @@ import pytest
 from penny_cache.cache import PersonalityCache
 from penny_cache.codec import encode_state
 from penny_cache.errors import InvalidInputError, StoreMismatchError, UnknownDimensionError
-from penny_cache.near import Ticket
-from penny_cache.policy import Flow
-from penny_cache.redis_backend import RedisBackend
+from penny_cache.policy.flows import Flow
+from penny_cache.policy.near import Ticket
+from penny_cache.redis.backend import RedisBackend
 from penny_cache.state import PersonalityState
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import FakeUTCClock
 from tests.unit.test_cache import _DownBackend

@@ -42,6 +42,10 @@ RETRY_SHARE: Final = 0.45  # each of connect and read timeout, as a share of the
 FAST_FAILURE: Final = 0.1  # a failure within this share of the deadline may be retried
 
 
+# connections per asyncio client (per worker process)
+ASYNC_MAX_CONNECTIONS: Final = 64
+
+
 def socket_timeout(deadline: float) -> float:
     """The connect and the read timeout that keep attempt + retry within ``deadline``."""
     return deadline * RETRY_SHARE

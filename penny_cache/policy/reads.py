@@ -21,16 +21,17 @@ from typing import Any, TypeVar
 from penny_cache.codec import decode_state
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, StoreMismatchError
-from penny_cache.flows import Flow, Listener, ListenerFactory, Op, drive, stats_view
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, log_id
-from penny_cache.near import NearCache, Ticket
-from penny_cache.policy_writes import WritePolicy
-from penny_cache.process_metrics import ProcessMetrics
-from penny_cache.ratelog import RateLimitedLog
+from penny_cache.observe.counters import SharedCounters
+from penny_cache.observe.metrics import ProcessMetrics
+from penny_cache.observe.ratelog import RateLimitedLog
+from penny_cache.policy.flows import Flow, Listener, ListenerFactory, SyncTransport, stats_view
+from penny_cache.policy.near import NearCache, Ticket
+from penny_cache.policy.ops import Delete, Fill, Get, TryLease
+from penny_cache.policy.writes import WritePolicy
 from penny_cache.state import PersonalityState
-from penny_cache.stats import CounterBackend, SharedCounters
 
-__all__ = ["CachePolicy", "Flow", "Listener", "Op", "drive", "stats_view"]
+__all__ = ["CachePolicy"]
 
 log = logging.getLogger("penny_cache")
 _T = TypeVar("_T")
@@ -48,7 +49,7 @@ class CachePolicy(WritePolicy):
 
     def __init__(
         self,
-        counter_backend: CounterBackend,
+        sync_backend: SyncTransport,
         *,
         namespace: str = "penny",
         ttl: float = 300.0,
@@ -71,12 +72,12 @@ class CachePolicy(WritePolicy):
         self._bind_lock = threading.Lock()
         if stats_flush_interval is not None:
             positive_seconds(stats_flush_interval, "stats_flush_interval")
-        self._sync_backend = counter_backend
+        self._sync_backend = sync_backend
         self._counters = SharedCounters(
-            counter_backend,
+            sync_backend,
             self._keys,
             flush_interval=stats_flush_interval,
-            on_tick=self.deliver_pending,
+            on_tick=self._tick,
         )
         self._local_counters = self._counters.local  # reset in place after a fork
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
@@ -207,13 +208,13 @@ class CachePolicy(WritePolicy):
         """Read and decode one entry, counting one hit or miss (shared with the drop-in)."""
         self._counters.ensure_started()
         try:
-            payload = yield ("get", (key,))
+            payload = yield Get(key)
         except CacheError as exc:
             self._redis_failed("get", exc)
             payload = None
         value = None if payload is None else self._decode(payload, user_id, decode)
         if value is _UNREADABLE:
-            yield from self._quiet("delete", key)
+            yield from self._quiet(Delete(key))
             value = None
         (self._local_counters.hit if value is not None else self._local_counters.miss)()
         return value
@@ -232,7 +233,7 @@ class CachePolicy(WritePolicy):
     def peek_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         """Read Redis without counting a lookup (a loader waiting on another's lease)."""
         try:
-            payload = yield ("get", (self._keys.state(user_id),))
+            payload = yield Get(self._keys.state(user_id))
             return decode_state(payload, user_id) if payload is not None else None
         except CacheError:
             return None
@@ -253,7 +254,7 @@ class CachePolicy(WritePolicy):
                 return None, ""
         token = f"{self.process_id}:{next(self._tokens)}"
         try:
-            result = yield ("try_lease", (key, self._keys.lease(user_id), token, self._lease_ms))
+            result = yield TryLease(key, self._keys.lease(user_id), token, self._lease_ms)
         except CacheError as exc:
             self._redis_failed("read-or-lease", exc)
             result = False
@@ -262,7 +263,7 @@ class CachePolicy(WritePolicy):
         if isinstance(result, bytes):
             state = self._decode(result, user_id, decode_state)
             if state is _UNREADABLE:
-                yield from self._quiet("delete", key)
+                yield from self._quiet(Delete(key))
                 state = None
             result, token = False, ""  # if unreadable: load, no lease was taken
         (self._local_counters.hit if state is not None else self._local_counters.miss)()
@@ -274,7 +275,7 @@ class CachePolicy(WritePolicy):
         """Cache a state just read from SQL, unless a newer version is already cached."""
         entry = self._entry(state.user_id, state)
         try:
-            written = yield ("fill", (entry, self._keys.lease(state.user_id), lease))
+            written = yield Fill(entry, self._keys.lease(state.user_id), lease)
         except CacheError as exc:
             self._redis_failed("fill", exc)
             return False
@@ -312,8 +313,11 @@ class CachePolicy(WritePolicy):
             self._counters.incr(counter)
 
     def _tick(self) -> None:
-        """The listener thread's periodic work: queued write-throughs, near-cache gauges."""
-        self.deliver_pending()
+        """The background threads' periodic work: probe an open breaker (so requests need
+        not be the ones to find Redis back), deliver queued write-throughs, near-cache
+        gauges."""
+        if self._sync_backend.probe(force=bool(self._pending)):
+            self.deliver_pending()
         if self.metrics is not None and self._near is not None:
             self.metrics.observe_near(len(self._near), self._near.flushes)
 

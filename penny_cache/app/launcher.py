@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from penny_cache.app.embedded import embedded_redis, free_port
 from penny_cache.config import Settings, redact_url
-from penny_cache.embedded import embedded_redis, free_port
 
 __all__ = ["StackOptions", "run_stack", "serve"]
 
@@ -55,7 +55,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     print(f"redis            {_where_redis(settings)}, namespace {settings.namespace}", flush=True)
     try:
         uvicorn.run(
-            "penny_cache.service:app_from_env",
+            "penny_cache.app.service:app_from_env",
             factory=True,
             host=host,
             port=port,
@@ -159,7 +159,7 @@ def _port_or_free(host: str, wanted: int) -> int:
 
 
 def _start_children(stack: _Stack, options: StackOptions) -> None:
-    cli = [sys.executable, "-m", "penny_cache.cli"]
+    cli = [sys.executable, "-m", "penny_cache.app.cli"]
     print(f"database         {stack.environ['PENNY_DATABASE_URL']}")
     serve_args = ["serve", "--host", options.host, "--port", str(stack.http_port)]
     serve_args += ["--workers", str(options.workers)]

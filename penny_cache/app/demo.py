@@ -18,7 +18,7 @@ from typing import Any
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.state import CATALOGUE, PersonalityState
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 
 __all__ = ["DemoConfig", "DemoReport", "WorkerReport", "run_demo"]

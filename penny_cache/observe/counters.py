@@ -53,18 +53,18 @@ COUNTERS: Final = (
 )
 _SEEN: Final = "seen"
 _LOCK_FREE: Final = ("hits", "misses", "near_hits")
-log = logging.getLogger("penny_cache.stats")
+log = logging.getLogger("penny_cache.observe.counters")
 
 
 class CounterBackend(Protocol):
     """What the counters need from Redis (``RedisBackend`` provides it)."""
 
     def write_fields(self, key: str, fields: Mapping[str, int | float | str]) -> None: ...
-    def read_fields(self, key: str) -> dict[str, str]: ...
     def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]: ...
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
     ) -> bool: ...
+    def probe(self, *, force: bool = False) -> bool: ...
 
 
 class LocalCounters:
@@ -219,9 +219,7 @@ class SharedCounters:
             if not any(totals.values()) and self._published is None:
                 return  # never published: nothing of ours is in the hash
             marker = self._keys.retired_marker(self.process_id)
-            revive = getattr(self._backend, "revive", None)
-            if revive is not None:
-                revive(force=True)  # Redis may be back while the breaker is still open
+            self._backend.probe(force=True)  # Redis may be back while the breaker is open
             try:
                 key = self._keys.counters(self.process_id)
                 self._backend.retire_counters(key, marker, self.process_id, totals)

@@ -13,12 +13,22 @@ from typing import Any
 
 from penny_cache.codec import Entry, encode_state
 from penny_cache.errors import CacheError, InvalidStateError
-from penny_cache.flows import Flow, drive
 from penny_cache.keys import KeySchema, encode_user_id
-from penny_cache.near import NearCache
-from penny_cache.ratelog import RateLimitedLog
+from penny_cache.observe.counters import SharedCounters
+from penny_cache.observe.ratelog import RateLimitedLog
+from penny_cache.policy.flows import Flow, SyncTransport, drive
+from penny_cache.policy.near import NearCache
+from penny_cache.policy.ops import (
+    CacheOp,
+    CountMatching,
+    Delete,
+    InvalidatePublish,
+    PublishFlush,
+    Set,
+    UnlinkMatching,
+    WritePublish,
+)
 from penny_cache.state import PersonalityState
-from penny_cache.stats import CounterBackend, SharedCounters
 
 __all__ = ["WritePolicy"]
 
@@ -32,7 +42,7 @@ class WritePolicy:
     _errors: RateLimitedLog
     _pending: dict[str, PersonalityState]
     _pending_lock: threading.Lock
-    _sync_backend: CounterBackend
+    _sync_backend: SyncTransport
     _ttl: float
     _jitter: float
     _rand: Callable[[], float]
@@ -76,16 +86,9 @@ class WritePolicy:
     def deliver_pending(self) -> None:
         """Background delivery of queued write-throughs (listener and flusher threads):
         other processes must not wait for this process's next Redis read to learn of
-        an update it committed while Redis was unreachable.
-
-        Also the circuit breaker's background probe: once its cooldown has passed, a ping
-        from here closes it, so requests need not be the ones to find Redis back."""
-        revive = getattr(self._sync_backend, "revive", None)
-        if revive is not None and not revive(force=bool(self._pending)):
-            return
-        if not self._pending:
-            return
-        self._drive_in_background(self._drain_flow(None))
+        an update it committed while Redis was unreachable."""
+        if self._pending:
+            self._drive_in_background(self._drain_flow(None))
 
     def publish_committed(self, state: PersonalityState) -> bool:
         """Write a committed state through from a background thread (the outbox
@@ -95,8 +98,7 @@ class WritePolicy:
 
     def _drive_in_background(self, flow: Flow[Any]) -> None:
         """Run a flow on the sync backend (a thread's work, also for an asyncio cache)."""
-        backend = self._sync_backend
-        drive(flow, lambda name, args: getattr(backend, name)(*args))
+        drive(flow, self._sync_backend.run)
 
     def is_pending(self, user_id: str) -> bool:
         """Whether a write-through of ``user_id`` still waits for Redis."""
@@ -105,7 +107,7 @@ class WritePolicy:
     def _publish_flow(self, entry: Entry, user_id: str, counter: str) -> Flow[bool]:
         seq_key, channel = self._keys.sequence(), self._keys.channel()
         user = encode_user_id(user_id)
-        written = yield ("write_publish", (entry, seq_key, channel, user))
+        written = yield WritePublish(entry, seq_key, channel, user)
         self._counters.incr(counter if written else "fills_refused")
         return bool(written)
 
@@ -134,7 +136,7 @@ class WritePolicy:
     def store_unversioned_flow(self, key: str, payload: bytes) -> Flow[bool]:
         """Plain SET with the TTL, for the drop-in's unversioned mappings."""
         ttl_ms = max(1, int(self._ttl * 1000))
-        if not (yield from self._quiet("set", key, payload, ttl_ms, default=False)):
+        if not (yield from self._quiet(Set(key, payload, ttl_ms), default=False)):
             return False
         self._counters.incr("sets")
         return True
@@ -149,15 +151,15 @@ class WritePolicy:
         )
         if self._near is not None:
             self._near.invalidate(user_id, None)
-        args = (key, seq_key, channel, encode_user_id(user_id))
-        if not (yield from self._quiet("invalidate_publish", *args, default=False)):
+        op = InvalidatePublish(key, seq_key, channel, encode_user_id(user_id))
+        if not (yield from self._quiet(op, default=False)):
             return False
         self._counters.incr("invalidations")
         return True
 
     def invalidate_key_flow(self, key: str) -> Flow[bool]:
         """Drop one entry by key and count an invalidation (the drop-in's entries)."""
-        if not (yield from self._quiet("delete", key, default=False)):
+        if not (yield from self._quiet(Delete(key), default=False)):
             return False
         self._counters.incr("invalidations")
         return True
@@ -167,22 +169,22 @@ class WritePolicy:
         cache; counters stay."""
         if self._near is not None:
             self._near.flush()
-        removed = yield from self._quiet("unlink_matching", pattern or self._keys.state_pattern())
-        yield from self._quiet("publish_flush", self._keys.sequence(), self._keys.channel())
+        removed = yield from self._quiet(UnlinkMatching(pattern or self._keys.state_pattern()))
+        yield from self._quiet(PublishFlush(self._keys.sequence(), self._keys.channel()))
         return int(removed or 0)
 
     def size_flow(self, pattern: str | None = None) -> Flow[int]:
         """Entries cached for this namespace and store (a SCAN: for tools, not hot paths)."""
-        found = yield from self._quiet("count_matching", pattern or self._keys.state_pattern())
+        found = yield from self._quiet(CountMatching(pattern or self._keys.state_pattern()))
         return int(found or 0)
 
-    def _quiet(self, name: str, *args: Any, default: Any = None) -> Flow[Any]:
-        """A backend call whose failure is counted and logged, and answers ``default``;
-        a call that returns nothing answers True."""
+    def _quiet(self, op: CacheOp, default: Any = None) -> Flow[Any]:
+        """An operation whose failure is counted and logged, and answers ``default``;
+        one that returns nothing answers True."""
         try:
-            result = yield (name, args)
+            result = yield op
         except CacheError as exc:
-            self._redis_failed(name, exc)
+            self._redis_failed(type(op).__name__, exc)
             return default
         return True if result is None else result
 

@@ -19,13 +19,13 @@ from collections.abc import Callable
 
 from penny_cache import forks
 from penny_cache.errors import PennyCacheError
-from penny_cache.ratelog import RateLimitedLog
+from penny_cache.observe.ratelog import RateLimitedLog
 from penny_cache.state import PersonalityState
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 
 __all__ = ["OutboxSweeper"]
 
-log = logging.getLogger("penny_cache.outbox")
+log = logging.getLogger("penny_cache.store.outbox")
 
 
 class OutboxSweeper:

@@ -1,6 +1,6 @@
 """Lua sources. Each is headed by its KEYS/ARGV contract; each is atomic on the server.
 
-The backend runs them with EVALSHA and reloads on NOSCRIPT, so a restarted Redis
+The transports run them with EVALSHA and reloads on NOSCRIPT, so a restarted Redis
 (scripts gone) costs one extra round trip, never an error.
 
 The version compare-and-set is one Lua function (``_CAS``) shared by the scripts that
@@ -10,9 +10,11 @@ it anyway).
 
 from __future__ import annotations
 
+import hashlib
 from typing import Final
 
 __all__ = [
+    "ALL_SCRIPTS",
     "FILL",
     "INVALIDATE_PUBLISH",
     "LEASE",
@@ -20,7 +22,23 @@ __all__ = [
     "RETIRE_COUNTERS",
     "SHARD_PUBLISH",
     "WRITE_PUBLISH",
+    "Script",
 ]
+
+
+class Script:
+    """A named Lua source and its SHA1, for EVALSHA (``SCRIPT LOAD`` on NOSCRIPT)."""
+
+    __slots__ = ("name", "sha", "source")
+
+    def __init__(self, name: str, source: str) -> None:
+        self.name = name
+        self.source = source
+        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
+
+    def __repr__(self) -> str:
+        return f"Script({self.name!r}, sha={self.sha[:8]})"
+
 
 # The publish time (Redis TIME, microseconds) goes into every message: receivers measure
 # the invalidation lag against it. Scripts may call TIME: Redis 7 replicates effects.
@@ -45,8 +63,10 @@ local function cas(key, version, payload, ttl_ms, prefix)
 end
 """
 
-FILL: Final = (
-    """
+FILL: Final = Script(
+    "FILL",
+    (
+        """
 -- A fill after a SQL read: write unless the same or a newer version is there; release
 -- the loader lease if this loader still holds it. Publishes nothing: a fill never
 -- replaces anything another process may hold.
@@ -55,17 +75,20 @@ FILL: Final = (
 -- ARGV[4]  envelope prefix up to the version digits     ARGV[5]  lease token ('' = none)
 -- returns  1 when written, 0 when a same-or-newer version is already there
 """
-    + _CAS
-    + """
+        + _CAS
+        + """
 local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) == ARGV[5] then
   redis.call('DEL', KEYS[2])
 end
 return written
 """
+    ),
 )
 
-LEASE: Final = """
+LEASE: Final = Script(
+    "LEASE",
+    """
 -- Elect one loader per user: the entry if another loader already filled it, else the
 -- lease if nobody holds it. Checking the entry first closes the race where a reader
 -- missed just before a fill and would otherwise take a fresh lease after it.
@@ -80,10 +103,13 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
 return 0
-"""
+""",
+)
 
-WRITE_PUBLISH: Final = (
-    """
+WRITE_PUBLISH: Final = Script(
+    "WRITE_PUBLISH",
+    (
+        """
 -- Write a committed (or explicitly set) state through, and tell every near cache.
 -- KEYS[1]  entry key          KEYS[2]  sequence key
 -- ARGV[1]  version            ARGV[2]  envelope         ARGV[3]  TTL in ms
@@ -92,63 +118,75 @@ WRITE_PUBLISH: Final = (
 -- Publishes <seq>|<version>|<published us>|<user>, even when a newer version is there:
 -- it only ever makes caches drop more.
 """
-    + _CAS
-    + _NOW_US
-    + """
+        + _CAS
+        + _NOW_US
+        + """
 local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[5], seq .. '|' .. ARGV[1] .. '|' .. now_us() .. '|' .. ARGV[6])
 return {written, seq}
 """
+    ),
 )
 
-INVALIDATE_PUBLISH: Final = (
-    """
+INVALIDATE_PUBLISH: Final = Script(
+    "INVALIDATE_PUBLISH",
+    (
+        """
 -- Drop an entry and tell every near cache to drop the user, whatever its version.
 -- KEYS[1]  entry key          KEYS[2]  sequence key
 -- ARGV[1]  channel            ARGV[2]  encoded user id
 -- returns  the sequence number published
 """
-    + _NOW_US
-    + """
+        + _NOW_US
+        + """
 redis.call('UNLINK', KEYS[1])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[1], seq .. '|*|' .. now_us() .. '|' .. ARGV[2])
 return seq
 """
+    ),
 )
 
-PUBLISH_FLUSH: Final = (
-    """
+PUBLISH_FLUSH: Final = Script(
+    "PUBLISH_FLUSH",
+    (
+        """
 -- Tell every near cache to empty itself (after clear()).
 -- KEYS[1]  sequence key       ARGV[1]  channel
 -- returns  the sequence number published
 """
-    + _NOW_US
-    + """
+        + _NOW_US
+        + """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], seq .. '|flush|' .. now_us() .. '|')
 return seq
 """
+    ),
 )
 
-SHARD_PUBLISH: Final = (
-    """
+SHARD_PUBLISH: Final = Script(
+    "SHARD_PUBLISH",
+    (
+        """
 -- Redis Cluster: announce a change on one sharded invalidation channel. The sequence key
 -- and the channel share a hash tag, so this runs in one slot, on the node owning it.
 -- KEYS[1]  the shard's sequence key
 -- ARGV[1]  the shard's channel    ARGV[2]  version, '*' or 'flush'    ARGV[3]  encoded user
 -- returns  the sequence number published
 """
-    + _NOW_US
-    + """
+        + _NOW_US
+        + """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('SPUBLISH', ARGV[1], seq .. '|' .. ARGV[2] .. '|' .. now_us() .. '|' .. ARGV[3])
 return seq
 """
+    ),
 )
 
-RETIRE_COUNTERS: Final = """
+RETIRE_COUNTERS: Final = Script(
+    "RETIRE_COUNTERS",
+    """
 -- Fold a closing process's cumulative counters into the 'retired' totals, exactly once.
 -- KEYS[1]  the counters hash; fields are '<process>|<counter>'
 -- KEYS[2]  the process's retired marker (same hash slot as KEYS[1])
@@ -165,4 +203,18 @@ for i = 3, #ARGV, 2 do
 end
 redis.call('HDEL', KEYS[1], ARGV[1] .. '|seen')
 return 1
-"""
+""",
+)
+
+
+# Every script the service runs: ``penny-cache load-scripts`` loads them for an ACL user
+# that may only EVALSHA.
+ALL_SCRIPTS: Final = (
+    FILL,
+    WRITE_PUBLISH,
+    INVALIDATE_PUBLISH,
+    PUBLISH_FLUSH,
+    LEASE,
+    RETIRE_COUNTERS,
+    SHARD_PUBLISH,
+)

@@ -22,7 +22,6 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Engine, Row
 
-from penny_cache import store_outbox
 from penny_cache.errors import (
     InvalidInputError,
     StoreConflictError,
@@ -38,7 +37,8 @@ from penny_cache.state import (
     apply_update,
     default_state,
 )
-from penny_cache.store_schema import dimensions, history, meta, metadata, users
+from penny_cache.store import outbox_rows
+from penny_cache.store.schema import dimensions, history, meta, metadata, users
 
 __all__ = ["EPOCH", "PersonalityStore"]
 
@@ -184,7 +184,7 @@ class PersonalityStore:
             if bumped.rowcount != 1:
                 raise _LostRaceError  # rolls the transaction back; the caller retries
             _upsert_dimension(conn, user_id, dimension, new.dimensions[dimension])
-            store_outbox.record(conn, user_id, new.version, now)
+            outbox_rows.record(conn, user_id, new.version, now)
             conn.execute(
                 sa.insert(history).values(
                     user_id=user_id,
@@ -222,7 +222,7 @@ class PersonalityStore:
         self._ensure_schema()
         older_than = self._clock() - timedelta(seconds=grace)
         with _translated(), self._engine.connect() as conn, conn.begin():
-            return store_outbox.due_rows(conn, older_than, limit)
+            return outbox_rows.due_rows(conn, older_than, limit)
 
     def outbox_delivered(self, delivered: list[tuple[str, int]]) -> int:
         """Forget the outbox rows of these delivered versions (older rows only)."""
@@ -230,7 +230,7 @@ class PersonalityStore:
             return 0
         self._ensure_schema()
         with _translated(), self._write() as conn:
-            return store_outbox.delete_delivered(conn, delivered)
+            return outbox_rows.delete_delivered(conn, delivered)
 
     def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers."""

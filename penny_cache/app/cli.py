@@ -20,12 +20,13 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from penny_cache.app.demo import DemoConfig, format_report, run_demo
+from penny_cache.app.embedded import embedded_redis
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings, redact_url
-from penny_cache.demo import DemoConfig, format_report, run_demo
-from penny_cache.embedded import embedded_redis
 from penny_cache.errors import CacheError, ConfigurationError, InvalidInputError, StoreError
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
+from penny_cache.wiring import sync_backend
 
 __all__ = ["main"]
 
@@ -90,7 +91,7 @@ def _port(text: str) -> int:
 
 def _exporter(args: argparse.Namespace, settings: Settings) -> int:
     from penny_cache import __version__
-    from penny_cache.exporter import registry_for_settings, serve
+    from penny_cache.app.exporter import registry_for_settings, serve
 
     registry, close = registry_for_settings(settings, __version__)
     server = serve(registry, args.host, args.port or settings.exporter_port)
@@ -183,7 +184,7 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
     if args.command == "demo":
         return _demo(args, environ)
     if args.command == "run":
-        from penny_cache.launcher import StackOptions, run_stack
+        from penny_cache.app.launcher import StackOptions, run_stack
 
         return run_stack(StackOptions(args.workers, args.duration), environ)
     settings = Settings.from_env(environ)
@@ -198,16 +199,14 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    from penny_cache.launcher import serve
+    from penny_cache.app.launcher import serve
 
     port, workers = args.port or settings.http_port, args.workers or settings.http_workers
     return serve(settings, args.host, port, workers)
 
 
 def _load_scripts(settings: Settings) -> int:
-    from penny_cache.redis_backend import RedisBackend
-
-    backend = RedisBackend.from_settings(settings)
+    backend = sync_backend(settings)
     try:
         shas = backend.load_scripts()
     except CacheError as exc:

@@ -14,7 +14,7 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from penny_cache.store_schema import outbox
+from penny_cache.store.schema import outbox
 
 __all__ = ["delete_delivered", "due_rows", "record"]
 

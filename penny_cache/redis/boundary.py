@@ -12,10 +12,10 @@ from typing import Any
 import redis
 from redis.exceptions import RedisClusterException
 
-from penny_cache.breaker import CircuitBreaker
 from penny_cache.config import Settings
 from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
-from penny_cache.redis_clients import FAST_FAILURE, socket_timeout
+from penny_cache.redis.breaker import CircuitBreaker
+from penny_cache.redis.clients import FAST_FAILURE
 
 __all__ = ["ErrorBoundary", "boundary_options"]
 
@@ -24,9 +24,7 @@ def boundary_options(
     settings: Settings, monotonic: Callable[[], float], breaker: CircuitBreaker | None
 ) -> dict[str, Any]:
     """What the settings decide for a backend's boundary, the same for the sync and
-    asyncio backends. Behind Sentinel a write that tells other processes about a change
-    counts as done only once a replica has it (WAIT: a failover must not bring back the
-    version it replaced), and a failure drops the pooled connections."""
+    asyncio backends. Behind Sentinel a failure drops the pooled connections."""
     sentinel = settings.redis_topology == "sentinel"
     return {
         "cooldown": settings.redis_cooldown,
@@ -34,9 +32,6 @@ def boundary_options(
         "deadline": settings.redis_timeout,
         "breaker": breaker
         or CircuitBreaker(settings.breaker_failures, settings.redis_cooldown, monotonic),
-        "wait_replicas": 1 if sentinel else 0,
-        # below the read timeout, so WAIT answers before the read gives up
-        "wait_timeout_ms": max(1, int(socket_timeout(settings.redis_timeout) * 800)),
         "reset_pool_on_failure": sentinel,
     }
 
@@ -61,15 +56,11 @@ class ErrorBoundary:
         *,
         deadline: float = 0.1,
         breaker: CircuitBreaker | None = None,
-        wait_replicas: int = 0,
-        wait_timeout_ms: int = 100,
         reset_pool_on_failure: bool = False,
     ) -> None:
         self._monotonic = monotonic
         self._breaker = breaker or CircuitBreaker(3, cooldown, monotonic)
         self._fast_failure = deadline * FAST_FAILURE
-        self._wait_replicas = wait_replicas
-        self._wait_timeout_ms = wait_timeout_ms
         # Behind Sentinel a failure may mean a failover: pooled connections may lead to a
         # primary that is paused now and demoted later, still answering reads with old
         # data. After a failure, every connection is dropped and made anew (the pool asks

@@ -43,13 +43,13 @@ from redis.exceptions import RedisClusterException
 
 from penny_cache.errors import CacheError
 from penny_cache.keys import decode_user_id
-from penny_cache.near import NearCache
-from penny_cache.ratelog import RateLimitedLog
+from penny_cache.observe.ratelog import RateLimitedLog
+from penny_cache.policy.near import NearCache
 from penny_cache.state import validate_user_id
 
 __all__ = ["InvalidationListener", "ListenerGroup", "Message", "format_message", "parse_message"]
 
-log = logging.getLogger("penny_cache.invalidation")
+log = logging.getLogger("penny_cache.redis.listener")
 _FIRST_BACKOFF: Final = 0.01
 ANY_VERSION: Final = "*"
 FLUSH: Final = "flush"

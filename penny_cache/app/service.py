@@ -23,8 +23,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
-from penny_cache import __version__
-from penny_cache.aio import AsyncPersonalityCache, AsyncPersonalityTracker
+from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker, __version__
 from penny_cache.config import Settings
 from penny_cache.errors import (
     InvalidInputError,
@@ -32,9 +31,9 @@ from penny_cache.errors import (
     StoreError,
     UnknownDimensionError,
 )
-from penny_cache.process_metrics import for_worker
+from penny_cache.observe.metrics import for_worker
 from penny_cache.state import PersonalityState
-from penny_cache.store import PersonalityStore
+from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import MAX_CONTEXT_CHARS
 
 __all__ = ["MAX_BODY_BYTES", "STATS_MAX_AGE", "app_from_env", "create_app"]

@@ -1,0 +1,84 @@
+"""The exporter's HTTP side: a registry wired to Redis, and the WSGI server that serves it.
+
+The collector itself (what is exported, read at scrape time) is
+``penny_cache.observe.exporter``; this module only connects it to the configured Redis
+and to HTTP (``penny-cache exporter``), with the standard library's WSGI server: the
+exporter needs no ``[service]`` extra.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from typing import Any, Final
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from penny_cache.config import Settings
+from penny_cache.keys import KeySchema
+from penny_cache.observe.counters import shared_totals
+from penny_cache.observe.exporter import RedisCountersCollector
+from penny_cache.wiring import sync_backend
+
+__all__ = ["exporter_app", "registry_for_redis", "registry_for_settings", "serve"]
+
+
+def registry_for_redis(
+    redis_url: str, namespace: str, version: str, *, timeout: float = 0.1
+) -> tuple[CollectorRegistry, Callable[[], None]]:
+    """A registry holding the collector for ``namespace`` on ``redis_url``, and its close."""
+    settings = Settings(redis_url=redis_url, namespace=namespace, redis_timeout=timeout)
+    return registry_for_settings(settings, version)
+
+
+def registry_for_settings(
+    settings: Settings, version: str
+) -> tuple[CollectorRegistry, Callable[[], None]]:
+    """As ``registry_for_redis``, on the configured topology (standalone, Sentinel, Cluster)."""
+    backend = sync_backend(settings)
+    keys = KeySchema(settings.namespace)
+    registry = CollectorRegistry()
+    registry.register(
+        RedisCountersCollector(lambda: shared_totals(backend, keys), settings.namespace, version)
+    )
+    return registry, backend.close
+
+
+_LANDING: Final = b"""<!doctype html><html><head><title>penny_cache exporter</title></head>
+<body><h1>penny_cache exporter</h1><p>Cross-process cache counters for Prometheus:
+<a href="/metrics">/metrics</a>.</p></body></html>"""
+
+
+def exporter_app(registry: CollectorRegistry) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app: ``/metrics`` from ``registry``, a small landing page at ``/``, and
+    ``/healthz`` for liveness probes (the process answers; Redis is ``penny_cache_up``)."""
+    metrics = make_wsgi_app(registry)
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path in {"", "/"}:
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [_LANDING]
+        if path == "/healthz":
+            start_response("200 OK", [("Content-Type", "application/json")])
+            return [b'{"status": "ok"}']
+        return metrics(environ, start_response)  # type: ignore[no-any-return]
+
+    return app
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes every 15 s would drown the log; errors still surface as responses."""
+
+
+def serve(registry: CollectorRegistry, host: str, port: int) -> WSGIServer:
+    """An HTTP server for the exporter (call ``serve_forever``; ``port=0`` picks one)."""
+    return make_server(
+        host, port, exporter_app(registry), _ThreadingServer, handler_class=_QuietHandler
+    )

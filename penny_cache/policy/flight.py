@@ -1,0 +1,89 @@
+"""Single-flight: concurrent misses of one key in a process run one load, not many.
+
+One rule for both APIs: callers that arrive while a load of their key runs wait for it
+and share its outcome, its result or its exception (a failing database is asked once, not
+once per waiter); a waiter that has waited ``wait_timeout`` without an outcome (the
+leader hangs) loads for itself.
+
+Hand-written because each is a dozen lines around ``threading.Event`` or an
+``asyncio.Future``, and no maintained library offers the sync version with exceptions
+shared to the waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Generic, TypeVar
+
+__all__ = ["AsyncSingleFlight", "SingleFlight"]
+
+_T = TypeVar("_T")
+
+
+class _Call(Generic[_T]):
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: _T | None = None
+        self.error: BaseException | None = None
+
+
+class SingleFlight(Generic[_T]):
+    """``run(key, load)``: the first caller loads; callers arriving meanwhile share it."""
+
+    def __init__(self, wait_timeout: float = 30.0) -> None:
+        self._lock = threading.Lock()
+        self._calls: dict[str, _Call[_T]] = {}
+        self._wait_timeout = wait_timeout
+
+    def run(self, key: str, load: Callable[[], _T]) -> _T:
+        with self._lock:
+            call = self._calls.get(key)
+            leader = call is None
+            if call is None:
+                call = self._calls[key] = _Call()
+        if not leader:
+            if not call.done.wait(self._wait_timeout):
+                return load()  # the leader hangs: load for ourselves
+            if call.error is not None:
+                raise call.error
+            return call.result  # type: ignore[return-value]
+        try:
+            call.result = load()
+            return call.result
+        except BaseException as exc:
+            call.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._calls[key]
+            call.done.set()
+
+
+class AsyncSingleFlight(Generic[_T]):
+    """``await run(key, load)``: as ``SingleFlight``, for coroutines of one event loop."""
+
+    def __init__(self, wait_timeout: float = 30.0) -> None:
+        self._calls: dict[str, asyncio.Future[_T]] = {}
+        self._wait_timeout = wait_timeout
+
+    async def run(self, key: str, load: Callable[[], Awaitable[_T]]) -> _T:
+        running = self._calls.get(key)
+        if running is not None:
+            try:
+                return await asyncio.wait_for(asyncio.shield(running), self._wait_timeout)
+            except TimeoutError:
+                return await load()  # the leader hangs: load for ourselves
+        future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
+        self._calls[key] = future
+        try:
+            result = await load()
+            future.set_result(result)
+            return result
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        finally:
+            del self._calls[key]

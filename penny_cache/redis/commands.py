@@ -1,0 +1,169 @@
+"""What each typed operation sends to Redis, written once for every transport.
+
+``Commands.plan(op)`` is a generator (a *plan*) that yields client calls (``Call``: a
+redis-py client method, same name and arguments on the sync and asyncio clients),
+script runs (``Eval``) and key scans (``Scan``), receives each answer and returns the
+operation's result. ``penny_cache.redis.backend`` drives a plan with plain calls or with
+``await``; that is all a transport does. Behind Sentinel a plan that announces a change
+also waits for a replica (``WAIT``), so a failover cannot bring back the replaced version.
+``ClusterCommands`` changes only the three publishing plans (sharded channels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import Any, Final, NamedTuple, assert_never
+
+from penny_cache.codec import Entry, version_prefix
+from penny_cache.errors import CacheNotReplicatedError
+from penny_cache.keys import INVALIDATION_SHARDS, invalidation_shard, shard_channel, shard_sequence
+from penny_cache.policy.ops import (
+    CacheOp,
+    CountMatching,
+    Delete,
+    Fill,
+    Get,
+    InvalidatePublish,
+    PublishFlush,
+    Set,
+    TryLease,
+    UnlinkMatching,
+    WritePublish,
+)
+from penny_cache.redis import scripts
+from penny_cache.redis.scripts import Script
+
+__all__ = ["SCAN_BATCH", "Call", "ClusterCommands", "Commands", "Eval", "Plan", "Scan"]
+
+SCAN_BATCH: Final = 500
+_PREFIX: Final = version_prefix()
+_FLUSH: Final = "flush"
+_ANY_VERSION: Final = "*"
+
+
+class Call(NamedTuple):
+    """A redis-py client method and its arguments."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}  # noqa: RUF012 - never mutated; NamedTuple defaults
+
+
+class Eval(NamedTuple):
+    """EVALSHA of a registered script (the transport reloads it on NOSCRIPT)."""
+
+    script: Script
+    keys: list[str]
+    args: list[Any]
+
+
+class Scan(NamedTuple):
+    """Every key matching a pattern (SCAN, ``SCAN_BATCH`` at a time), as a list."""
+
+    pattern: str
+
+
+Plan = Generator[Call | Eval | Scan, Any, Any]
+
+
+def entry_args(entry: Entry) -> list[Any]:
+    """ARGV[1..4] of the scripts that write entries (see ``scripts.FILL``)."""
+    return [entry.version, entry.payload, entry.ttl_ms, _PREFIX]
+
+
+class Commands:
+    """The plans of a standalone or Sentinel-managed Redis."""
+
+    def __init__(self, *, wait_replicas: int = 0, wait_timeout_ms: int = 100) -> None:
+        self.wait_replicas = wait_replicas
+        self.wait_timeout_ms = wait_timeout_ms
+
+    def plan(self, op: CacheOp) -> Plan:  # noqa: C901, PLR0911 - one case per operation
+        """The plan that carries out ``op``."""
+        match op:
+            case Get(key):
+                return (yield Call("get", (key,)))
+            case Set(key, payload, ttl_ms):
+                return (yield Call("set", (key, payload), {"px": ttl_ms}))
+            case Fill(entry, lease_key, token):
+                keys = [entry.key, lease_key]
+                return bool((yield Eval(scripts.FILL, keys, [*entry_args(entry), token])))
+            case WritePublish():
+                return (yield from self.write_publish(op))
+            case InvalidatePublish():
+                return (yield from self.invalidate_publish(op))
+            case PublishFlush():
+                return (yield from self.publish_flush(op))
+            case TryLease(key, lease_key, token, ttl_ms):
+                result = yield Eval(scripts.LEASE, [key, lease_key], [token, ttl_ms])
+                return result if isinstance(result, bytes) else bool(result)
+            case Delete(key):
+                return bool((yield Call("unlink", (key,))))
+            case UnlinkMatching(pattern):
+                keys = yield Scan(pattern)
+                removed = 0
+                for start in range(0, len(keys), SCAN_BATCH):
+                    removed += int((yield Call("unlink", tuple(keys[start : start + SCAN_BATCH]))))
+                return removed
+            case CountMatching(pattern):
+                return len((yield Scan(pattern)))
+            case _:
+                assert_never(op)
+
+    def write_publish(self, op: WritePublish) -> Plan:
+        args = [*entry_args(op.entry), op.channel, op.encoded_user]
+        written, _seq = yield Eval(scripts.WRITE_PUBLISH, [op.entry.key, op.seq_key], args)
+        yield from self.replicated()
+        return bool(written)
+
+    def invalidate_publish(self, op: InvalidatePublish) -> Plan:
+        keys, args = [op.key, op.seq_key], [op.channel, op.encoded_user]
+        yield Eval(scripts.INVALIDATE_PUBLISH, keys, args)
+        yield from self.replicated()
+
+    def publish_flush(self, op: PublishFlush) -> Plan:
+        yield Eval(scripts.PUBLISH_FLUSH, [op.seq_key], [op.channel])
+        yield from self.replicated()
+
+    def replicated(self) -> Plan:
+        """Behind Sentinel: done only once ``wait_replicas`` replicas acknowledged this
+        connection's writes."""
+        if self.wait_replicas:
+            acked = yield Call("wait", (self.wait_replicas, self.wait_timeout_ms))
+            if acked < self.wait_replicas:
+                raise CacheNotReplicatedError(
+                    f"{acked} of {self.wait_replicas} replicas acknowledged within "
+                    f"{self.wait_timeout_ms} ms"
+                )
+
+
+def _shard_publish(channel: str, encoded_user: str, version: str) -> Eval:
+    shard = invalidation_shard(encoded_user) if encoded_user else 0
+    args = [shard_channel(channel, shard), version, encoded_user]
+    return Eval(scripts.SHARD_PUBLISH, [shard_sequence(channel, shard)], args)
+
+
+class ClusterCommands(Commands):
+    """Redis Cluster: a script may touch one slot only, and a plain ``PUBLISH`` reaches
+    every node. So a write-through is two steps: the version-checked write in the entry's
+    slot, then ``SPUBLISH`` on the user's invalidation shard (one of
+    ``INVALIDATION_SHARDS`` channels, each with its own sequence number in its own slot),
+    which reaches only the node that owns that channel. A crash between the two steps is
+    covered like any undelivered write-through: the write is queued and retried whole."""
+
+    def write_publish(self, op: WritePublish) -> Plan:
+        # FILL without a lease token: the version compare-and-set alone. Its lease key must
+        # be in the entry's slot; the entry key itself is (the token '' never matches).
+        entry = op.entry
+        written = yield Eval(scripts.FILL, [entry.key, entry.key], [*entry_args(entry), ""])
+        yield _shard_publish(op.channel, op.encoded_user, str(entry.version))
+        return bool(written)
+
+    def invalidate_publish(self, op: InvalidatePublish) -> Plan:
+        yield Call("unlink", (op.key,))
+        yield _shard_publish(op.channel, op.encoded_user, _ANY_VERSION)
+
+    def publish_flush(self, op: PublishFlush) -> Plan:
+        for shard in range(INVALIDATION_SHARDS):
+            args = [shard_channel(op.channel, shard), _FLUSH, ""]
+            yield Eval(scripts.SHARD_PUBLISH, [shard_sequence(op.channel, shard)], args)
