@@ -21,9 +21,10 @@ from penny_cache import forks, wiring
 from penny_cache.config import Settings
 from penny_cache.errors import CacheError
 from penny_cache.observe.metrics import ProcessMetrics
-from penny_cache.policy.flows import AsyncTransport, Flow, SyncTransport, adrive, drive
+from penny_cache.policy.flows import Flow, adrive, drive
 from penny_cache.policy.near import Ticket
 from penny_cache.policy.ops import CacheOp
+from penny_cache.policy.ports import AsyncTransport, SyncTransport
 from penny_cache.policy.reads import CachePolicy
 from penny_cache.state import PersonalityState
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
+from functools import partial
 from typing import Any, Final
 
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
@@ -23,7 +24,7 @@ from penny_cache.errors import InvalidInputError, StoreUnavailableError
 from penny_cache.policy.flight import AsyncSingleFlight, SingleFlight
 from penny_cache.policy.flows import TrackerFlow, adrive, drive
 from penny_cache.policy.near import Ticket
-from penny_cache.policy.ops import Op, Sleep, SqlLoad
+from penny_cache.policy.ops import Blocking, Op, Shared, Sleep
 from penny_cache.policy.reads import CachePolicy
 from penny_cache.state import (
     EvolutionRecord,
@@ -72,8 +73,10 @@ def _validate_days(days: object) -> float:
 class TrackerPolicy:
     """Validation and the read/update flows, shared by the sync and async trackers.
 
-    Flows yield the cache's operations plus two of their own, ``SqlLoad`` and ``Sleep``,
-    which each driver runs its own way (a call, or a thread and ``await``).
+    Reads and updates are flows: they yield the cache's operations plus three of the
+    tracker's own (``Blocking`` SQL calls, ``Sleep``, and ``Shared``: a load run once
+    per process for every concurrent miss), which each tracker runs its own way (a call,
+    or a worker thread and ``await``). Only the near-cache hit stays outside a flow.
     """
 
     def __init__(
@@ -86,6 +89,10 @@ class TrackerPolicy:
         outbox_grace: float = 2.0,
         serve_stale: bool = False,
     ) -> None:
+        """``outbox_interval``: seconds between outbox sweeps (None: no sweeper here);
+        ``outbox_grace``: how old an undelivered version must be before it is replayed;
+        ``serve_stale``: when SQL is down, answer reads with this process's last known
+        state (counted as ``stale_served``) instead of raising. Writes always raise."""
         self._store = store
         self._policy = cache
         self._serve_stale = serve_stale
@@ -136,7 +143,7 @@ class TrackerPolicy:
                 return state
             lease = ""  # the other loader is late: read SQL ourselves
         started = self._monotonic()
-        state = yield SqlLoad(user_id)
+        state = yield Blocking(partial(self._store.load, user_id))
         yield from self._policy.fill_flow(state, ticket, lease)
         if len(self._recent) > _RECENT_LOADS:
             self._recent.clear()
@@ -176,15 +183,65 @@ class TrackerPolicy:
         if metrics is not None:
             metrics.timers[operation].observe(self._monotonic() - began)
 
+    def _bind_flow(self) -> TrackerFlow[None]:
+        if not self._bound:
+            yield Blocking(self._bind)
+
+    def _read_flow(self, user_id: str) -> TrackerFlow[PersonalityState]:
+        """The read behind a near miss: Redis (or the lease to load), else SQL."""
+        validate_user_id(user_id)
+        yield from self._bind_flow()
+        began = self._monotonic()
+        ticket = self._policy.ticket()  # before the lookup: a later invalidation wins
+        cached, lease = yield from self._policy.read_or_lease_flow(user_id, ticket)
+        if cached is not None:
+            self._observe("redis_hit", began)
+            return cached
+        state = self._recent_load(user_id, began)
+        if state is None:
+            load = self._load_flow(user_id, ticket, lease)
+            try:
+                # elected across processes: load now (a waiter never holds the lease);
+                # else one load per process for every concurrent miss
+                state = (yield from load) if lease else (yield Shared(user_id, load))
+            except StoreUnavailableError:
+                state = self._fail_safe(user_id)
+        self._observe("miss", began)
+        return state
+
+    def _near_hit(self, user_id: str) -> PersonalityState | None:
+        """The hot path, outside any flow; only validated ids are ever in the near cache."""
+        return self._policy.near_get(user_id) if self._bound else None
+
+    def _update_flow(
+        self, user_id: str, dimension: str, value: object, **options: object
+    ) -> TrackerFlow[PersonalityState]:
+        """Validate, commit the next version to SQL, then write it through to the cache.
+        ``options``: ``change``, ``context``, ``confidence`` (see ``_update_args``)."""
+        args = self._update_args(user_id, dimension, value, **options)
+        yield from self._bind_flow()
+        began = self._monotonic()
+        state = yield Blocking(partial(self._store.update_dimension, **args))
+        yield from self._policy.write_through_flow(state)
+        self._confirm_delivery(state)
+        self._observe("update", began)
+        return state  # type: ignore[no-any-return]
+
+    def _history_flow(
+        self, user_id: str, dimension: str | None, days: object
+    ) -> TrackerFlow[list[EvolutionRecord]]:
+        args = self._history_args(user_id, dimension, days)
+        return (yield Blocking(partial(self._store.history, *args)))  # type: ignore[no-any-return]
+
     def _update_args(
         self,
         user_id: str,
         dimension: str,
         value: object,
+        *,
         change: object,
         context: object,
-        *,
-        confidence: object = None,
+        confidence: object,
     ) -> dict[str, Any]:
         """Validate at the edge: bad input raises ``InvalidInputError``, nothing written.
         Returns the store's ``update_dimension`` arguments."""
@@ -215,27 +272,13 @@ class PersonalityTracker(TrackerPolicy):
         store: PersonalityStore,
         cache: PersonalityCache | None = None,
         *,
-        monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
-        outbox_interval: float | None = 5.0,
-        outbox_grace: float = 2.0,
-        serve_stale: bool = False,
+        **options: Any,
     ) -> None:
-        """``outbox_interval``: seconds between outbox sweeps (None: no sweeper here);
-        ``outbox_grace``: how old an undelivered version must be before it is replayed;
-        ``serve_stale``: when SQL is down, answer reads with this process's last known
-        state (counted as ``stale_served``) instead of raising. Writes always raise."""
-        if cache is None:  # as the original: the process-wide cache
-            cache = get_cache()
-        super().__init__(
-            store,
-            cache,
-            monotonic=monotonic,
-            outbox_interval=outbox_interval,
-            outbox_grace=outbox_grace,
-            serve_stale=serve_stale,
-        )
-        self._cache = cache
+        """Without ``cache``, the process-wide ``get_cache()``, as the original did;
+        ``options`` as in ``TrackerPolicy``."""
+        self._cache = cache if cache is not None else get_cache()
+        super().__init__(store, self._cache, **options)
         self._loads: SingleFlight[PersonalityState] = SingleFlight()
         self._sleep = sleep
 
@@ -244,38 +287,18 @@ class PersonalityTracker(TrackerPolicy):
         return self._cache
 
     def _call(self, op: Op) -> Any:
-        if isinstance(op, SqlLoad):
-            return self._store.load(op.user_id)
+        if isinstance(op, Blocking):
+            return op.call()
         if isinstance(op, Sleep):
             return self._sleep(op.seconds)
+        if isinstance(op, Shared):
+            return self._loads.run(op.key, lambda: drive(op.flow, self._call))
         return self._cache.run_op(op)
 
     def get_current_personality_state(self, user_id: str) -> PersonalityState:
         """The user's current state: from the cache when present, else from SQL."""
-        if self._bound:  # near hit first: only validated ids are ever in the near cache
-            near = self._cache.near_get(user_id)
-            if near is not None:
-                return near
-        validate_user_id(user_id)
-        self._bind()
-        began = self._monotonic()
-        ticket = self._cache.ticket()  # before the lookup: a later invalidation wins
-        cached, lease = drive(self._policy.read_or_lease_flow(user_id, ticket), self._call)
-        if cached is not None:
-            self._observe("redis_hit", began)
-            return cached
-        state = self._recent_load(user_id, began)
-        if state is None:
-            load = self._load_flow(user_id, ticket, lease)
-            try:
-                if lease:  # elected across processes: load now; a waiter never holds it
-                    state = drive(load, self._call)
-                else:
-                    state = self._loads.run(user_id, lambda: drive(load, self._call))
-            except StoreUnavailableError:
-                state = self._fail_safe(user_id)
-        self._observe("miss", began)
-        return state
+        state = self._near_hit(user_id)
+        return state if state is not None else drive(self._read_flow(user_id), self._call)
 
     def update_personality_dimension(
         self,
@@ -292,22 +315,14 @@ class PersonalityTracker(TrackerPolicy):
         ``confidence_change`` is added to the stored confidence, clamped to [0, 1];
         ``confidence`` instead sets it. Bad input raises ``InvalidInputError``, writes nothing.
         """
-        args = self._update_args(
-            user_id, dimension, value, confidence_change, context, confidence=confidence
-        )
-        self._bind()
-        began = self._monotonic()
-        state = self._store.update_dimension(**args)
-        self._cache.write_through(state)
-        self._confirm_delivery(state)
-        self._observe("update", began)
-        return state
+        options = {"change": confidence_change, "context": context, "confidence": confidence}
+        return drive(self._update_flow(user_id, dimension, value, **options), self._call)
 
     def get_personality_evolution_history(
         self, user_id: str, dimension: str | None = None, days: float = 30
     ) -> list[EvolutionRecord]:
         """Committed changes of the last ``days`` days, oldest first."""
-        return self._store.history(*self._history_args(user_id, dimension, days))
+        return drive(self._history_flow(user_id, dimension, days), self._call)
 
     def get_cache_stats(self) -> dict[str, Any]:
         """The shared cache's totals across all processes (see ``PersonalityCache``)."""
@@ -315,28 +330,14 @@ class PersonalityTracker(TrackerPolicy):
 
 
 class AsyncPersonalityTracker(TrackerPolicy):
-    """``PersonalityTracker`` for asyncio, sharing its flows."""
+    """``PersonalityTracker`` for asyncio: the same flows, awaited; SQL in worker threads."""
 
     def __init__(
-        self,
-        store: PersonalityStore,
-        cache: AsyncPersonalityCache,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        outbox_interval: float | None = 5.0,
-        outbox_grace: float = 2.0,
-        serve_stale: bool = False,
+        self, store: PersonalityStore, cache: AsyncPersonalityCache, **options: Any
     ) -> None:
         """As ``PersonalityTracker``; the cache is required (there is no asyncio default)."""
-        super().__init__(
-            store,
-            cache,
-            monotonic=monotonic,
-            outbox_interval=outbox_interval,
-            outbox_grace=outbox_grace,
-            serve_stale=serve_stale,
-        )
         self._cache = cache
+        super().__init__(store, cache, **options)
         self._loads: AsyncSingleFlight[PersonalityState] = AsyncSingleFlight()
 
     @property
@@ -344,49 +345,18 @@ class AsyncPersonalityTracker(TrackerPolicy):
         return self._cache
 
     async def _call(self, op: Op) -> Any:
-        if isinstance(op, SqlLoad):
-            return await asyncio.to_thread(self._store.load, op.user_id)
+        if isinstance(op, Blocking):
+            return await asyncio.to_thread(op.call)
         if isinstance(op, Sleep):
             return await asyncio.sleep(op.seconds)
+        if isinstance(op, Shared):
+            return await self._loads.run(op.key, lambda: adrive(op.flow, self._call))
         return await self._cache.run_op(op)
-
-    async def _bind_async(self) -> None:
-        if not self._bound:
-            await asyncio.to_thread(self._bind)
 
     async def get_current_personality_state(self, user_id: str) -> PersonalityState:
         """As ``PersonalityTracker.get_current_personality_state``."""
-        if self._bound:
-            near = self._cache.near_get(user_id)
-            if near is not None:
-                return near
-        validate_user_id(user_id)
-        await self._bind_async()
-        began = self._monotonic()
-        ticket = self._cache.ticket()
-        read = self._policy.read_or_lease_flow(user_id, ticket)
-        cached, lease = await adrive(read, self._call)
-        if cached is not None:
-            self._observe("redis_hit", began)
-            return cached
-        state = self._recent_load(user_id, began)
-        if state is None:
-            try:
-                state = await self._load(user_id, ticket, lease)
-            except StoreUnavailableError:
-                state = self._fail_safe(user_id)
-        self._observe("miss", began)
-        return state
-
-    async def _load(
-        self, user_id: str, ticket: Ticket | None, lease: str | None
-    ) -> PersonalityState:
-        def load() -> Awaitable[PersonalityState]:
-            return adrive(self._load_flow(user_id, ticket, lease), self._call)
-
-        if lease:  # elected across processes: load now; a waiter must never hold the lease
-            return await load()
-        return await self._loads.run(user_id, load)
+        state = self._near_hit(user_id)
+        return state if state is not None else await adrive(self._read_flow(user_id), self._call)
 
     async def update_personality_dimension(
         self,
@@ -399,23 +369,15 @@ class AsyncPersonalityTracker(TrackerPolicy):
         confidence: float | None = None,
     ) -> PersonalityState:
         """As ``PersonalityTracker.update_personality_dimension``."""
-        args = self._update_args(
-            user_id, dimension, value, confidence_change, context, confidence=confidence
-        )
-        await self._bind_async()
-        began = self._monotonic()
-        state = await asyncio.to_thread(lambda: self._store.update_dimension(**args))
-        await self._cache.write_through(state)
-        self._confirm_delivery(state)
-        self._observe("update", began)
-        return state
+        options = {"change": confidence_change, "context": context, "confidence": confidence}
+        return await adrive(self._update_flow(user_id, dimension, value, **options), self._call)
 
     async def get_personality_evolution_history(
         self, user_id: str, dimension: str | None = None, days: float = 30
     ) -> list[EvolutionRecord]:
         """As ``PersonalityTracker.get_personality_evolution_history``."""
-        args = self._history_args(user_id, dimension, days)
-        return await asyncio.to_thread(self._store.history, *args)
+        return await adrive(self._history_flow(user_id, dimension, days), self._call)
 
     async def get_cache_stats(self) -> dict[str, Any]:
+        """As ``PersonalityTracker.get_cache_stats`` (the read runs in a thread)."""
         return await self._cache.get_stats()

@@ -15,8 +15,8 @@ from penny_cache.config import Settings
 from penny_cache.errors import ConfigurationError
 from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, shard_channel
 from penny_cache.observe.metrics import ProcessMetrics
-from penny_cache.policy.flows import Listener, ListenerFactory
 from penny_cache.policy.near import NearCache
+from penny_cache.policy.ports import Listener, ListenerFactory
 from penny_cache.redis.backend import AsyncRedisBackend, RedisBackend
 from penny_cache.redis.boundary import boundary_options
 from penny_cache.redis.breaker import CircuitBreaker

@@ -22,7 +22,7 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from penny_cache import forks
 from penny_cache.errors import CacheError
@@ -34,6 +34,7 @@ __all__ = [
     "LocalCounters",
     "SharedCounters",
     "shared_totals",
+    "stats_view",
     "sum_counters",
 ]
 
@@ -242,3 +243,13 @@ def _close_at_exit(ref: weakref.ReferenceType[SharedCounters]) -> None:
     counters = ref()
     if counters is not None:
         counters.close()
+
+
+def stats_view(totals: Mapping[str, int], *, shared: bool) -> dict[str, Any]:
+    """The ``get_stats()`` mapping: totals plus requests and a 0..1 hit rate."""
+    requests = totals["hits"] + totals["misses"]
+    view: dict[str, Any] = dict(totals)
+    view["requests"] = requests
+    view["hit_rate"] = totals["hits"] / requests if requests else 0.0
+    view["shared"] = shared
+    return view

@@ -1,56 +1,27 @@
 """Flows: generators that yield typed operations, and the two drivers that run them.
 
 A flow yields an operation of ``penny_cache.policy.ops`` (``payload = yield Get(key)``),
-receives its result (or has a ``CacheError`` thrown in at that ``yield``), and returns its
+receives its result (or has the operation's exception thrown in at that ``yield``: a
+``CacheError`` is the flow's to answer), and returns its
 answer; ``drive`` runs one with plain calls and ``adrive`` with ``await``, so the policy is
-written once for both APIs. The transports' protocols (``SyncTransport``,
-``AsyncTransport``) say what each API's backend must provide.
+written once for both APIs. The two drivers are the one sync/asyncio twin the design
+keeps: everything they run is written once. (The transports drive their plans with
+them too.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Mapping
-from typing import Any, Protocol, TypeVar
+from collections.abc import Awaitable, Callable, Generator
+from typing import Any, TypeVar
 
-from penny_cache.errors import CacheError
-from penny_cache.observe.counters import CounterBackend
-from penny_cache.policy.near import NearCache
 from penny_cache.policy.ops import CacheOp, Op
 
-__all__ = [
-    "AsyncTransport",
-    "Flow",
-    "Listener",
-    "ListenerFactory",
-    "SyncTransport",
-    "TrackerFlow",
-    "adrive",
-    "drive",
-    "stats_view",
-]
+__all__ = ["Flow", "TrackerFlow", "adrive", "drive"]
 
 _T = TypeVar("_T")
-_O = TypeVar("_O", bound=Op)
+_O = TypeVar("_O")  # what a generator yields: an Op, or a transport's step
 Flow = Generator[CacheOp, Any, _T]  # the cache policy's flows: Redis operations only
-TrackerFlow = Generator[Op, Any, _T]  # the tracker's: also SqlLoad and Sleep
-
-
-class SyncTransport(CounterBackend, Protocol):
-    """What the sync API needs of Redis (``penny_cache.redis.backend.RedisBackend``): every
-    ``CacheOp``, the counters' operations and the breaker's background probe."""
-
-    def run(self, op: CacheOp) -> Any: ...
-    def ping(self) -> bool: ...
-    def close(self) -> None: ...
-
-
-class AsyncTransport(Protocol):
-    """What the asyncio API needs (``penny_cache.redis.backend.AsyncRedisBackend``): every
-    ``CacheOp``, awaited; its counters go through a ``SyncTransport``."""
-
-    async def run(self, op: CacheOp) -> Any: ...
-    async def ping(self) -> bool: ...
-    async def close(self) -> None: ...
+TrackerFlow = Generator[Op, Any, _T]  # the tracker's: also Blocking, Sleep, Shared
 
 
 def drive(flow: Generator[_O, Any, _T], call: Callable[[_O], Any]) -> _T:
@@ -60,7 +31,7 @@ def drive(flow: Generator[_O, Any, _T], call: Callable[[_O], Any]) -> _T:
         while True:
             try:
                 result = call(op)
-            except CacheError as exc:
+            except Exception as exc:  # the flow decides: a CacheError is a miss
                 op = flow.throw(exc)
             else:
                 op = flow.send(result)
@@ -77,7 +48,7 @@ async def adrive(flow: Generator[_O, Any, _T], call: Callable[[_O], Awaitable[An
         while True:
             try:
                 result = await call(op)
-            except CacheError as exc:
+            except Exception as exc:  # the flow decides: a CacheError is a miss
                 op = flow.throw(exc)
             else:
                 op = flow.send(result)
@@ -85,32 +56,3 @@ async def adrive(flow: Generator[_O, Any, _T], call: Callable[[_O], Awaitable[An
         return done.value  # type: ignore[no-any-return]
     finally:
         flow.close()
-
-
-class Listener(Protocol):
-    """What the policy needs from the invalidation listener."""
-
-    trusted_until: float
-
-    @property
-    def running(self) -> bool: ...
-    def start(self) -> None: ...
-    def stop(self) -> None: ...
-    def after_fork(self) -> None: ...
-
-
-# (near cache, channel, on_event, on_tick, on_applied(lag seconds)) -> listener
-ListenerFactory = Callable[
-    [NearCache, str, Callable[[str], None], Callable[[], None], Callable[[float], None]],
-    Listener,
-]
-
-
-def stats_view(totals: Mapping[str, int], *, shared: bool) -> dict[str, Any]:
-    """The ``get_stats()`` mapping: totals plus requests and a 0..1 hit rate."""
-    requests = totals["hits"] + totals["misses"]
-    view: dict[str, Any] = dict(totals)
-    view["requests"] = requests
-    view["hit_rate"] = totals["hits"] / requests if requests else 0.0
-    view["shared"] = shared
-    return view

@@ -4,17 +4,20 @@ A flow says *what* it needs (``payload = yield Get(key)``); a transport in
 ``penny_cache.redis`` decides *how* (which command or Lua script, which keys). Each record
 names its answer in its docstring. ``CacheOp`` is the closed union every transport must
 handle: ``penny_cache.redis.commands.Commands.plan`` matches on it with ``assert_never``,
-so mypy refuses a transport that forgets one. ``SqlLoad`` and ``Sleep`` are the tracker's
-own, answered by the tracker's driver, never by Redis.
+so mypy refuses a transport that forgets one. ``Blocking``, ``Sleep`` and ``Shared`` are the
+tracker's own, answered by the tracker's driver, never by Redis.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import Any
 
 from penny_cache.codec import Entry
 
 __all__ = [
+    "Blocking",
     "CacheOp",
     "CountMatching",
     "Delete",
@@ -24,8 +27,8 @@ __all__ = [
     "Op",
     "PublishFlush",
     "Set",
+    "Shared",
     "Sleep",
-    "SqlLoad",
     "TryLease",
     "UnlinkMatching",
     "WritePublish",
@@ -118,10 +121,21 @@ class CountMatching:
 
 
 @dataclass(frozen=True, slots=True)
-class SqlLoad:
-    """The tracker's own: load the user's state from SQL."""
+class Blocking:
+    """The tracker's own: a blocking call (SQL), made as it is by the sync tracker and in
+    a worker thread by the asyncio one. Its answer is the call's."""
 
-    user_id: str
+    call: Callable[[], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """The tracker's own: run ``flow`` once per process for every concurrent caller with
+    this ``key`` (single-flight; see ``penny_cache.policy.flight``). Its answer is the
+    flow's."""
+
+    key: str
+    flow: Generator[Any, Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,4 +157,4 @@ CacheOp = (
     | UnlinkMatching
     | CountMatching
 )
-Op = CacheOp | SqlLoad | Sleep
+Op = CacheOp | Blocking | Sleep | Shared

@@ -22,12 +22,13 @@ from penny_cache.codec import decode_state
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, StoreMismatchError
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, log_id
-from penny_cache.observe.counters import SharedCounters
+from penny_cache.observe.counters import SharedCounters, stats_view
 from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.observe.ratelog import RateLimitedLog
-from penny_cache.policy.flows import Flow, Listener, ListenerFactory, SyncTransport, stats_view
+from penny_cache.policy.flows import Flow
 from penny_cache.policy.near import NearCache, Ticket
 from penny_cache.policy.ops import Delete, Fill, Get, TryLease
+from penny_cache.policy.ports import Listener, ListenerFactory, SyncTransport
 from penny_cache.policy.writes import WritePolicy
 from penny_cache.state import PersonalityState
 

@@ -16,7 +16,7 @@ from penny_cache.errors import CacheError, InvalidStateError
 from penny_cache.keys import KeySchema, encode_user_id
 from penny_cache.observe.counters import SharedCounters
 from penny_cache.observe.ratelog import RateLimitedLog
-from penny_cache.policy.flows import Flow, SyncTransport, drive
+from penny_cache.policy.flows import Flow, drive
 from penny_cache.policy.near import NearCache
 from penny_cache.policy.ops import (
     CacheOp,
@@ -28,6 +28,7 @@ from penny_cache.policy.ops import (
     UnlinkMatching,
     WritePublish,
 )
+from penny_cache.policy.ports import SyncTransport
 from penny_cache.state import PersonalityState
 
 __all__ = ["WritePolicy"]

@@ -1,18 +1,20 @@
 """The Redis transports: ``RedisBackend`` (redis-py) and ``AsyncRedisBackend``
 (``redis.asyncio``), side by side.
 
-A transport runs the plans of ``penny_cache.redis.commands`` (what to send is written
-there, once) behind the error boundary: every failure becomes a ``CacheError``
-(``penny_cache.redis.boundary``), and after repeated failures the circuit breaker keeps
-calls off the network, so a dead or hanging Redis costs a few bounded timeouts per
-cooldown, not one per request. The two classes differ only in ``await``.
+A transport drives the plans of ``penny_cache.redis.commands`` (what to send is written
+there, once) wrapped in ``ErrorBoundary.guarded`` (the breaker and retry rule, written
+once): every failure becomes a ``CacheError``, and after repeated failures the circuit
+breaker keeps calls off the network, so a dead or hanging Redis costs a few bounded
+timeouts per cooldown, not one per request. The two classes differ only in how a step
+reaches the client (a call, or ``await``); the sync one also serves the background
+threads (counters, listener, outbox) and the tools.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, TypeVar, cast
 
 import redis
 import redis.asyncio as aredis
@@ -20,7 +22,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from penny_cache.config import Settings
-from penny_cache.errors import CacheError
+from penny_cache.policy.flows import adrive, drive
 from penny_cache.policy.ops import CacheOp, Get
 from penny_cache.redis import scripts
 from penny_cache.redis.boundary import ErrorBoundary, boundary_options
@@ -30,32 +32,53 @@ from penny_cache.redis.clients import (
     async_client,
     sync_client,
 )
-from penny_cache.redis.commands import SCAN_BATCH, Call, Commands, Eval, Plan, Scan
-from penny_cache.redis.scripts import Script
+from penny_cache.redis.commands import (
+    SCAN_BATCH,
+    Call,
+    Commands,
+    Eval,
+    Pipeline,
+    Plan,
+    ResetPool,
+    Scan,
+    Step,
+)
 
 __all__ = ["AsyncRedisBackend", "RedisBackend"]
 
-_T = TypeVar("_T")
+_C = TypeVar("_C", redis.Redis, aredis.Redis)
 
 
-class RedisBackend(ErrorBoundary):
-    """Runs operations on a redis-py client with bounded time and translated errors."""
+class _Transport(ErrorBoundary, Generic[_C]):
+    """What both transports hold: a client, what to send, the boundary."""
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: _C,
         *,
         commands: Commands | None = None,
         cooldown: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
-        subscribers: SubscriberFactory | None = None,
         **boundary: Any,
     ) -> None:
         """``boundary``: deadline, breaker and pool options of ``ErrorBoundary``;
         ``commands``: what to send (``ClusterCommands`` on a Cluster)."""
         super().__init__(cooldown, monotonic, **boundary)
-        self._client = client
+        self._client: _C = client
         self._commands = commands or Commands()
+
+    def _plan(self, op: CacheOp) -> Plan:
+        return self.guarded(lambda: self._commands.plan(op))
+
+
+class RedisBackend(_Transport[redis.Redis]):
+    """Runs operations on a redis-py client with bounded time and translated errors."""
+
+    def __init__(
+        self, client: redis.Redis, *, subscribers: SubscriberFactory | None = None, **options: Any
+    ) -> None:
+        """``subscribers``: how the listener's connections are made (see ``clients``)."""
+        super().__init__(client, **options)
         self._subscribers = subscribers
 
     @classmethod
@@ -69,109 +92,66 @@ class RedisBackend(ErrorBoundary):
     ) -> RedisBackend:
         """A standalone backend whose connections open lazily, on first use."""
         settings = Settings(redis_url=url, redis_timeout=timeout, redis_cooldown=cooldown)
-        options = boundary_options(settings, monotonic, None)
-        return cls(sync_client(settings), **options)
+        return cls(sync_client(settings), **boundary_options(settings, monotonic, None))
 
     def run(self, op: CacheOp) -> Any:
         """Carry out one operation a flow yielded."""
-        if op.__class__ is Get:  # the hot path: no plan, no closure
+        if op.__class__ is Get:  # the hot path: no generators
             return self.get(op.key)
-        return self._run(lambda: self._drive(self._commands.plan(op)))
+        return drive(self._plan(op), self._send)
 
-    def _drive(self, plan: Plan) -> Any:
-        try:
-            step = next(plan)
-            while True:
-                step = plan.send(self._send(step))
-        except StopIteration as done:
-            return done.value
+    def _guarded(self, step: Step) -> Any:
+        """Send one step behind the boundary; its answer."""
+        return drive(self.guarded(lambda: _one(step)), self._send)
 
-    def _send(self, step: Call | Eval | Scan) -> Any:
+    def _send(self, step: Step) -> Any:
         client = self._client
         if isinstance(step, Call):
             return getattr(client, step.method)(*step.args, **step.kwargs)
+        if isinstance(step, Eval):
+            try:
+                return client.evalsha(step.script.sha, len(step.keys), *step.keys, *step.args)
+            except redis.exceptions.NoScriptError:  # a restart or FLUSHALL lost it
+                client.script_load(step.script.source)
+                return client.evalsha(step.script.sha, len(step.keys), *step.keys, *step.args)
         if isinstance(step, Scan):
             return list(client.scan_iter(match=step.pattern, count=SCAN_BATCH))
-        return self._eval(step.script, step.keys, step.args)
-
-    def _eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """EVALSHA, loading the script once if the server lost it (restart, FLUSHALL)."""
-        try:
-            return self._client.evalsha(script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            self._client.script_load(script.source)
-            return self._client.evalsha(script.sha, len(keys), *keys, *args)
-
-    def _reset_pool(self) -> None:
-        self._pool_stale = False
-        # idle connections only: yanking one another thread is using breaks redis-py
-        # mid-call (found under failover: a TypeError from inside its socket check)
-        self._client.connection_pool.disconnect(inuse_connections=False)
-
-    def _enter(self) -> None:
-        """Before a call while not healthy: the breaker may refuse; stale pool reset."""
-        self._admit()
-        if self._pool_stale:
-            self._reset_pool()
-
-    def _run(self, command: Callable[[], _T]) -> _T:
-        breaker = self._breaker
-        if not breaker.healthy:
-            self._enter()
-        started = self._monotonic()
-        try:
-            result = command()
-        except CacheError:
-            raise
-        except Exception as exc:  # anything redis-py raises (see ErrorBoundary._translate)
-            if not self._may_retry(exc, started):
-                raise self._translate(exc) from exc
-            try:
-                result = command()
-            except CacheError:
-                raise
-            except Exception as again:
-                raise self._translate(again) from again
-        if not breaker.healthy:
-            breaker.success()
-        return result
+        if isinstance(step, Pipeline):
+            pipe = client.pipeline(transaction=False)
+            for call in step.calls:
+                getattr(pipe, call.method)(*call.args, **call.kwargs)
+            return pipe.execute()
+        # ResetPool: idle connections only: yanking one another thread is using breaks
+        # redis-py mid-call (found under failover: a TypeError from its socket check)
+        return client.connection_pool.disconnect(inuse_connections=False)
 
     def get(self, key: str) -> bytes | None:
-        """``run(Get(key))`` with ``_run`` inlined: saves a closure and a call per hit."""
+        """``run(Get(key))`` with the boundary inlined: a Redis hit costs one call."""
         breaker = self._breaker
         if not breaker.healthy:
-            self._enter()
+            return cast("bytes | None", drive(self._plan(Get(key)), self._send))
         started = self._monotonic()
         try:
-            payload = self._client.get(key)
+            return cast("bytes | None", self._client.get(key))
         except Exception as exc:  # anything redis-py raises (see _translate)
             if not self._may_retry(exc, started):
                 raise self._translate(exc) from exc
-            return cast("bytes | None", self._run(lambda: self._client.get(key)))
-        if not breaker.healthy:
-            breaker.success()
-        return cast("bytes | None", payload)
+            return cast("bytes | None", self._guarded(Call("get", (key,))))
 
     # -- the counters', listener's and tools' operations (sync only) ------------------------
 
     def read_counter(self, key: str) -> int:
         """An integer key's value (0 when absent)."""
-        raw = self._run(lambda: self._client.get(key))
+        raw = self._guarded(Call("get", (key,)))
         return int(raw) if raw is not None else 0
 
     def write_fields(self, key: str, fields: Mapping[str, int | float | str]) -> None:
-        self._run(lambda: self._client.hset(key, mapping=cast("Mapping[Any, Any]", fields)))
+        self._guarded(Call("hset", (key,), {"mapping": fields}))
 
     def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]:
         """HGETALL of each key, pipelined (one round trip per node)."""
-
-        def read() -> list[Any]:
-            pipe = self._client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hgetall(key)
-            return pipe.execute()
-
-        raws = cast("list[dict[bytes, bytes]]", self._run(read))
+        calls = tuple(Call("hgetall", (key,)) for key in keys)
+        raws = cast("list[dict[bytes, bytes]]", self._guarded(Pipeline(calls)))
         return [{k.decode(): v.decode() for k, v in raw.items()} for raw in raws]
 
     def retire_counters(
@@ -180,7 +160,7 @@ class RedisBackend(ErrorBoundary):
         args: list[Any] = [process_id, 7 * 86400]
         for name, value in totals.items():
             args += [name, value]
-        return bool(self._run(lambda: self._eval(scripts.RETIRE_COUNTERS, [key, marker], args)))
+        return bool(self._guarded(Eval(scripts.RETIRE_COUNTERS, [key, marker], args)))
 
     def subscriber(self, socket_timeout: float, channel: str = "") -> redis.Redis:
         """A fresh client for one pub/sub subscription: no retries, so a dropped
@@ -195,16 +175,13 @@ class RedisBackend(ErrorBoundary):
         return redis.Redis(connection_pool=pool)
 
     def ping(self) -> bool:
-        return bool(self._run(self._client.ping))
+        return bool(self._guarded(Call("ping")))
 
     def load_scripts(self) -> list[str]:
         """SCRIPT LOAD every script (the admin path when the service's ACL user may only
         EVALSHA); their SHA1s. On a Cluster, redis-py sends it to every primary."""
-
-        def load() -> list[str]:
-            return [str(self._client.script_load(s.source)) for s in scripts.ALL_SCRIPTS]
-
-        return self._run(load)
+        loads = [Call("script_load", (script.source,)) for script in scripts.ALL_SCRIPTS]
+        return [str(self._guarded(load)) for load in loads]
 
     def probe(self, *, force: bool = False) -> bool:
         """The breaker's background probe: while it is open and its cooldown has passed
@@ -217,7 +194,8 @@ class RedisBackend(ErrorBoundary):
         if not (force or breaker.probe_due()) and breaker.state == "open":
             return False
         if self._pool_stale:
-            self._reset_pool()
+            self._pool_stale = False
+            self._send(ResetPool())
         try:
             self._client.ping()
         except Exception:  # the background probe must not die of a client error
@@ -230,22 +208,8 @@ class RedisBackend(ErrorBoundary):
         self._client.close()
 
 
-class AsyncRedisBackend(ErrorBoundary):
-    """``RedisBackend`` for asyncio: the same plans, awaited."""
-
-    def __init__(
-        self,
-        client: aredis.Redis,
-        *,
-        commands: Commands | None = None,
-        cooldown: float = 1.0,
-        monotonic: Callable[[], float] = time.monotonic,
-        **boundary: Any,
-    ) -> None:
-        """As ``RedisBackend``."""
-        super().__init__(cooldown, monotonic, **boundary)
-        self._client = client
-        self._commands = commands or Commands()
+class AsyncRedisBackend(_Transport[aredis.Redis]):
+    """``RedisBackend`` for asyncio: the same plans, each step awaited."""
 
     @classmethod
     def from_url(
@@ -258,60 +222,34 @@ class AsyncRedisBackend(ErrorBoundary):
 
     async def run(self, op: CacheOp) -> Any:
         """Carry out one operation a flow yielded."""
-        return await self._run(lambda: self._drive(self._commands.plan(op)))
+        return await adrive(self._plan(op), self._send)
 
-    async def _drive(self, plan: Plan) -> Any:
-        try:
-            step = next(plan)
-            while True:
-                step = plan.send(await self._send(step))
-        except StopIteration as done:
-            return done.value
-
-    async def _send(self, step: Call | Eval | Scan) -> Any:
+    async def _send(self, step: Step) -> Any:
         client = self._client
         if isinstance(step, Call):
             return await getattr(client, step.method)(*step.args, **step.kwargs)
+        if isinstance(step, Eval):
+            try:
+                return await client.evalsha(step.script.sha, len(step.keys), *step.keys, *step.args)
+            except redis.exceptions.NoScriptError:  # a restart or FLUSHALL lost it
+                await client.script_load(step.script.source)
+                return await client.evalsha(step.script.sha, len(step.keys), *step.keys, *step.args)
         if isinstance(step, Scan):
             return [key async for key in client.scan_iter(match=step.pattern, count=SCAN_BATCH)]
-        return await self._eval(step.script, step.keys, step.args)
-
-    async def _eval(self, script: Script, keys: list[str], args: list[Any]) -> Any:
-        """As ``RedisBackend._eval``."""
-        try:
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            await self._client.script_load(script.source)
-            return await self._client.evalsha(script.sha, len(keys), *keys, *args)
-
-    async def _run(self, command: Callable[[], Awaitable[_T]]) -> _T:
-        """As ``RedisBackend._run``: the breaker, one fast-failure retry, translation."""
-        breaker = self._breaker
-        if not breaker.healthy:
-            self._admit()
-            if self._pool_stale:
-                self._pool_stale = False
-                await self._client.connection_pool.disconnect(inuse_connections=False)
-        started = self._monotonic()
-        try:
-            result = await command()
-        except CacheError:
-            raise
-        except Exception as exc:  # anything redis-py raises (see ErrorBoundary._translate)
-            if not self._may_retry(exc, started):
-                raise self._translate(exc) from exc
-            try:
-                result = await command()
-            except CacheError:
-                raise
-            except Exception as again:
-                raise self._translate(again) from again
-        if not breaker.healthy:
-            breaker.success()
-        return result
+        if isinstance(step, Pipeline):
+            pipe = client.pipeline(transaction=False)
+            for call in step.calls:
+                getattr(pipe, call.method)(*call.args, **call.kwargs)
+            return await pipe.execute()
+        return await client.connection_pool.disconnect(inuse_connections=False)
 
     async def ping(self) -> bool:
-        return bool(await self._run(self._client.ping))
+        return bool(await adrive(self.guarded(lambda: _one(Call("ping"))), self._send))
 
     async def close(self) -> None:
         await self._client.aclose()
+
+
+def _one(step: Step) -> Plan:
+    """A plan of one step (the tools' and counters' single calls)."""
+    return (yield step)

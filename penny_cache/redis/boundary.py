@@ -16,6 +16,7 @@ from penny_cache.config import Settings
 from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
 from penny_cache.redis.breaker import CircuitBreaker
 from penny_cache.redis.clients import FAST_FAILURE
+from penny_cache.redis.commands import Plan, ResetPool
 
 __all__ = ["ErrorBoundary", "boundary_options"]
 
@@ -71,6 +72,33 @@ class ErrorBoundary:
     @property
     def breaker(self) -> CircuitBreaker:
         return self._breaker
+
+    def guarded(self, plan: Callable[[], Plan]) -> Plan:
+        """``plan()`` behind the breaker, with the one retry rule and translated errors:
+        a plan itself, so both transports drive it their own way and the rule stays here."""
+        breaker = self._breaker
+        if not breaker.healthy:
+            self._admit()
+            if self._pool_stale:
+                self._pool_stale = False
+                yield ResetPool()
+        started = self._monotonic()
+        try:
+            result = yield from plan()
+        except CacheError:
+            raise
+        except Exception as exc:  # anything redis-py raises (see _translate)
+            if not self._may_retry(exc, started):
+                raise self._translate(exc) from exc
+            try:
+                result = yield from plan()
+            except CacheError:
+                raise
+            except Exception as again:
+                raise self._translate(again) from again
+        if not breaker.healthy:
+            breaker.success()
+        return result
 
     def _admit(self) -> None:
         """Raise without touching the network while the breaker is open."""

@@ -6,7 +6,8 @@ script runs (``Eval``) and key scans (``Scan``), receives each answer and return
 operation's result. ``penny_cache.redis.backend`` drives a plan with plain calls or with
 ``await``; that is all a transport does. Behind Sentinel a plan that announces a change
 also waits for a replica (``WAIT``), so a failover cannot bring back the replaced version.
-``ClusterCommands`` changes only the three publishing plans (sharded channels).
+``ClusterCommands`` changes only the three publishing plans (sharded channels); the
+breaker and the retry rule wrap every plan once, in ``ErrorBoundary.guarded``.
 """
 
 from __future__ import annotations
@@ -33,7 +34,19 @@ from penny_cache.policy.ops import (
 from penny_cache.redis import scripts
 from penny_cache.redis.scripts import Script
 
-__all__ = ["SCAN_BATCH", "Call", "ClusterCommands", "Commands", "Eval", "Plan", "Scan"]
+__all__ = [
+    "SCAN_BATCH",
+    "Call",
+    "ClusterCommands",
+    "Commands",
+    "Eval",
+    "Pipeline",
+    "Plan",
+    "ResetPool",
+    "Scan",
+    "Step",
+    "entry_args",
+]
 
 SCAN_BATCH: Final = 500
 _PREFIX: Final = version_prefix()
@@ -63,7 +76,18 @@ class Scan(NamedTuple):
     pattern: str
 
 
-Plan = Generator[Call | Eval | Scan, Any, Any]
+class Pipeline(NamedTuple):
+    """Several calls in one round trip (no transaction): their answers, as a list."""
+
+    calls: tuple[Call, ...]
+
+
+class ResetPool(NamedTuple):
+    """Drop the idle pooled connections (after a failure behind Sentinel)."""
+
+
+Step = Call | Eval | Scan | Pipeline | ResetPool
+Plan = Generator[Step, Any, Any]
 
 
 def entry_args(entry: Entry) -> list[Any]:
