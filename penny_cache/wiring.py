@@ -119,7 +119,7 @@ def async_backend(
 ) -> AsyncRedisBackend:
     """The asyncio backend of the configured topology."""
     return AsyncRedisBackend(
-        async_client(settings, ASYNC_MAX_CONNECTIONS),
+        lambda: async_client(settings, ASYNC_MAX_CONNECTIONS),
         commands=commands_for(settings),
         **boundary_options(settings, time.monotonic, breaker),
     )

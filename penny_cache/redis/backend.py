@@ -12,9 +12,11 @@ threads (counters, listener, outbox) and the tools.
 
 from __future__ import annotations
 
+import asyncio
 import time
+import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, cast
 
 import redis
 import redis.asyncio as aredis
@@ -46,15 +48,12 @@ from penny_cache.redis.commands import (
 
 __all__ = ["AsyncRedisBackend", "RedisBackend"]
 
-_C = TypeVar("_C", redis.Redis, aredis.Redis)
 
-
-class _Transport(ErrorBoundary, Generic[_C]):
-    """What both transports hold: a client, what to send, the boundary."""
+class _Transport(ErrorBoundary):
+    """What both transports share: what to send, and the boundary around it."""
 
     def __init__(
         self,
-        client: _C,
         *,
         commands: Commands | None = None,
         cooldown: float = 1.0,
@@ -64,21 +63,22 @@ class _Transport(ErrorBoundary, Generic[_C]):
         """``boundary``: deadline, breaker and pool options of ``ErrorBoundary``;
         ``commands``: what to send (``ClusterCommands`` on a Cluster)."""
         super().__init__(cooldown, monotonic, **boundary)
-        self._client: _C = client
         self._commands = commands or Commands()
 
     def _plan(self, op: CacheOp) -> Plan:
         return self.guarded(lambda: self._commands.plan(op))
 
 
-class RedisBackend(_Transport[redis.Redis]):
+class RedisBackend(_Transport):
     """Runs operations on a redis-py client with bounded time and translated errors."""
 
     def __init__(
         self, client: redis.Redis, *, subscribers: SubscriberFactory | None = None, **options: Any
     ) -> None:
-        """``subscribers``: how the listener's connections are made (see ``clients``)."""
-        super().__init__(client, **options)
+        """``subscribers``: how the listener's connections are made (see ``clients``);
+        ``options`` as in ``_Transport``."""
+        super().__init__(**options)
+        self._client = client
         self._subscribers = subscribers
 
     @classmethod
@@ -208,8 +208,31 @@ class RedisBackend(_Transport[redis.Redis]):
         self._client.close()
 
 
-class AsyncRedisBackend(_Transport[aredis.Redis]):
-    """``RedisBackend`` for asyncio: the same plans, each step awaited."""
+class AsyncRedisBackend(_Transport):
+    """``RedisBackend`` for asyncio: the same plans, each step awaited.
+
+    A redis.asyncio client belongs to the event loop it first ran on. Callers that run
+    each call in a new loop (``asyncio.run()`` per call, a sync wrapper) would find
+    connections bound to a closed loop, so each running loop gets a client of its own,
+    made on first use and forgotten with its loop.
+    """
+
+    def __init__(self, new_client: Callable[[], aredis.Redis], **options: Any) -> None:
+        """``new_client`` makes a client for a loop; ``options`` as in ``_Transport``."""
+        super().__init__(**options)
+        self._new_client = new_client
+        self._clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aredis.Redis] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    @property
+    def _client(self) -> aredis.Redis:
+        """The running loop's client."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            client = self._clients[loop] = self._new_client()
+        return client
 
     @classmethod
     def from_url(
@@ -218,7 +241,7 @@ class AsyncRedisBackend(_Transport[aredis.Redis]):
         """A standalone backend whose connections open lazily, on the loop that uses them."""
         settings = Settings(redis_url=url, redis_timeout=timeout, redis_cooldown=cooldown)
         options = boundary_options(settings, time.monotonic, None)
-        return cls(async_client(settings, ASYNC_MAX_CONNECTIONS), **options)
+        return cls(lambda: async_client(settings, ASYNC_MAX_CONNECTIONS), **options)
 
     async def run(self, op: CacheOp) -> Any:
         """Carry out one operation a flow yielded."""
@@ -247,7 +270,10 @@ class AsyncRedisBackend(_Transport[aredis.Redis]):
         return bool(await adrive(self.guarded(lambda: _one(Call("ping"))), self._send))
 
     async def close(self) -> None:
-        await self._client.aclose()
+        """Close the running loop's client (those of closed loops went with them)."""
+        client = self._clients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
 
 def _one(step: Step) -> Plan:
