@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+import weakref
 from collections.abc import Callable
 from functools import partial
-from typing import Any, Final
+from typing import Any, Final, Self
 
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
 from penny_cache.default import get_cache
@@ -36,7 +37,7 @@ from penny_cache.state import (
     validate_user_id,
 )
 from penny_cache.store.database import PersonalityStore
-from penny_cache.store.outbox import OutboxSweeper
+from penny_cache.store.outbox import SWEEPERS, OutboxSweeper
 
 __all__ = [
     "MAX_CONTEXT_CHARS",
@@ -98,10 +99,17 @@ class TrackerPolicy:
         self._serve_stale = serve_stale
         self._bound = False
         self._outbox = None
+        self._release_outbox: Callable[[], object] = lambda: None
         if outbox_interval is not None:
-            self._outbox = OutboxSweeper(
-                store, cache.publish_committed, interval=outbox_interval, grace=outbox_grace
+            self._outbox = SWEEPERS.acquire(
+                store,
+                cache,
+                cache.publish_committed,
+                interval=outbox_interval,
+                grace=outbox_grace,
             )
+            # a tracker dropped without close() gives its share back when collected
+            self._release_outbox = weakref.finalize(self, SWEEPERS.release, self._outbox)
         self._monotonic = monotonic
         self._recent: dict[str, tuple[float, PersonalityState]] = {}
 
@@ -128,9 +136,9 @@ class TrackerPolicy:
             self._outbox.delivered(state.user_id, state.version)
 
     def close(self) -> None:
-        """Stop the outbox sweeper (the store and cache belong to the caller)."""
-        if self._outbox is not None:
-            self._outbox.stop()
+        """Give back this tracker's share of the outbox sweeper (the last one stops its
+        thread); the store and cache belong to the caller. Idempotent."""
+        self._release_outbox()
 
     def _load_flow(
         self, user_id: str, ticket: Ticket | None, lease: str | None
@@ -328,6 +336,12 @@ class PersonalityTracker(TrackerPolicy):
         """The shared cache's totals across all processes (see ``PersonalityCache``)."""
         return self._cache.get_stats()
 
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
 
 class AsyncPersonalityTracker(TrackerPolicy):
     """``PersonalityTracker`` for asyncio: the same flows, awaited; SQL in worker threads."""
@@ -381,3 +395,13 @@ class AsyncPersonalityTracker(TrackerPolicy):
     async def get_cache_stats(self) -> dict[str, Any]:
         """As ``PersonalityTracker.get_cache_stats`` (the read runs in a thread)."""
         return await self._cache.get_stats()
+
+    async def aclose(self) -> None:
+        """As ``PersonalityTracker.close`` (joining the thread off the event loop)."""
+        await asyncio.to_thread(self.close)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -12,15 +12,16 @@ import random
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final, NamedTuple
+from typing import Any, Final, NamedTuple, Self
 
 import msgspec
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection, Engine, Row
+from sqlalchemy.engine import Connection, Row
 
 from penny_cache.errors import (
     InvalidInputError,
@@ -38,6 +39,7 @@ from penny_cache.state import (
     default_state,
 )
 from penny_cache.store import outbox_rows
+from penny_cache.store.engines import ENGINES, WRITE
 from penny_cache.store.schema import dimensions, history, meta, metadata, users
 
 __all__ = ["EPOCH", "PersonalityStore"]
@@ -45,7 +47,6 @@ __all__ = ["EPOCH", "PersonalityStore"]
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ATTEMPTS: Final = 50
 _DEFAULT_DIMENSIONS: Final = default_state("defaults", EPOCH).dimensions
-_WRITE: Final = "penny_write"
 
 
 class _Change(NamedTuple):
@@ -77,9 +78,12 @@ class PersonalityStore:
         echo: bool = False,
     ) -> None:
         try:
-            self._engine = _make_engine(url, echo=echo)
+            self._engine = ENGINES.acquire(url, echo=echo)
         except (sa_exc.ArgumentError, ImportError) as exc:
             raise InvalidInputError(f"not a usable database URL: {exc}") from exc
+        # an unclosed store (Penny builds one per request) gives its engine back when
+        # collected; close() does it at once
+        self._release = weakref.finalize(self, ENGINES.release, self._engine)
         self._clock = clock
         self._schema_lock = threading.Lock()
         self._identity: str | None = None
@@ -123,7 +127,7 @@ class PersonalityStore:
     @contextmanager
     def _write(self) -> Iterator[Connection]:
         with self._engine.connect() as conn:
-            conn.execution_options(**{_WRITE: True})
+            conn.execution_options(**{WRITE: True})
             with conn.begin():
                 yield conn
 
@@ -238,35 +242,14 @@ class PersonalityStore:
             conn.execute(sa.text("SELECT 1"))
 
     def close(self) -> None:
-        self._engine.dispose()
+        """Give the engine back (the last store of its URL in this process disposes it)."""
+        self._release()
 
+    def __enter__(self) -> Self:
+        return self
 
-def _make_engine(url: str, *, echo: bool) -> Engine:
-    engine = sa.create_engine(url, echo=echo, pool_pre_ping=True)
-    if engine.dialect.name == "sqlite":
-        _serialise_sqlite_writers(engine)
-    return engine
-
-
-def _serialise_sqlite_writers(engine: Engine) -> None:
-    """SQLite: WAL for concurrent readers; writers take the lock at BEGIN IMMEDIATE.
-
-    pysqlite's own BEGIN handling is switched off (the recipe in SQLAlchemy's SQLite
-    dialect docs), so a writer never upgrades a read lock and dies with SQLITE_BUSY.
-    """
-
-    @sa.event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
-        dbapi_conn.isolation_level = None
-        cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.close()
-
-    @sa.event.listens_for(engine, "begin")
-    def _on_begin(conn: Connection) -> None:
-        write = conn.get_execution_options().get(_WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def _insert_ignore(conn: Connection, table: sa.Table, values: dict[str, Any]) -> None:

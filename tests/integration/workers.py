@@ -52,3 +52,49 @@ def timed_reads(redis_url: str, namespace: str, database_url: str, users: int) -
             tracker.get_current_personality_state(f"cold-{cache.process_id}-{n}")
     finally:
         cache.close()
+
+
+def _resources() -> dict[str, int]:
+    """This process's threads, open files and sockets, and shared engines and sweepers."""
+    import os
+    import threading
+
+    from penny_cache.store.engines import ENGINES
+    from penny_cache.store.outbox import SWEEPERS
+
+    links = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:  # the listing's own descriptor is gone by the time it is read
+            links.append(os.readlink(f"/proc/self/fd/{fd}"))
+        except FileNotFoundError:
+            continue
+    return {
+        "threads": threading.active_count(),
+        "fds": len(links),
+        "sockets": sum(link.startswith("socket:") for link in links),
+        "engines": len(ENGINES),
+        "sweepers": len(SWEEPERS),
+    }
+
+
+def tracker_per_request(
+    redis_url: str, namespace: str, database_url: str, requests: int
+) -> list[dict[str, int]]:
+    """Penny's way: one cache per process, a new store and tracker per request, never
+    closed; a read each request, an update every tenth. Resources halfway (the pools and
+    background threads have started by then) and after all of them."""
+    cache = PersonalityCache.from_url(redis_url, namespace=namespace)
+    samples = []
+    try:
+        for n in range(requests):
+            tracker = PersonalityTracker(PersonalityStore(database_url), cache)
+            tracker.get_current_personality_state(f"user-{n % 20}")
+            if n % 10 == 0:
+                tracker.update_personality_dimension(
+                    f"user-{n % 20}", "conversation_pace_preference", n / requests
+                )
+            if n + 1 in (requests // 2, requests):
+                samples.append(_resources())
+    finally:
+        cache.close()
+    return samples

@@ -252,3 +252,26 @@ def test_concurrent_cold_reads_in_a_process_make_one_sql_load(
         t.join(30)
     assert len(results) == 50 and len({r.version for r in results}) == 1
     assert store.loads == 2  # the warm-up user and "cold", once
+
+
+def _outbox_threads() -> int:
+    return sum(thread.name == "penny-outbox" for thread in threading.enumerate())
+
+
+def test_trackers_share_one_sweeper_and_a_closed_one_leaves_no_thread(
+    sqlite_url: str, cache: PersonalityCache
+) -> None:
+    """Twenty trackers on one database and cache run one outbox thread between them
+    (each used to start its own); closing them (context managers) stops it, and a
+    second close is harmless."""
+    before = _outbox_threads()
+    trackers = [PersonalityTracker(PersonalityStore(sqlite_url), cache) for _ in range(20)]
+    for tracker in trackers:
+        tracker.get_current_personality_state("u")
+    assert _outbox_threads() == before + 1
+    assert len({id(tracker.outbox) for tracker in trackers}) == 1
+    for tracker in trackers:
+        with tracker:
+            pass
+        tracker.close()
+    assert _outbox_threads() == before  # the last close joined the thread
