@@ -26,7 +26,8 @@ import os
 import subprocess
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from functools import cache
 from itertools import pairwise
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -118,13 +119,14 @@ def imports_in(module: str, source: str, *, package: bool = False) -> Iterator[I
                 yield Import(module, node.lineno, base, f"{base}.{alias.name}")
 
 
-def all_imports() -> list[Import]:
+@cache
+def all_imports() -> tuple[Import, ...]:
     """The imports of every module of the package, as written."""
-    return [
+    return tuple(
         found
         for name, path in modules().items()
         for found in imports_in(name, path.read_text(encoding="utf-8"), package=is_package(name))
-    ]
+    )
 
 
 def imported_module(imp: Import) -> str:
@@ -132,7 +134,7 @@ def imported_module(imp: Import) -> str:
     return imp.target if imp.target in modules() else imp.module
 
 
-def package_graph(found: list[Import]) -> dict[str, dict[str, Import]]:
+def package_graph(found: Sequence[Import]) -> dict[str, dict[str, Import]]:
     """Module -> the modules of ours it imports (each with one statement that does)."""
     ours = modules()
     graph: dict[str, dict[str, Import]] = {name: {} for name in ours}
