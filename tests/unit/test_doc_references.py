@@ -85,7 +85,7 @@ PATH_SOURCES: Final = (
 
 FILE_PATH: Final = re.compile(r"[\w.-]+(?:/[\w.-]+)+")
 DOTTED: Final = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
-FENCE: Final = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
+FENCE: Final = re.compile(r"^[ \t]*(```|~~~).*?^[ \t]*\1", re.DOTALL | re.MULTILINE)
 INLINE: Final = re.compile(r"(`+)([^`]+?)\1")
 DOUBLE: Final = re.compile(r"``([^`]+?)``")
 PREFIXED: Final = re.compile(r"(?<![\w.])penny_cache(?:\.[A-Za-z_]\w*)+")
@@ -250,16 +250,20 @@ def docstring_references() -> Iterator[Reference]:
                     yield Reference(f"{_rel(path)}:{line} ({module})", match.group(1))
 
 
+def inline_spans(markdown: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each inline code span, fenced blocks left out."""
+    # blank the fenced blocks out, keeping their lines so the numbers stay right
+    text = FENCE.sub(lambda block: "\n" * block.group(0).count("\n"), markdown)
+    for number, line in enumerate(text.splitlines(), start=1):
+        for match in INLINE.finditer(line):
+            yield number, match.group(2)
+
+
 def markdown_references() -> Iterator[Reference]:
     """Inline code spans of the Markdown docs, outside fenced blocks."""
     for path in MARKDOWN:
-        # blank the fenced blocks out, keeping their lines so the numbers stay right
-        text = FENCE.sub(
-            lambda block: "\n" * block.group(0).count("\n"), path.read_text(encoding="utf-8")
-        )
-        for number, line in enumerate(text.splitlines(), start=1):
-            for match in INLINE.finditer(line):
-                yield Reference(f"{_rel(path)}:{number}", match.group(2), path.parent)
+        for number, text in inline_spans(path.read_text(encoding="utf-8")):
+            yield Reference(f"{_rel(path)}:{number}", text, path.parent)
 
 
 def operations_references() -> Iterator[Reference]:
@@ -333,6 +337,27 @@ def test_judge_refuses(text: str) -> None:
     """Stale references are caught: moved names, retired modules, old paths kept by
     ``_moved``, a folder written as a file, a method that does not exist."""
     assert judge(text) is not None
+
+
+def test_markdown_spans_skip_fenced_blocks() -> None:
+    """The Markdown scanner reads inline spans (single or double backticks) with their
+    line numbers and skips fenced blocks, indented ones in lists included."""
+    markdown = (
+        "See `scripts.FILL` and ``cache.py``.\n"
+        "```python\n"
+        "cache.get(`not a span`)\n"
+        "```\n"
+        "1. step\n"
+        "   ```sh\n"
+        "   echo `also not`\n"
+        "   ```\n"
+        "Then `redis.backend.RedisBackend`.\n"
+    )
+    assert list(inline_spans(markdown)) == [
+        (1, "scripts.FILL"),
+        (1, "cache.py"),
+        (9, "redis.backend.RedisBackend"),
+    ]
 
 
 # --- the package and its docs -------------------------------------------------------------
