@@ -1,7 +1,8 @@
 """The versioned envelope that goes into Redis: JSON through msgspec, never pickle.
 
-Wire form (field order is part of the contract: ``scripts.SET_IF_NEWER`` reads the
-version from the prefix without parsing the whole value)::
+Wire form (field order is part of the contract: the compare-and-set of ``scripts.FILL``
+and ``scripts.WRITE_PUBLISH`` reads the version from the prefix without parsing the whole
+value)::
 
     {"schema":1,"version":7,"user":"user-1","state":{...PersonalityState...}}
 

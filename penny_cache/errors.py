@@ -1,8 +1,8 @@
 """The exception tree of penny_cache.
 
 Driver errors (redis-py, SQLAlchemy) are translated into these at one boundary each
-(``redis_backend.py`` and ``store.py``), so callers never need to import a driver to
-handle a failure::
+(``redis.boundary.ErrorBoundary`` and ``store/database.py``), so callers never need to
+import a driver to handle a failure::
 
     PennyCacheError
     ├── InvalidInputError (ValueError)      bad input at an edge; nothing was written

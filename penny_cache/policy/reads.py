@@ -1,8 +1,8 @@
 """The cache policy, written once for the sync and the asyncio API.
 
-Every operation that needs Redis is a *flow*: a generator that yields ``(operation,
-arguments)`` for a backend call and receives its result (or has the ``CacheError``
-thrown in). ``PersonalityCache`` drives flows with plain calls, ``AsyncPersonalityCache``
+Every operation that needs Redis is a *flow*: a generator that yields a typed operation
+(``penny_cache.policy.ops``) and receives its result (or has the ``CacheError`` thrown
+in). ``PersonalityCache`` drives flows with plain calls, ``AsyncPersonalityCache``
 with ``await``; the decisions in between (near cache, tickets, counting, version rules,
 undelivered write-throughs) exist only here. The near-cache hit needs no I/O and never
 enters a flow.
@@ -46,7 +46,8 @@ _LISTENER_COUNTERS = {
 
 
 class CachePolicy(WritePolicy):
-    """State and decisions shared by the sync and async caches (writes: ``policy_writes``)."""
+    """State and decisions shared by the sync and async caches (the write side:
+    ``writes.WritePolicy``)."""
 
     def __init__(
         self,

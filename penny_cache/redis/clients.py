@@ -54,7 +54,7 @@ def socket_timeout(deadline: float) -> float:
 def client_options(deadline: float) -> dict[str, Any]:
     """Connect and read timeouts sized so that one attempt plus the backend's one retry
     fit in ``deadline``; redis-py itself retries nothing (the backend decides, see
-    ``redis_backend.ErrorBoundary``)."""
+    ``boundary.ErrorBoundary``)."""
     timeout = socket_timeout(deadline)
     return {
         "socket_timeout": timeout,

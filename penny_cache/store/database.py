@@ -1,4 +1,7 @@
-"""The SQL source of truth (SQLAlchemy 2.x): the only module that imports SQLAlchemy.
+"""The SQL source of truth (SQLAlchemy 2.x): the store's queries and transactions.
+
+With its tables (``store.schema``) and the outbox's queries (``store.outbox_rows``), the
+only code that imports SQLAlchemy.
 
 An update locks the user's row (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN
 IMMEDIATE`` on SQLite), writes the dimension and the history, and bumps ``version``

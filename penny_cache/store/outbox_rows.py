@@ -1,4 +1,5 @@
-"""The outbox's SQL (SQLAlchemy Core), used by ``store.py`` inside its transactions.
+"""The outbox's SQL (SQLAlchemy Core), used by ``database.PersonalityStore`` inside
+its transactions.
 
 One row per user: the newest committed version whose write-through is not yet known to
 have reached Redis. The update's transaction upserts it; a delivered write-through
