@@ -8,8 +8,9 @@ and where announcements travel). The asyncio transport runs the same bodies thro
 per-test event loop (``loop.run_until_complete(backend.run(op))``).
 
 Backends: the sync ``RedisBackend`` and the asyncio ``AsyncRedisBackend`` on fakeredis
-(unit speed), on a real redis-server (``integration``), and on a real 3-primary Redis
-Cluster with ``ClusterCommands`` (``scaleout``), built through ``penny_cache.wiring`` as
+(unit speed), on a real redis-server (``integration``), on a real 3-primary Redis Cluster
+with ``ClusterCommands`` and through the sentinels of a primary/replica group with
+``Commands(wait_replicas=1)`` (both ``scaleout``), built through ``penny_cache.wiring`` as
 the cache builds them.
 """
 
@@ -58,7 +59,7 @@ from penny_cache.redis.listener import Message, parse_message
 from penny_cache.wiring import async_backend, sync_backend
 from tests.conftest import unavailable
 from tests.contract.samples import CACHE_OPS, envelope
-from tests.topologies import RedisClusterProcesses
+from tests.topologies import RedisClusterProcesses, SentinelGroup
 
 USER = "ann"
 TTL_MS = 60_000
@@ -187,11 +188,15 @@ class BackendContract:
         assert harness.raw.get(entry.key) == entry.payload
         assert 0 < harness.raw.pttl(entry.key) <= 7_000
 
-    def test_fill_newer_version_replaces_the_older(self, harness: Harness, keys: KeySchema) -> None:
-        """Fill of a version newer than the cached one replaces it and answers True."""
-        harness.raw.set(keys.state(USER), _env(4))
-        assert harness.run(Fill(_entry(keys, 5), keys.lease(USER))) is True
-        assert harness.raw.get(keys.state(USER)) == _env(5)
+    @pytest.mark.parametrize(("cached", "newer"), [(4, 5), (0, 1), (9, 10), (99, 1000)])
+    def test_fill_newer_version_replaces_the_older(
+        self, harness: Harness, keys: KeySchema, cached: int, newer: int
+    ) -> None:
+        """Fill of a version newer than the cached one replaces it and answers True; the
+        comparison is numeric (10 is newer than 9), not on the digits as text."""
+        harness.raw.set(keys.state(USER), _env(cached))
+        assert harness.run(Fill(_entry(keys, newer), keys.lease(USER))) is True
+        assert harness.raw.get(keys.state(USER)) == _env(newer)
 
     @pytest.mark.parametrize("version", [7, 6, 0], ids=["same", "older", "zero"])
     def test_fill_same_or_older_version_is_refused(
@@ -261,6 +266,20 @@ class BackendContract:
         assert harness.sequence(seq_key) == before + 1
         assert (message.seq, message.user_id, message.version) == (before + 1, USER, 2)
         assert abs(message.published_us / 1e6 - time.time()) < 60
+
+    def test_write_publish_announces_a_user_id_that_decodes_back(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """A user id that needs percent-encoding (space, non-ASCII, '|', braces) travels in
+        the announcement encoded and parses back to the same id, on its own shard."""
+        user = "Zoë {a|b} 7"
+        entry = Entry(keys.state(user), 1, envelope(1, user), TTL_MS)
+        encoded = encode_user_id(user)
+        [(channel, _seq_key)] = harness.announced_on(keys, encoded)
+        with harness.listening(channel) as receive:
+            assert harness.run(WritePublish(entry, keys.sequence(), keys.channel(), encoded))
+            message = receive()
+        assert (message.user_id, message.version) == (user, 1)
 
     @pytest.mark.parametrize("version", [3, 2], ids=["same", "older"])
     def test_write_publish_refuses_same_or_older_but_still_announces(
@@ -447,9 +466,13 @@ def test_every_cache_op_has_a_contract_test() -> None:
 # -- the backends ---------------------------------------------------------------------------
 
 
-def _settings(url: str, namespace: str, *, cluster: bool = False) -> Settings:
+def _settings(url: str, namespace: str, *, cluster: bool = False, **options: Any) -> Settings:
     return Settings(
-        redis_url=url, namespace=namespace, redis_timeout=DEADLINE, redis_cluster=cluster
+        redis_url=url,
+        namespace=namespace,
+        redis_timeout=DEADLINE,
+        redis_cluster=cluster,
+        **options,
     )
 
 
@@ -586,3 +609,58 @@ class TestAsyncOnCluster(BackendContract):
         backend = async_backend(_settings(cluster.url, namespace, cluster=True))
         with _on_own_loop(backend) as run:
             yield Harness(run, cluster_raw, True, _node_client(cluster_raw))
+
+
+@pytest.fixture(scope="module")
+def sentinel_group() -> Iterator[SentinelGroup]:
+    """A primary, a replica and three sentinels, shared by this module's Sentinel tests
+    (none of them fails the primary over)."""
+    servers = SentinelGroup()
+    try:
+        servers.start()
+    except (FileNotFoundError, TimeoutError, RuntimeError, OSError) as exc:
+        servers.stop()
+        unavailable(f"cannot start a Sentinel group: {exc}")
+    yield servers
+    servers.stop()
+
+
+@pytest.fixture
+def sentinel_settings(sentinel_group: SentinelGroup, namespace: str) -> Settings:
+    return _settings(sentinel_group.url, namespace, **sentinel_group.settings_options())
+
+
+@pytest.fixture
+def sentinel_raw(sentinel_group: SentinelGroup, namespace: str) -> Iterator[redis.Redis]:
+    raw = redis.Redis(port=sentinel_group.master_port(), socket_timeout=5)
+    try:
+        yield raw
+    finally:
+        _delete_namespace(raw, namespace)
+        raw.close()
+
+
+@pytest.mark.integration
+@pytest.mark.scaleout
+class TestSyncOnSentinel(BackendContract):
+    """``RedisBackend`` through the sentinels, with ``Commands(wait_replicas=1)``: every
+    announcement also waits for the replica (``WAIT``)."""
+
+    @pytest.fixture
+    def harness(self, sentinel_settings: Settings, sentinel_raw: redis.Redis) -> Iterator[Harness]:
+        backend = sync_backend(sentinel_settings)
+        try:
+            yield Harness(backend.run, sentinel_raw, subscriber_for=lambda _c: sentinel_raw)
+        finally:
+            backend.close()
+
+
+@pytest.mark.integration
+@pytest.mark.scaleout
+class TestAsyncOnSentinel(BackendContract):
+    """``AsyncRedisBackend`` through the sentinels, with ``Commands(wait_replicas=1)``."""
+
+    @pytest.fixture
+    def harness(self, sentinel_settings: Settings, sentinel_raw: redis.Redis) -> Iterator[Harness]:
+        with _on_own_loop(async_backend(sentinel_settings)) as run:
+            yield Harness(run, sentinel_raw, subscriber_for=lambda _c: sentinel_raw)
