@@ -21,7 +21,7 @@ import contextlib
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
@@ -74,16 +74,17 @@ class Harness:
     """One backend under test and a view of the Redis behind it.
 
     ``run`` carries out an op (sync, or an asyncio backend driven on its own loop);
-    ``raw`` is a plain sync client of the same data (``redis.Redis``, ``FakeRedis`` or
-    ``RedisCluster``: typed ``Any`` for that reason); ``subscriber_for(channel)`` is a
-    client that can subscribe to ``channel``; ``cluster`` says announcements travel on
-    sharded channels (``SSUBSCRIBE``), one per user shard, each with its own sequence key.
+    ``raw`` is a plain sync client of the same data (``redis.Redis`` on the server or on
+    the Sentinel primary, ``FakeRedis``, or ``RedisCluster``: typed ``Any`` for that
+    reason); ``subscriber_for(channel)`` is a client that can subscribe to ``channel``;
+    ``cluster`` says announcements travel on sharded channels (``SSUBSCRIBE``), one per
+    user shard, each with its own sequence key.
     """
 
     run: Callable[[CacheOp], Any]
     raw: Any
+    subscriber_for: Callable[[str], Any]
     cluster: bool = False
-    subscriber_for: Callable[[str], Any] = field(default=lambda _channel: None)
 
     def announced_on(self, keys: KeySchema, encoded_user: str | None) -> list[tuple[str, str]]:
         """(channel, sequence key) pairs an announcement about ``encoded_user`` (None: a
@@ -501,7 +502,7 @@ class TestSyncOnFakeRedis(BackendContract):
     @pytest.fixture
     def harness(self, fake_redis: fakeredis.FakeRedis) -> Harness:
         backend = RedisBackend(fake_redis)
-        return Harness(backend.run, fake_redis, subscriber_for=lambda _channel: fake_redis)
+        return Harness(backend.run, fake_redis, lambda _channel: fake_redis)
 
 
 class TestAsyncOnFakeRedis(BackendContract):
@@ -512,7 +513,7 @@ class TestAsyncOnFakeRedis(BackendContract):
         server = fake_redis.connection_pool.connection_kwargs["server"]
         backend = AsyncRedisBackend(fakeredis.FakeAsyncRedis(server=server))
         with _on_own_loop(backend) as run:
-            yield Harness(run, fake_redis, subscriber_for=lambda _channel: fake_redis)
+            yield Harness(run, fake_redis, lambda _channel: fake_redis)
 
 
 @pytest.fixture
@@ -533,7 +534,7 @@ class TestSyncOnRedis(BackendContract):
     def harness(self, redis_url: str, namespace: str, real_raw: redis.Redis) -> Iterator[Harness]:
         backend = sync_backend(_settings(redis_url, namespace))
         try:
-            yield Harness(backend.run, real_raw, subscriber_for=lambda _channel: real_raw)
+            yield Harness(backend.run, real_raw, lambda _channel: real_raw)
         finally:
             backend.close()
 
@@ -545,7 +546,7 @@ class TestAsyncOnRedis(BackendContract):
     @pytest.fixture
     def harness(self, redis_url: str, namespace: str, real_raw: redis.Redis) -> Iterator[Harness]:
         with _on_own_loop(async_backend(_settings(redis_url, namespace))) as run:
-            yield Harness(run, real_raw, subscriber_for=lambda _channel: real_raw)
+            yield Harness(run, real_raw, lambda _channel: real_raw)
 
 
 @pytest.fixture(scope="module")
@@ -592,7 +593,7 @@ class TestSyncOnCluster(BackendContract):
     ) -> Iterator[Harness]:
         backend = sync_backend(_settings(cluster.url, namespace, cluster=True))
         try:
-            yield Harness(backend.run, cluster_raw, True, _node_client(cluster_raw))
+            yield Harness(backend.run, cluster_raw, _node_client(cluster_raw), cluster=True)
         finally:
             backend.close()
 
@@ -608,7 +609,7 @@ class TestAsyncOnCluster(BackendContract):
     ) -> Iterator[Harness]:
         backend = async_backend(_settings(cluster.url, namespace, cluster=True))
         with _on_own_loop(backend) as run:
-            yield Harness(run, cluster_raw, True, _node_client(cluster_raw))
+            yield Harness(run, cluster_raw, _node_client(cluster_raw), cluster=True)
 
 
 @pytest.fixture(scope="module")
@@ -650,7 +651,7 @@ class TestSyncOnSentinel(BackendContract):
     def harness(self, sentinel_settings: Settings, sentinel_raw: redis.Redis) -> Iterator[Harness]:
         backend = sync_backend(sentinel_settings)
         try:
-            yield Harness(backend.run, sentinel_raw, subscriber_for=lambda _c: sentinel_raw)
+            yield Harness(backend.run, sentinel_raw, lambda _c: sentinel_raw)
         finally:
             backend.close()
 
@@ -663,4 +664,4 @@ class TestAsyncOnSentinel(BackendContract):
     @pytest.fixture
     def harness(self, sentinel_settings: Settings, sentinel_raw: redis.Redis) -> Iterator[Harness]:
         with _on_own_loop(async_backend(sentinel_settings)) as run:
-            yield Harness(run, sentinel_raw, subscriber_for=lambda _c: sentinel_raw)
+            yield Harness(run, sentinel_raw, lambda _c: sentinel_raw)
