@@ -511,7 +511,7 @@ class TestAsyncOnFakeRedis(BackendContract):
     @pytest.fixture
     def harness(self, fake_redis: fakeredis.FakeRedis) -> Iterator[Harness]:
         server = fake_redis.connection_pool.connection_kwargs["server"]
-        backend = AsyncRedisBackend(fakeredis.FakeAsyncRedis(server=server))
+        backend = AsyncRedisBackend(lambda: fakeredis.FakeAsyncRedis(server=server))
         with _on_own_loop(backend) as run:
             yield Harness(run, fake_redis, lambda _channel: fake_redis)
 

@@ -15,7 +15,7 @@ import pytest
 
 from penny_cache.policy.ops import CacheOp
 from penny_cache.redis import scripts
-from penny_cache.redis.commands import Call, ClusterCommands, Commands, Eval, Plan, Scan
+from penny_cache.redis.commands import Call, ClusterCommands, Commands, Eval, Plan, Scan, Step
 from tests.contract.samples import CACHE_OPS, sample
 
 FLAVOURS = {
@@ -25,17 +25,18 @@ FLAVOURS = {
 }
 
 
-def _answer(step: Call | Eval | Scan) -> Any:
+def _answer(step: Step) -> Any:
     """What a healthy Redis would answer each step (shapes only)."""
     if isinstance(step, Scan):
         return [b"sample:1", b"sample:2"]
     if isinstance(step, Eval):
         return [1, 1] if step.script is scripts.WRITE_PUBLISH else 1
+    assert isinstance(step, Call), f"a cache operation's plan sent {step!r}"
     return {"get": b"x", "set": True, "unlink": 1, "wait": 1}[step.method]
 
 
-def _drive(plan: Plan) -> tuple[list[Call | Eval | Scan], Any]:
-    steps: list[Call | Eval | Scan] = []
+def _drive(plan: Plan) -> tuple[list[Step], Any]:
+    steps: list[Step] = []
     try:
         step = next(plan)
         while True:

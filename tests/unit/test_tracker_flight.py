@@ -250,7 +250,7 @@ def _run_async(
 
     async def main() -> _T:
         cache = AsyncPersonalityCache(
-            AsyncRedisBackend(fakeredis.FakeAsyncRedis(server=server)),
+            AsyncRedisBackend(lambda: fakeredis.FakeAsyncRedis(server=server)),
             RedisBackend(raw),
             namespace=namespace,
             stats_flush_interval=None,
