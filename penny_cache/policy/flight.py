@@ -2,8 +2,10 @@
 
 One rule for both APIs: callers that arrive while a load of their key runs wait for it
 and share its outcome, its result or its exception (a failing database is asked once, not
-once per waiter); a waiter that has waited ``wait_timeout`` without an outcome (the
-leader hangs) loads for itself.
+once per waiter). A leader that is interrupted rather than failing (its coroutine
+cancelled because its request went away, a ``KeyboardInterrupt``) has no outcome to
+share, and a leader that hangs past ``wait_timeout`` has none yet: in both cases each
+waiter loads for itself.
 
 Hand-written because each is a dozen lines around ``threading.Event`` or an
 ``asyncio.Future``, and no maintained library offers the sync version with exceptions
@@ -20,6 +22,10 @@ from typing import Generic, TypeVar
 __all__ = ["AsyncSingleFlight", "SingleFlight"]
 
 _T = TypeVar("_T")
+
+
+class _LeaderGone(Exception):
+    """What waiters see when the leader was interrupted: load for yourself."""
 
 
 class _Call(Generic[_T]):
@@ -44,16 +50,19 @@ class SingleFlight(Generic[_T]):
             if call is None:
                 call = self._calls[key] = _Call()
         if not leader:
-            if not call.done.wait(self._wait_timeout):
-                return load()  # the leader hangs: load for ourselves
+            if not call.done.wait(self._wait_timeout) or isinstance(call.error, _LeaderGone):
+                return load()
             if call.error is not None:
                 raise call.error
             return call.result  # type: ignore[return-value]
         try:
             call.result = load()
             return call.result
-        except BaseException as exc:
+        except Exception as exc:
             call.error = exc
+            raise
+        except BaseException:
+            call.error = _LeaderGone()
             raise
         finally:
             with self._lock:
@@ -71,19 +80,25 @@ class AsyncSingleFlight(Generic[_T]):
     async def run(self, key: str, load: Callable[[], Awaitable[_T]]) -> _T:
         running = self._calls.get(key)
         if running is not None:
-            try:
-                return await asyncio.wait_for(asyncio.shield(running), self._wait_timeout)
-            except TimeoutError:
-                return await load()  # the leader hangs: load for ourselves
+            # asyncio.wait neither cancels ``running`` on timeout nor when this waiter
+            # is cancelled
+            done, _ = await asyncio.wait({running}, timeout=self._wait_timeout)
+            if not done or isinstance(running.exception(), _LeaderGone):
+                return await load()
+            return running.result()
         future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
         self._calls[key] = future
         try:
             result = await load()
             future.set_result(result)
             return result
-        except BaseException as exc:
+        except Exception as exc:
             future.set_exception(exc)
-            future.exception()  # retrieved: waiters re-raise it, nobody logs it as lost
+            raise
+        except BaseException:
+            future.set_exception(_LeaderGone())
             raise
         finally:
             del self._calls[key]
+            if not future.cancelled() and future.exception() is not None:
+                pass  # retrieved: waiters re-raise it, nobody logs it as lost

@@ -115,13 +115,18 @@ def _tls_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _sentinel_kwargs(settings: Settings) -> dict[str, Any]:
+def _sentinel_kwargs(settings: Settings, retry: Any) -> dict[str, Any]:
+    """The sentinels' connections: bounded like every call, and never retried (redis-py's
+    default of 10 retries with backoff made one master lookup take 3-4 s with the
+    sentinels unreachable)."""
     timeout = settings.redis_timeout
-    return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    return {"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": retry}
 
 
 def _sentinel(settings: Settings) -> Any:
-    return Sentinel(settings.redis_sentinels, sentinel_kwargs=_sentinel_kwargs(settings))  # type: ignore[no-untyped-call]
+    return Sentinel(
+        settings.redis_sentinels, sentinel_kwargs=_sentinel_kwargs(settings, Retry(NoBackoff(), 0))
+    )  # type: ignore[no-untyped-call]
 
 
 def sync_client(settings: Settings) -> Any:
@@ -146,7 +151,8 @@ def async_client(settings: Settings, max_connections: int) -> Any:
     topology = settings.redis_topology
     if topology == "sentinel":
         sentinel = AsyncSentinel(  # type: ignore[no-untyped-call]
-            settings.redis_sentinels, sentinel_kwargs=_sentinel_kwargs(settings)
+            settings.redis_sentinels,
+            sentinel_kwargs=_sentinel_kwargs(settings, aredis.retry.Retry(NoBackoff(), 0)),
         )
         return sentinel.master_for(
             settings.redis_master_name, max_connections=max_connections, **options

@@ -2,7 +2,8 @@
 
 Callers that arrive while a load of their key runs wait and share its outcome, its
 result or its exception (the load function runs once); a waiter that has waited
-``wait_timeout`` loads for itself. Each test proves the waiters had arrived before the
+``wait_timeout``, or whose leader was interrupted (cancelled, ``KeyboardInterrupt``),
+loads for itself. Each test proves the waiters had arrived before the
 leader finished: threads through an instrumented ``done`` event (a waiter reports from
 inside its wait), coroutines because a waiter attaches to the leader's future before its
 first suspension. No test sleeps hoping the other side got there.
@@ -129,6 +130,39 @@ def test_sync_waiter_of_a_hung_leader_loads_for_itself(arrivals: Arrivals) -> No
     assert hung.calls == 1
 
 
+def test_sync_waiters_of_an_interrupted_leader_load_for_themselves(arrivals: Arrivals) -> None:
+    """A leader interrupted rather than failing (a ``KeyboardInterrupt`` in its thread)
+    has no outcome to share: its waiters each load for themselves and get their result,
+    not the interrupt."""
+
+    def interrupted() -> str:
+        raise KeyboardInterrupt
+
+    load = _BlockedLoad(interrupted)
+    own = _BlockedLoad(lambda: "own")
+    own.release.set()
+    flight_: SingleFlight[str] = SingleFlight(wait_timeout=LONG)
+    outcomes: list[str | BaseException] = []
+
+    def leader() -> None:
+        try:
+            flight_.run("k", load)
+        except KeyboardInterrupt as exc:
+            outcomes.append(exc)
+
+    first = threading.Thread(target=leader)
+    first.start()
+    assert load.started.wait(LONG)
+    waiter = threading.Thread(target=lambda: outcomes.append(flight_.run("k", own)))
+    waiter.start()
+    arrivals.wait_for(1)
+    load.release.set()
+    first.join(LONG)
+    waiter.join(LONG)
+    assert sorted(map(repr, outcomes)) == ["'own'", "KeyboardInterrupt()"]
+    assert own.calls == 1
+
+
 # -- asyncio ----------------------------------------------------------------------------------
 
 
@@ -248,17 +282,10 @@ def test_async_waiter_of_a_hung_leader_loads_for_itself() -> None:
     asyncio.run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: AsyncSingleFlight.run catches BaseException and puts the leader's "
-        "CancelledError into the shared future, so every waiter of the key is cancelled "
-        "too (its request fails) although nobody cancelled it and the load never failed"
-    ),
-)
 def test_async_cancelled_leader_does_not_cancel_its_waiters() -> None:
     """A leader cancelled mid-load (its request went away) is not an outcome of the load:
-    the waiters are not cancelled with it; they finish with a loaded result."""
+    the waiters are not cancelled with it; they finish with a loaded result. (Used to:
+    the leader's CancelledError went into the shared future and cancelled every waiter.)"""
 
     async def scenario() -> None:
         flight_: AsyncSingleFlight[str] = AsyncSingleFlight(wait_timeout=LONG)
