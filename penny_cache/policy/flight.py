@@ -24,7 +24,7 @@ __all__ = ["AsyncSingleFlight", "SingleFlight"]
 _T = TypeVar("_T")
 
 
-class _LeaderGone(Exception):
+class _LeaderGoneError(Exception):
     """What waiters see when the leader was interrupted: load for yourself."""
 
 
@@ -50,7 +50,7 @@ class SingleFlight(Generic[_T]):
             if call is None:
                 call = self._calls[key] = _Call()
         if not leader:
-            if not call.done.wait(self._wait_timeout) or isinstance(call.error, _LeaderGone):
+            if not call.done.wait(self._wait_timeout) or isinstance(call.error, _LeaderGoneError):
                 return load()
             if call.error is not None:
                 raise call.error
@@ -62,7 +62,7 @@ class SingleFlight(Generic[_T]):
             call.error = exc
             raise
         except BaseException:
-            call.error = _LeaderGone()
+            call.error = _LeaderGoneError()
             raise
         finally:
             with self._lock:
@@ -83,7 +83,7 @@ class AsyncSingleFlight(Generic[_T]):
             # asyncio.wait neither cancels ``running`` on timeout nor when this waiter
             # is cancelled
             done, _ = await asyncio.wait({running}, timeout=self._wait_timeout)
-            if not done or isinstance(running.exception(), _LeaderGone):
+            if not done or isinstance(running.exception(), _LeaderGoneError):
                 return await load()
             return running.result()
         future: asyncio.Future[_T] = asyncio.get_running_loop().create_future()
@@ -96,7 +96,7 @@ class AsyncSingleFlight(Generic[_T]):
             future.set_exception(exc)
             raise
         except BaseException:
-            future.set_exception(_LeaderGone())
+            future.set_exception(_LeaderGoneError())
             raise
         finally:
             del self._calls[key]
