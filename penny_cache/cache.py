@@ -27,6 +27,7 @@ from penny_cache.policy.ops import CacheOp
 from penny_cache.policy.ports import AsyncTransport, SyncTransport
 from penny_cache.policy.reads import CachePolicy
 from penny_cache.state import PersonalityState
+from penny_cache.store.database import PersonalityStore
 
 __all__ = ["AsyncPersonalityCache", "PersonalityCache"]
 
@@ -42,24 +43,32 @@ class PersonalityCache(CachePolicy):
         forks.track(self)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> PersonalityCache:
+    def from_url(
+        cls, url: str, *, store: PersonalityStore | None = None, **options: Any
+    ) -> PersonalityCache:
         """A cache on the Redis at ``url``; ``options`` as in ``Settings`` field names
-        (``ttl``, ``namespace``, ``near_cache``, ``max_staleness``, ``timeout``, ...)."""
+        (``ttl``, ``namespace``, ``near_cache``, ``max_staleness``, ``timeout``, ...).
+        ``store``: the database whose entries it serves, known from the first call (a
+        tracker given this cache names its store otherwise; see ``serve_store``)."""
         settings, extra = wiring.settings_from_url(url, options)
         backend, policy_options = wiring.sync_parts(settings, **extra)
-        return cls(backend, **policy_options)
+        return _serving(cls(backend, **policy_options), store)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> PersonalityCache:
+    def from_settings(
+        cls, settings: Settings, *, store: PersonalityStore | None = None
+    ) -> PersonalityCache:
         """A cache shaped by ``Settings`` (``get_cache()`` uses this)."""
         backend, policy_options = wiring.sync_parts(settings)
-        return cls(backend, **policy_options)
+        return _serving(cls(backend, **policy_options), store)
 
     def run_op(self, op: CacheOp) -> Any:
         """Carry out one operation a flow yielded (the tracker's driver passes them on)."""
         return self._backend.run(op)
 
     def _run(self, flow: Flow[_V]) -> _V:
+        if self.scope_pending:  # before the flow's first step computes a key
+            self.resolve_scope()
         return drive(flow, self._backend.run)
 
     def get(self, user_id: str) -> PersonalityState | None:
@@ -150,25 +159,33 @@ class AsyncPersonalityCache(CachePolicy):
         forks.track(self)
 
     @classmethod
-    def from_url(cls, url: str, **options: Any) -> AsyncPersonalityCache:
+    def from_url(
+        cls, url: str, *, store: PersonalityStore | None = None, **options: Any
+    ) -> AsyncPersonalityCache:
         """As ``PersonalityCache.from_url``; connections open on first use."""
         settings, extra = wiring.settings_from_url(url, options)
         backend, sync_backend, policy_options = wiring.async_parts(settings, **extra)
-        return cls(backend, sync_backend, **policy_options)
+        return _serving(cls(backend, sync_backend, **policy_options), store)
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, *, metrics: ProcessMetrics | None = None
+        cls,
+        settings: Settings,
+        *,
+        metrics: ProcessMetrics | None = None,
+        store: PersonalityStore | None = None,
     ) -> AsyncPersonalityCache:
         """A cache shaped by ``Settings`` (the HTTP service uses this)."""
         backend, sync_backend, policy_options = wiring.async_parts(settings, metrics=metrics)
-        return cls(backend, sync_backend, **policy_options)
+        return _serving(cls(backend, sync_backend, **policy_options), store)
 
     async def run_op(self, op: CacheOp) -> Any:
         """Await one operation a flow yielded (the tracker's driver passes them on)."""
         return await self._backend.run(op)
 
     async def _run(self, flow: Flow[_V]) -> _V:
+        if self.scope_pending:  # before the flow's first step computes a key
+            await asyncio.to_thread(self.resolve_scope)
         return await adrive(flow, self._backend.run)
 
     async def get(self, user_id: str) -> PersonalityState | None:
@@ -221,3 +238,12 @@ class AsyncPersonalityCache(CachePolicy):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+_C = TypeVar("_C", bound=CachePolicy)
+
+
+def _serving(cache: _C, store: PersonalityStore | None) -> _C:
+    if store is not None:
+        cache.serve_store(lambda: store.identity)
+    return cache

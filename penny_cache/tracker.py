@@ -96,6 +96,7 @@ class TrackerPolicy:
         state (counted as ``stale_served``) instead of raising. Writes always raise."""
         self._store = store
         self._policy = cache
+        cache.serve_store(lambda: store.identity)  # the cache knows it before any call
         self._serve_stale = serve_stale
         self._bound = False
         self._outbox = None

@@ -72,6 +72,7 @@ class CachePolicy(WritePolicy):
         self._rand = rand
         self._monotonic = monotonic
         self._bind_lock = threading.Lock()
+        self._identity: Callable[[], str] | None = None
         if stats_flush_interval is not None:
             positive_seconds(stats_flush_interval, "stats_flush_interval")
         self._sync_backend = sync_backend
@@ -153,6 +154,27 @@ class CachePolicy(WritePolicy):
             self._keys = self._keys.with_scope(identity)
             if self._near is not None:
                 self._near.flush()
+
+    def serve_store(self, identity: Callable[[], str]) -> None:
+        """Name the database this cache serves, as a function that reads its identity
+        (``lambda: store.identity``): it is read once, before the first operation that
+        needs a key, so a new process sees the entries others wrote from its first call.
+        The first database named wins; a tracker of another raises at its first call."""
+        with self._bind_lock:
+            if self._identity is None and self._keys.scope == UNBOUND_SCOPE:
+                self._identity = identity
+
+    @property
+    def scope_pending(self) -> bool:
+        """True while a database is named but its identity not yet read."""
+        return self._identity is not None and self._keys.scope == UNBOUND_SCOPE
+
+    def resolve_scope(self) -> None:
+        """Read the named database's identity and bind to it (touches the database once;
+        the asyncio face runs this in a worker thread)."""
+        identity = self._identity
+        if identity is not None and self._keys.scope == UNBOUND_SCOPE:
+            self.bind_store(identity())
 
     # -- reads ----------------------------------------------------------------------------
 
