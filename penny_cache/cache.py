@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any, Self, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from penny_cache import forks, wiring
 from penny_cache.config import Settings
 from penny_cache.errors import CacheError
-from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.policy.flows import Flow, adrive, drive
 from penny_cache.policy.near import Ticket
 from penny_cache.policy.ops import CacheOp
@@ -34,33 +33,44 @@ __all__ = ["AsyncPersonalityCache", "PersonalityCache"]
 _V = TypeVar("_V")
 
 
-class PersonalityCache(CachePolicy):
+class _Wired(CachePolicy):
+    """``from_url`` and ``from_settings``, written once for both faces: each face names
+    its constructor arguments' maker in ``_parts``."""
+
+    _parts: ClassVar[Callable[..., wiring.Parts]]
+
+    @classmethod
+    def from_url(cls, url: str, *, store: PersonalityStore | None = None, **options: Any) -> Self:
+        """A cache on the Redis at ``url``; ``options`` as in ``Settings`` field names
+        (``ttl``, ``namespace``, ``near_cache``, ``max_staleness``, ``timeout``, ...).
+        ``store``: the database whose entries it serves, known from the first call (a
+        tracker given this cache names its store otherwise; see ``serve_store``).
+        Connections open on first use."""
+        settings, extra = wiring.settings_from_url(url, options)
+        return cls.from_settings(settings, store=store, **extra)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, store: PersonalityStore | None = None, **extra: Any
+    ) -> Self:
+        """A cache shaped by ``Settings`` (``get_cache()`` and the HTTP service use this);
+        ``extra``: ``metrics``, ``stats_flush_interval`` (None: no flusher, for tests)."""
+        args, options = cls._parts(settings, **extra)
+        cache = cls(*args, **options)
+        if store is not None:
+            cache.serve_store(lambda: store.identity)
+        return cache
+
+
+class PersonalityCache(_Wired):
     """A shared Redis cache of ``PersonalityState`` entries with coherent near caches."""
+
+    _parts = staticmethod(wiring.sync_parts)
 
     def __init__(self, backend: SyncTransport, **options: Any) -> None:
         super().__init__(backend, **options)
         self._backend = backend
         forks.track(self)
-
-    @classmethod
-    def from_url(
-        cls, url: str, *, store: PersonalityStore | None = None, **options: Any
-    ) -> PersonalityCache:
-        """A cache on the Redis at ``url``; ``options`` as in ``Settings`` field names
-        (``ttl``, ``namespace``, ``near_cache``, ``max_staleness``, ``timeout``, ...).
-        ``store``: the database whose entries it serves, known from the first call (a
-        tracker given this cache names its store otherwise; see ``serve_store``)."""
-        settings, extra = wiring.settings_from_url(url, options)
-        backend, policy_options = wiring.sync_parts(settings, **extra)
-        return _serving(cls(backend, **policy_options), store)
-
-    @classmethod
-    def from_settings(
-        cls, settings: Settings, *, store: PersonalityStore | None = None
-    ) -> PersonalityCache:
-        """A cache shaped by ``Settings`` (``get_cache()`` uses this)."""
-        backend, policy_options = wiring.sync_parts(settings)
-        return _serving(cls(backend, **policy_options), store)
 
     def run_op(self, op: CacheOp) -> Any:
         """Carry out one operation a flow yielded (the tracker's driver passes them on)."""
@@ -146,8 +156,10 @@ class PersonalityCache(CachePolicy):
         self.close()
 
 
-class AsyncPersonalityCache(CachePolicy):
+class AsyncPersonalityCache(_Wired):
     """``PersonalityCache`` for asyncio: ``await cache.get(user)`` and friends."""
+
+    _parts = staticmethod(wiring.async_parts)
 
     def __init__(
         self, backend: AsyncTransport, sync_backend: SyncTransport, **options: Any
@@ -157,27 +169,6 @@ class AsyncPersonalityCache(CachePolicy):
         super().__init__(sync_backend, **options)
         self._backend = backend
         forks.track(self)
-
-    @classmethod
-    def from_url(
-        cls, url: str, *, store: PersonalityStore | None = None, **options: Any
-    ) -> AsyncPersonalityCache:
-        """As ``PersonalityCache.from_url``; connections open on first use."""
-        settings, extra = wiring.settings_from_url(url, options)
-        backend, sync_backend, policy_options = wiring.async_parts(settings, **extra)
-        return _serving(cls(backend, sync_backend, **policy_options), store)
-
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        *,
-        metrics: ProcessMetrics | None = None,
-        store: PersonalityStore | None = None,
-    ) -> AsyncPersonalityCache:
-        """A cache shaped by ``Settings`` (the HTTP service uses this)."""
-        backend, sync_backend, policy_options = wiring.async_parts(settings, metrics=metrics)
-        return _serving(cls(backend, sync_backend, **policy_options), store)
 
     async def run_op(self, op: CacheOp) -> Any:
         """Await one operation a flow yielded (the tracker's driver passes them on)."""
@@ -238,12 +229,3 @@ class AsyncPersonalityCache(CachePolicy):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-_C = TypeVar("_C", bound=CachePolicy)
-
-
-def _serving(cache: _C, store: PersonalityStore | None) -> _C:
-    if store is not None:
-        cache.serve_store(lambda: store.identity)
-    return cache

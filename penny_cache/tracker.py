@@ -37,7 +37,7 @@ from penny_cache.state import (
     validate_user_id,
 )
 from penny_cache.store.database import PersonalityStore
-from penny_cache.store.outbox import SWEEPERS, OutboxSweeper
+from penny_cache.store.outbox import SWEEPERS, OutboxSweeper, shared_sweeper
 
 __all__ = [
     "MAX_CONTEXT_CHARS",
@@ -102,7 +102,7 @@ class TrackerPolicy:
         self._outbox = None
         self._release_outbox: Callable[[], object] = lambda: None
         if outbox_interval is not None:
-            self._outbox = SWEEPERS.acquire(
+            self._outbox = shared_sweeper(
                 store,
                 cache,
                 cache.publish_committed,

@@ -31,6 +31,7 @@ from penny_cache.redis.commands import ClusterCommands, Commands
 from penny_cache.redis.listener import InvalidationListener, ListenerGroup
 
 __all__ = [
+    "Parts",
     "async_backend",
     "async_parts",
     "commands_for",
@@ -57,18 +58,22 @@ def settings_from_url(url: str, options: dict[str, Any]) -> tuple[Settings, dict
     return Settings(redis_url=url, **fields), extra
 
 
+# A cache's constructor arguments: positional (its backends) and keyword (policy options).
+Parts = tuple[tuple[Any, ...], dict[str, Any]]
+
+
 def sync_parts(
     settings: Settings,
     *,
     stats_flush_interval: float | object | None = ...,
     metrics: ProcessMetrics | None = None,
-) -> tuple[RedisBackend, dict[str, Any]]:
-    """A ``PersonalityCache``'s constructor arguments: its backend and policy options."""
+) -> Parts:
+    """A ``PersonalityCache``'s: its backend, and the policy options."""
     backend = sync_backend(settings)
     flush = settings.stats_flush_interval if stats_flush_interval is ... else stats_flush_interval
     options = _policy_options(settings, backend, flush)
     options["metrics"] = metrics
-    return backend, options
+    return (backend,), options
 
 
 def async_parts(
@@ -76,13 +81,14 @@ def async_parts(
     *,
     stats_flush_interval: float | object | None = ...,
     metrics: ProcessMetrics | None = None,
-) -> tuple[AsyncRedisBackend, RedisBackend, dict[str, Any]]:
+) -> Parts:
     """An ``AsyncPersonalityCache``'s: redis.asyncio for requests; a sync client for the
     counters' flusher and the listener thread, sharing one breaker (the background probe
     reopens the asyncio requests too)."""
-    sync, options = sync_parts(settings, stats_flush_interval=stats_flush_interval, metrics=metrics)
-    backend = async_backend(settings, breaker=sync.breaker)
-    return backend, sync, options
+    (sync,), options = sync_parts(
+        settings, stats_flush_interval=stats_flush_interval, metrics=metrics
+    )
+    return (async_backend(settings, breaker=sync.breaker), sync), options
 
 
 def sync_backend(

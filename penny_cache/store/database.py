@@ -42,7 +42,7 @@ from penny_cache.state import (
     default_state,
 )
 from penny_cache.store import outbox_rows
-from penny_cache.store.engines import ENGINES, WRITE
+from penny_cache.store.engines import ENGINES, WRITE, make_engine
 from penny_cache.store.schema import dimensions, history, meta, metadata, users
 
 __all__ = ["EPOCH", "PersonalityStore"]
@@ -81,7 +81,7 @@ class PersonalityStore:
         echo: bool = False,
     ) -> None:
         try:
-            self._engine = ENGINES.acquire(url, echo=echo)
+            self._engine = ENGINES.acquire((url, echo), lambda: make_engine(url, echo=echo))
         except (sa_exc.ArgumentError, ImportError) as exc:
             raise InvalidInputError(f"not a usable database URL: {exc}") from exc
         # an unclosed store (Penny builds one per request) gives its engine back when

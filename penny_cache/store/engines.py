@@ -10,67 +10,34 @@ connections are the parent's sockets).
 
 from __future__ import annotations
 
-import threading
+import os
 from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from penny_cache import forks
+from penny_cache.store.shared import Shared
 
-__all__ = ["ENGINES", "WRITE", "EngineRegistry"]
+__all__ = ["ENGINES", "WRITE", "make_engine"]
 
 # execution option of a connection that will write (SQLite: BEGIN IMMEDIATE)
 WRITE: Final = "penny_write"
 
 
-class EngineRegistry:
-    """Engines by (URL, echo), counted by the stores that hold them."""
-
-    def __init__(self) -> None:
-        # re-entrant: a store or tracker collected while this thread holds the lock
-        # releases from its finalizer, inside acquire()
-        self._lock = threading.RLock()
-        self._engines: dict[tuple[str, bool], tuple[Engine, int]] = {}
-        forks.track(self)
-
-    def acquire(self, url: str, *, echo: bool = False) -> Engine:
-        """The engine of ``url``, made on first use; release it once per acquire."""
-        key = (url, echo)
-        with self._lock:
-            engine, holders = self._engines.get(key) or (_make_engine(url, echo=echo), 0)
-            self._engines[key] = (engine, holders + 1)
-            return engine
-
-    def release(self, engine: Engine) -> None:
-        """One holder fewer; the last one disposes the engine."""
-        with self._lock:
-            for key, (held, holders) in list(self._engines.items()):
-                if held is engine:
-                    if holders > 1:
-                        self._engines[key] = (held, holders - 1)
-                        return
-                    del self._engines[key]
-                    break
-            else:
-                return  # forgotten after a fork, or released twice
-        engine.dispose()
-
-    def __len__(self) -> int:
-        return len(self._engines)
-
-    def after_fork(self) -> None:
-        """The child's stores keep their engines; their pools must not reuse the parent's
-        connections (SQLAlchemy's recipe: ``dispose(close=False)``)."""
-        self._lock = threading.RLock()
-        for engine, _holders in self._engines.values():
-            engine.dispose(close=False)
+def _dispose_in_child() -> None:
+    """A forked child's stores keep their engines; the pools must not reuse the parent's
+    connections (SQLAlchemy's recipe: ``dispose(close=False)``)."""
+    for engine in ENGINES.values():
+        engine.dispose(close=False)
 
 
-ENGINES: Final = EngineRegistry()
+# engines by (URL, echo), disposed by the last store that holds one
+ENGINES: Final[Shared[Engine]] = Shared(Engine.dispose)
+os.register_at_fork(after_in_child=_dispose_in_child)
 
 
-def _make_engine(url: str, *, echo: bool) -> Engine:
+def make_engine(url: str, *, echo: bool = False) -> Engine:
+    """A pre-pinging engine; SQLite gets WAL and writers that lock at BEGIN."""
     engine = sa.create_engine(url, echo=echo, pool_pre_ping=True)
     if engine.dialect.name == "sqlite":
         _serialise_sqlite_writers(engine)

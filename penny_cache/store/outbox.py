@@ -23,14 +23,15 @@ from penny_cache.errors import PennyCacheError
 from penny_cache.observe.ratelog import RateLimitedLog
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
+from penny_cache.store.shared import Shared
 
-__all__ = ["SWEEPERS", "OutboxSweeper", "SweeperRegistry"]
+__all__ = ["SWEEPERS", "OutboxSweeper", "shared_sweeper"]
 
 log = logging.getLogger("penny_cache.store.outbox")
 
 
 class OutboxSweeper:
-    """A daemon thread per database and cache in a process (see ``SweeperRegistry``),
+    """A daemon thread per database and cache in a process (see ``shared_sweeper``),
     started on first use (fork-safe)."""
 
     def __init__(
@@ -114,58 +115,23 @@ def _loop(ref: weakref.ReferenceType[OutboxSweeper], stop: threading.Event, ever
         del sweeper
 
 
-class SweeperRegistry:
-    """One sweeper per (database URL, publisher) per process, however many trackers use
-    it: Penny builds a tracker per request, and a sweeper thread per tracker piled up.
-    Trackers acquire it and release it on ``close()`` or when collected; the last
-    release stops the thread. The first tracker's interval and grace apply."""
-
-    def __init__(self) -> None:
-        # re-entrant: a store or tracker collected while this thread holds the lock
-        # releases from its finalizer, inside acquire()
-        self._lock = threading.RLock()
-        self._sweepers: dict[tuple[str, int], tuple[OutboxSweeper, int]] = {}
-        forks.track(self)
-
-    def acquire(
-        self,
-        store: PersonalityStore,
-        publisher: object,
-        publish: Callable[[PersonalityState], bool],
-        *,
-        interval: float,
-        grace: float,
-    ) -> OutboxSweeper:
-        """The sweeper of ``store``'s database publishing through ``publisher``."""
-        key = (store.url, id(publisher))
-        with self._lock:
-            current = self._sweepers.get(key)
-            sweeper, holders = current or (
-                OutboxSweeper(store, publish, interval=interval, grace=grace),
-                0,
-            )
-            self._sweepers[key] = (sweeper, holders + 1)
-            return sweeper
-
-    def release(self, sweeper: OutboxSweeper) -> None:
-        """One holder fewer; the last one stops the sweeper's thread."""
-        with self._lock:
-            for key, (held, holders) in list(self._sweepers.items()):
-                if held is sweeper:
-                    if holders > 1:
-                        self._sweepers[key] = (held, holders - 1)
-                        return
-                    del self._sweepers[key]
-                    break
-        sweeper.stop()
-
-    def __len__(self) -> int:
-        return len(self._sweepers)
-
-    def after_fork(self) -> None:
-        """Another thread may have held the lock at the fork; the sweepers themselves
-        forget their threads (``OutboxSweeper.after_fork``)."""
-        self._lock = threading.RLock()
+def shared_sweeper(
+    store: PersonalityStore,
+    publisher: object,
+    publish: Callable[[PersonalityState], bool],
+    *,
+    interval: float,
+    grace: float,
+) -> OutboxSweeper:
+    """The sweeper of ``store``'s database publishing through ``publisher``: one per
+    process however many trackers use it (Penny builds a tracker per request, and a
+    thread per tracker piled up). Release it through ``SWEEPERS``; the last release
+    stops its thread. The first tracker's interval and grace apply."""
+    return SWEEPERS.acquire(
+        (store.url, id(publisher)),
+        lambda: OutboxSweeper(store, publish, interval=interval, grace=grace),
+    )
 
 
-SWEEPERS: Final = SweeperRegistry()
+# sweepers by (database URL, publisher), stopped by the last tracker that holds one
+SWEEPERS: Final[Shared[OutboxSweeper]] = Shared(OutboxSweeper.stop)
