@@ -168,13 +168,15 @@ class PersonalityStore:
         raise StoreConflictError(f"update of {dimension} lost its race {_MAX_ATTEMPTS} times")
 
     def _try_update(self, user_id: str, change: _Change) -> PersonalityState:
-        now = self._clock()
         dimension, value = change.dimension, change.value
         with self._write() as conn:
             _insert_ignore(conn, users, {"user_id": user_id, "version": 0, "updated_at": EPOCH})
             locked = sa.select(users.c.version).where(users.c.user_id == user_id)
             conn.execute(locked.with_for_update())
             current = _state_from_rows(user_id, _load_rows(conn, user_id))
+            # stamped under the row lock, and never before the version it follows (another
+            # host's clock may run behind): a later version never has an earlier time
+            now = max(self._clock(), current.updated_at)
             new = apply_update(
                 current,
                 dimension,

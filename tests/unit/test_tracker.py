@@ -275,3 +275,18 @@ def test_trackers_share_one_sweeper_and_a_closed_one_leaves_no_thread(
             pass
         tracker.close()
     assert _outbox_threads() == before  # the last close joined the thread
+
+
+def test_a_later_version_never_carries_an_earlier_timestamp(
+    store: PersonalityStore, utc_clock: FakeUTCClock
+) -> None:
+    """A writer whose clock runs behind (another host) still stamps its version no earlier
+    than the version before it: history times follow versions, and so does updated_at."""
+    first = store.update_dimension("ann", "communication_formality", 0.6)
+    utc_clock.advance(seconds=-30)  # this writer's clock is half a minute behind
+    second = store.update_dimension("ann", "communication_formality", 0.7)
+    assert second.version == first.version + 1
+    assert second.updated_at >= first.updated_at
+    stamps = [record.timestamp for record in store.history("ann", days=1)]
+    assert [record.version for record in store.history("ann", days=1)] == [1, 2]
+    assert stamps == sorted(stamps)
