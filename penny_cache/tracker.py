@@ -71,6 +71,12 @@ def _validate_days(days: object) -> float:
     return float(days)
 
 
+def _checked_version(min_version: object) -> int:
+    if min_version.__class__ is not int or min_version < 0:
+        raise InvalidInputError(f"min_version must be a whole number >= 0, got {min_version!r}")
+    return min_version
+
+
 class TrackerPolicy:
     """Validation and the read/update flows, shared by the sync and async trackers.
 
@@ -167,11 +173,11 @@ class TrackerPolicy:
             raise  # noqa: PLE0704 - re-raise the StoreUnavailableError being handled
         return state
 
-    def _recent_load(self, user_id: str, began: float) -> PersonalityState | None:
+    def _recent_load(self, user_id: str, began: float, min_version: int) -> PersonalityState | None:
         """A load that started after this read began is as fresh as this read may be:
         a miss that raced a just-finished load returns its result, not a second load."""
         recent = self._recent.get(user_id)
-        if recent is not None and recent[0] >= began:
+        if recent is not None and recent[0] >= began and recent[1].version >= min_version:
             return recent[1]
         return None
 
@@ -196,17 +202,19 @@ class TrackerPolicy:
         if not self._bound:
             yield Blocking(self._bind)
 
-    def _read_flow(self, user_id: str) -> TrackerFlow[PersonalityState]:
-        """The read behind a near miss: Redis (or the lease to load), else SQL."""
+    def _read_flow(self, user_id: str, min_version: int) -> TrackerFlow[PersonalityState]:
+        """The read behind a near miss: Redis (or the lease to load), else SQL; nothing
+        older than ``min_version`` comes from a cache."""
         validate_user_id(user_id)
         yield from self._bind_flow()
         began = self._monotonic()
         ticket = self._policy.ticket()  # before the lookup: a later invalidation wins
-        cached, lease = yield from self._policy.read_or_lease_flow(user_id, ticket)
+        read = self._policy.read_or_lease_flow(user_id, ticket, min_version)
+        cached, lease = yield from read
         if cached is not None:
             self._observe("redis_hit", began)
             return cached
-        state = self._recent_load(user_id, began)
+        state = self._recent_load(user_id, began, min_version)
         if state is None:
             load = self._load_flow(user_id, ticket, lease)
             try:
@@ -218,9 +226,12 @@ class TrackerPolicy:
         self._observe("miss", began)
         return state
 
-    def _near_hit(self, user_id: str) -> PersonalityState | None:
-        """The hot path, outside any flow; only validated ids are ever in the near cache."""
-        return self._policy.near_get(user_id) if self._bound else None
+    def _near_hit(self, user_id: str, min_version: object) -> PersonalityState | None:
+        """The hot path, outside any flow; only validated ids are ever in the near cache.
+        A bad ``min_version`` finds nothing here and is refused by the read flow."""
+        if not self._bound or min_version.__class__ is not int:
+            return None
+        return self._policy.near_get(user_id, min_version)
 
     def _update_flow(
         self, user_id: str, dimension: str, value: object, **options: object
@@ -304,10 +315,17 @@ class PersonalityTracker(TrackerPolicy):
             return self._loads.run(op.key, lambda: drive(op.flow, self._call))
         return self._cache.run_op(op)
 
-    def get_current_personality_state(self, user_id: str) -> PersonalityState:
-        """The user's current state: from the cache when present, else from SQL."""
-        state = self._near_hit(user_id)
-        return state if state is not None else drive(self._read_flow(user_id), self._call)
+    def get_current_personality_state(
+        self, user_id: str, *, min_version: int = 0
+    ) -> PersonalityState:
+        """The user's current state: from the cache when present, else from SQL.
+
+        ``min_version``: the version an update returned (read-your-writes across
+        processes): a cached entry older than it is passed by and SQL answers."""
+        state = self._near_hit(user_id, min_version)
+        if state is not None:
+            return state
+        return drive(self._read_flow(user_id, _checked_version(min_version)), self._call)
 
     def update_personality_dimension(
         self,
@@ -368,10 +386,14 @@ class AsyncPersonalityTracker(TrackerPolicy):
             return await self._loads.run(op.key, lambda: adrive(op.flow, self._call))
         return await self._cache.run_op(op)
 
-    async def get_current_personality_state(self, user_id: str) -> PersonalityState:
+    async def get_current_personality_state(
+        self, user_id: str, *, min_version: int = 0
+    ) -> PersonalityState:
         """As ``PersonalityTracker.get_current_personality_state``."""
-        state = self._near_hit(user_id)
-        return state if state is not None else await adrive(self._read_flow(user_id), self._call)
+        state = self._near_hit(user_id, min_version)
+        if state is not None:
+            return state
+        return await adrive(self._read_flow(user_id, _checked_version(min_version)), self._call)
 
     async def update_personality_dimension(
         self,

@@ -178,15 +178,16 @@ class CachePolicy(WritePolicy):
 
     # -- reads ----------------------------------------------------------------------------
 
-    def near_get(self, user_id: str) -> PersonalityState | None:
-        """The near-cache answer, counted as a hit, or None: no I/O, the hot path."""
+    def near_get(self, user_id: str, min_version: int = 0) -> PersonalityState | None:
+        """The near-cache answer of at least ``min_version``, counted as a hit, or None:
+        no I/O, the hot path."""
         near = self._near
         if near is not None and user_id.__class__ is str:
             now = self._monotonic()
             listener = self._listener
             if listener is not None and now < listener.trusted_until:
                 state = near.get(user_id, now)
-                if state is not None:
+                if state is not None and state.version >= min_version:
                     self._local_counters.near_hit()
                     return state
         return None
@@ -265,11 +266,12 @@ class CachePolicy(WritePolicy):
     # -- loads ----------------------------------------------------------------------------
 
     def read_or_lease_flow(
-        self, user_id: str, ticket: Ticket | None
+        self, user_id: str, ticket: Ticket | None, min_version: int = 0
     ) -> Flow[tuple[PersonalityState | None, str | None]]:
         """The tracker's read behind a near miss, in one round trip: the entry (a hit), or
         this caller elected to load it (a miss and a lease token; ``""`` = load without
-        one), or another process loading it (a miss and None: wait for its fill)."""
+        one), or another process loading it (a miss and None: wait for its fill). An
+        entry older than ``min_version`` is a miss, loaded without a lease."""
         key = self._keys.state(user_id)
         if self._pending:
             delivered = yield from self._drain_flow(user_id)
@@ -289,7 +291,9 @@ class CachePolicy(WritePolicy):
             if state is _UNREADABLE:
                 yield from self._quiet(Delete(key))
                 state = None
-            result, token = False, ""  # if unreadable: load, no lease was taken
+            elif state.version < min_version:
+                state = None  # older than the caller's own write: SQL answers
+            result, token = False, ""  # no lease was taken: load without one
         (self._local_counters.hit if state is not None else self._local_counters.miss)()
         if state is not None and self._near is not None and ticket is not None:
             self._near.put(state, ticket)
