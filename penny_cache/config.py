@@ -112,8 +112,8 @@ class Settings:
     redis_tls_key_file: str | None = None
     redis_tls_insecure: bool = False
     serve_stale: bool = False
-    outbox_interval: float = 5.0
-    outbox_grace: float = 2.0
+    outbox_interval: float = 0.5
+    outbox_grace: float = 1.0
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))

@@ -92,8 +92,8 @@ class TrackerPolicy:
         cache: CachePolicy,
         *,
         monotonic: Callable[[], float] = time.monotonic,
-        outbox_interval: float | None = 5.0,
-        outbox_grace: float = 2.0,
+        outbox_interval: float | None = 0.5,
+        outbox_grace: float = 1.0,
         serve_stale: bool = False,
     ) -> None:
         """``outbox_interval``: seconds between outbox sweeps (None: no sweeper here);
@@ -117,6 +117,7 @@ class TrackerPolicy:
             )
             # a tracker dropped without close() gives its share back when collected
             self._release_outbox = weakref.finalize(self, SWEEPERS.release, self._outbox)
+            cache.add_recovery_step(self._outbox.recover)
         self._monotonic = monotonic
         self._recent: dict[str, tuple[float, PersonalityState]] = {}
 

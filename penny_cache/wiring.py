@@ -16,7 +16,7 @@ from penny_cache.errors import ConfigurationError
 from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, shard_channel
 from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.policy.near import NearCache
-from penny_cache.policy.ports import Listener, ListenerFactory
+from penny_cache.policy.ports import Listener, ListenerFactory, ListenerHooks
 from penny_cache.redis.backend import AsyncRedisBackend, RedisBackend
 from penny_cache.redis.boundary import boundary_options
 from penny_cache.redis.breaker import CircuitBreaker
@@ -157,33 +157,28 @@ def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFact
         def probe() -> int:
             return backend.read_counter(sequence_key)
 
-    def build(
-        near: NearCache,
-        channel: str,
-        on_event: Callable[[str], None],
-        on_tick: Callable[[], None],
-        on_applied: Callable[[float], None],
-    ) -> Listener:
+    def build(near: NearCache, channel: str, hooks: ListenerHooks) -> Listener:
         def listener(name: str, tick: Callable[[], None], sharded: bool) -> InvalidationListener:
             return InvalidationListener(
                 lambda: backend.subscriber(socket_timeout, name),
                 name,
                 near,
                 max_staleness=settings.max_staleness,
-                on_event=on_event,
+                on_event=hooks.on_event,
                 on_tick=tick,
                 error_log_interval=settings.error_log_interval,
-                on_applied=on_applied,
+                on_applied=hooks.on_applied,
                 sharded=sharded,
                 sequence_probe=probe,
+                recover=hooks.recover,
             )
 
         if settings.redis_topology != "cluster":
-            return listener(channel, on_tick, sharded=False)
+            return listener(channel, hooks.on_tick, sharded=False)
         shards = range(INVALIDATION_SHARDS)  # the periodic work runs on one member only
         return ListenerGroup(
             [
-                listener(shard_channel(channel, k), on_tick if k == 0 else _idle, True)
+                listener(shard_channel(channel, k), hooks.on_tick if k == 0 else _idle, True)
                 for k in shards
             ]
         )

@@ -28,7 +28,8 @@ from penny_cache.observe.ratelog import RateLimitedLog
 from penny_cache.policy.flows import Flow
 from penny_cache.policy.near import NearCache, Ticket
 from penny_cache.policy.ops import Delete, Fill, Get, TryLease
-from penny_cache.policy.ports import Listener, ListenerFactory, SyncTransport
+from penny_cache.policy.ports import Listener, ListenerFactory, ListenerHooks, SyncTransport
+from penny_cache.policy.recovery import Recovery
 from penny_cache.policy.writes import WritePolicy
 from penny_cache.state import PersonalityState
 
@@ -89,11 +90,11 @@ class CachePolicy(WritePolicy):
         self._pending_lock = threading.Lock()
         self._near = near
         self.metrics = metrics
+        self._recovery = Recovery()
         self._listener: Listener | None = None
         if near is not None and listener is not None:
-            self._listener = listener(
-                near, self._keys.channel(), self._on_listener_event, self._tick, self._applied
-            )
+            hooks = ListenerHooks(self._on_listener_event, self._tick, self._applied, self.recover)
+            self._listener = listener(near, self._keys.channel(), hooks)
 
     # -- identity and state ---------------------------------------------------------------
 
@@ -213,10 +214,39 @@ class CachePolicy(WritePolicy):
             self._listener.start()
         return self._near.ticket()
 
+    def redis_trusted(self) -> bool:
+        """False after a lost proof until recovered (see ``policy.recovery``): Redis may
+        still hold versions that updates acknowledged meanwhile replaced."""
+        if self._recovery.pending:
+            return False
+        listener = self._listener
+        return not (
+            listener is not None and listener.proven and self._monotonic() >= listener.trusted_until
+        )
+
+    def recover(self) -> bool:
+        """Make Redis trustworthy again after a lost proof (the listener's gate and the
+        background tick call this); True when done."""
+        return self._recovery.run(self._deliver_own)
+
+    def _deliver_own(self) -> bool:
+        if not self._sync_backend.probe(force=True):
+            return False
+        self.deliver_pending()
+        return not self._pending
+
+    def add_recovery_step(self, step: Callable[[], bool]) -> None:
+        """Run ``step`` (a bound method, held weakly) on every recovery: a tracker's
+        outbox sweep publishes the versions other processes could not deliver."""
+        self._recovery.add_step(step)
+
     def get_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         """The shared-tier read behind a near miss; counts one hit or miss."""
         key = self._keys.state(user_id)
         ticket = self.ticket()
+        if not self.redis_trusted():
+            self._local_counters.miss()  # after a lost proof, SQL answers until recovered
+            return None
         if self._pending:
             delivered = yield from self._drain_flow(user_id)
             if not delivered:
@@ -273,6 +303,9 @@ class CachePolicy(WritePolicy):
         one), or another process loading it (a miss and None: wait for its fill). An
         entry older than ``min_version`` is a miss, loaded without a lease."""
         key = self._keys.state(user_id)
+        if not self.redis_trusted():
+            self._local_counters.miss()  # after a lost proof, SQL answers until recovered
+            return None, ""
         if self._pending:
             delivered = yield from self._drain_flow(user_id)
             if not delivered:
@@ -344,7 +377,9 @@ class CachePolicy(WritePolicy):
         """The background threads' periodic work: probe an open breaker (so requests need
         not be the ones to find Redis back), deliver queued write-throughs, near-cache
         gauges."""
-        if self._sync_backend.probe(force=bool(self._pending)):
+        if self._recovery.pending:
+            self.recover()
+        elif self._sync_backend.probe(force=bool(self._pending)):
             self.deliver_pending()
         if self.metrics is not None and self._near is not None:
             self.metrics.observe_near(len(self._near), self._near.flushes)
@@ -356,6 +391,7 @@ class CachePolicy(WritePolicy):
 
     def after_fork(self) -> None:
         """Forget the parent's listener thread; the child starts its own on first read."""
+        self._recovery.after_fork()
         if self._listener is not None:
             self._listener.after_fork()
 

@@ -29,6 +29,7 @@ from penny_cache.policy.ops import (
     WritePublish,
 )
 from penny_cache.policy.ports import SyncTransport
+from penny_cache.policy.recovery import Recovery
 from penny_cache.state import PersonalityState
 
 __all__ = ["WritePolicy"]
@@ -44,6 +45,7 @@ class WritePolicy:
     _pending: dict[str, PersonalityState]
     _pending_lock: threading.Lock
     _sync_backend: SyncTransport
+    _recovery: Recovery
     _ttl: float
     _jitter: float
     _rand: Callable[[], float]
@@ -192,6 +194,8 @@ class WritePolicy:
     def _redis_failed(self, operation: str, exc: CacheError, *, count: bool = True) -> None:
         if count:
             self._counters.incr("redis_errors")
+        if not self._sync_backend.healthy:  # the breaker opened: a lost proof
+            self._recovery.pending = True
         self._errors.warning(
             f"redis:{type(exc).__name__}",
             f"redis {operation} failed, answering without the cache: {exc}",

@@ -73,6 +73,11 @@ class ErrorBoundary:
     def breaker(self) -> CircuitBreaker:
         return self._breaker
 
+    @property
+    def healthy(self) -> bool:
+        """False while the breaker is open or half-open."""
+        return self._breaker.healthy
+
     def guarded(self, plan: Callable[[], Plan]) -> Plan:
         """``plan()`` behind the breaker, with the one retry rule and translated errors:
         a plan itself, so both transports drive it their own way and the rule stays here."""

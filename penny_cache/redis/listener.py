@@ -14,7 +14,11 @@ it can prove it has seen everything:
   silently), flushes it and distrusts it until the new subscription is proven;
 * trust lasts ``max_staleness`` after a PING whose PONG came back: Redis answers in
   order on the subscriber connection, so every message published before that PING was
-  applied before the PONG was read. No PONG in time means reads go to Redis;
+  applied before the PONG was read. No PONG in time means reads go to Redis, or, once
+  trust had been proven and then lapsed (a lost proof), to SQL;
+* a PONG that ends a lapse proves nothing about updates acknowledged while Redis was out
+  of reach (never published): trust returns only once ``recover`` has delivered them
+  (this process's queued write-throughs, then the outbox's unconfirmed versions);
 * a message that does not parse (or is forged) flushes, which is always safe;
 * behind Sentinel, a subscription can be alive and deaf: on a primary that was paused,
   lost its role, and answers PINGs again. There each PING carries the primary's current
@@ -116,8 +120,12 @@ class InvalidationListener:
         wall_clock: Callable[[], float] = time.time,
         sharded: bool = False,
         sequence_probe: Callable[[], int] | None = None,
+        recover: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``recover``: called when a PONG ends a lapse of trust (see ``_on_pong``)."""
         self._client_factory = client_factory
+        self._recover = recover
+        self.proven = False  # trust was granted once: a lapse from here on is a lost proof
         self._channel = channel
         self._sharded = sharded
         self._probe = sequence_probe
@@ -164,6 +172,7 @@ class InvalidationListener:
         self._thread = None
         self._stop = threading.Event()
         self._distrust()
+        self.proven = False
 
     def _distrust(self) -> None:
         self.trusted_until = 0.0
@@ -273,7 +282,12 @@ class InvalidationListener:
             self._ping_seq.pop(older, None)
         if self._probe is not None and not self._heard_up_to(self._ping_seq.pop(token, None)):
             return
+        if self.proven and self._monotonic() >= self.trusted_until and not self._recover():
+            # The proof is back, but it covers only what was published: updates
+            # acknowledged while Redis was out of reach must reach it first.
+            return
         self.trusted_until = max(self.trusted_until, sent + self._max_staleness)
+        self.proven = True
         self.on_trust()
 
     def _heard_up_to(self, published: int | None) -> bool:
@@ -318,6 +332,10 @@ class ListenerGroup:
         self.trusted_until = 0.0
         for member in members:
             member.on_trust = self._refresh
+
+    @property
+    def proven(self) -> bool:
+        return any(member.proven for member in self._members)
 
     def _refresh(self) -> None:
         with self._lock:  # a member's distrust must not be overwritten by a stale min

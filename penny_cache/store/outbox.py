@@ -77,19 +77,31 @@ class OutboxSweeper:
         except PennyCacheError as exc:
             self._errors.warning("sweep", f"outbox sweep failed, will retry: {exc}")
 
-    def sweep(self) -> int:
-        """One pass; the number of versions replayed. Raises ``StoreError`` if SQL fails."""
+    def sweep(self, grace: float | None = None) -> int:
+        """One pass over the rows older than ``grace`` (default: the sweeper's); the
+        number of versions replayed. Raises ``StoreError`` if SQL fails."""
         with self._lock:
             done, self._delivered = self._delivered, []
         self._store.outbox_delivered(done)
         replayed: list[tuple[str, int]] = []
-        for user_id, _version in self._store.outbox_due(self._grace):
+        for user_id, _version in self._store.outbox_due(self._grace if grace is None else grace):
             state = self._store.load(user_id)  # the newest committed version, not the row's
             if self._publish(state):
                 replayed.append((user_id, state.version))
         self._store.outbox_delivered(replayed)
         self.replayed += len(replayed)
         return len(replayed)
+
+    def recover(self) -> bool:
+        """The cache's recovery step after a lost proof: publish every committed version
+        whose delivery is not confirmed, however young (a sweep with no grace). True when
+        the pass completed; a version Redis refused again stays for the next pass."""
+        try:
+            self.sweep(grace=0.0)
+        except PennyCacheError as exc:
+            self._errors.warning("recover", f"outbox sweep on recovery failed: {exc}")
+            return False
+        return True
 
     def stop(self) -> None:
         self._stop.set()

@@ -17,6 +17,7 @@ class FakeListener:
     def __init__(self) -> None:
         self.trusted_until = 0.0
         self.started = 0
+        self.proven = False  # a test that lets trust lapse after proving it sets this
 
     @property
     def running(self) -> bool:
