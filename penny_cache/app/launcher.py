@@ -185,18 +185,26 @@ def _start_children(stack: _Stack, options: StackOptions) -> None:
             # our own interpreter and fixed arguments: nothing untrusted reaches the command
             subprocess.Popen([*cli, *args], env=stack.environ, start_new_session=True)  # noqa: S603
         )
-    _wait_ready(stack)
+    _wait_ready(stack, options.workers)
 
 
-def _wait_ready(stack: _Stack) -> None:
+def _wait_ready(stack: _Stack, workers: int) -> None:
+    """Until the exporter and every service worker (told apart by ``X-Penny-Worker``)
+    have answered: a worker still starting would otherwise leave the self-check's reads
+    to the others."""
     deadline = time.monotonic() + _READY_TIMEOUT
+    ready: set[str] = set()
     while time.monotonic() < deadline:
         for child in stack.children:
             if child.poll() is not None:
                 raise RuntimeError(f"{child.args!r} exited with status {child.returncode}")
-        if _status(stack.http_port, "/readyz") == 200 and _status(stack.exporter_port, "/"):
+        with contextlib.suppress(OSError):
+            status, _, worker = _request(stack.http_port, "GET", "/readyz")
+            if status == 200:
+                ready.add(worker)
+        if len(ready) >= workers and _status(stack.exporter_port, "/"):
             return
-        time.sleep(0.1)
+        time.sleep(0.01 if ready else 0.1)
     raise TimeoutError(f"the service was not ready within {_READY_TIMEOUT:g} s")
 
 
@@ -238,27 +246,48 @@ def _self_check(stack: _Stack, *, fresh: bool) -> bool:
     if status != 200:
         print(f"self-check: PUT answered {status}: {body}")
         return False
-    stale, reads = _stale_reads_after_update(port, body["version"], workers)
-    counted = _counted_requests(stack, _SELF_CHECK_READS + reads, exact=fresh)
+    after = _reads_after_update(port, body["version"], workers, stack.settings.max_staleness)
+    counted = _counted_requests(stack, _SELF_CHECK_READS + after.reads, exact=fresh)
     print(f"self-check       {_SELF_CHECK_READS} reads answered by {len(workers)} workers;")
     print(f"                 the update (version {body['version']}) was read back by all of them")
-    print(f"                 {stale} stale reads; shared counters: {counted}")
-    return stale == 0 and not counted.startswith("MISMATCH")
+    if after.converging:
+        print(
+            f"                 {after.converging} reads within PENNY_MAX_STALENESS "
+            "still showed the version before (allowed: other workers learn of an "
+            "update from Redis, typically within a millisecond)"
+        )
+    print(f"                 {after.stale} stale reads; shared counters: {counted}")
+    return after.stale == 0 and not counted.startswith("MISMATCH")
 
 
-def _stale_reads_after_update(port: int, version: int, workers: set[str]) -> tuple[int, int]:
-    """Read user-0 until every worker has answered twice (or 10 s); return how many
-    answers were older than ``version`` (an update is visible to every worker at once)
-    and how many reads that took."""
-    seen: dict[str, int] = {}
-    stale = reads = 0
-    deadline = time.monotonic() + 10
-    while any(seen.get(w, 0) < 2 for w in workers) and time.monotonic() < deadline:
+@dataclass(frozen=True)
+class _AfterUpdate:
+    reads: int  # reads made after the update returned
+    stale: int  # older answers that break the guarantee (see _reads_after_update)
+    converging: int  # older answers it allows: within the staleness bound, before that
+    # worker had shown the update
+
+
+def _reads_after_update(port: int, version: int, workers: set[str], bound: float) -> _AfterUpdate:
+    """Read user-0 until every worker has answered twice with ``version`` (or 10 s).
+    An older answer is stale (the README's bounded staleness broken) when the read
+    started more than ``bound`` seconds after the update returned, or after the same
+    worker had already answered ``version``."""
+    updated = time.monotonic()
+    current: dict[str, int] = {}
+    stale = converging = reads = 0
+    deadline = updated + 10
+    while any(current.get(w, 0) < 2 for w in workers) and time.monotonic() < deadline:
+        started = time.monotonic()
         _, body, worker = _request(port, "GET", "/personality/user-0")
-        seen[worker] = seen.get(worker, 0) + 1
-        stale += body["version"] < version
         reads += 1
-    return stale, reads
+        if body["version"] >= version:
+            current[worker] = current.get(worker, 0) + 1
+        elif started - updated > bound or current.get(worker):
+            stale += 1
+        else:
+            converging += 1
+    return _AfterUpdate(reads, stale, converging)
 
 
 def _counted_requests(stack: _Stack, made: int, *, exact: bool) -> str:
