@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -53,15 +54,20 @@ _log = logging.getLogger(__name__)
 
 # What the API accepts as a user id, stated in the OpenAPI schema: no control characters
 # and at most 64 characters (so at most 256 UTF-8 bytes, the library's limit).
+_MAX_USER_ID_CHARS: Final = 64
+_USER_ID_CHARS: Final = r"[^\x00-\x1f\x7f-\x9f]+"
+_USER_ID: Final = re.compile(_USER_ID_CHARS)  # fullmatch: Python's $ allows a final \n
 UserId = Annotated[
     str,
     Path(
         min_length=1,
-        max_length=64,
-        pattern=r"^[^\x00-\x1f\x7f-\x9f]+$",
+        max_length=_MAX_USER_ID_CHARS,
+        pattern=f"^{_USER_ID_CHARS}$",
         description="the user's id: 1-64 characters, no control characters",
     ),
 ]
+_PERSONALITY: Final = "/personality/"
+_JSON: Final = (b"content-type", b"application/json")
 
 
 @dataclass(slots=True)
@@ -151,7 +157,8 @@ def _where(location: Any) -> str:
 class _BodyLimitAndWorker:
     """ASGI middleware: refuse bodies over ``MAX_BODY_BYTES`` (413) whether or not they
     declare a Content-Length (a chunked body is counted as it arrives, buffered, and
-    replayed to the app), and name the worker on every response."""
+    replayed to the app), name the worker on every response, and answer a near-cache
+    hit of ``GET /personality/{user_id}`` itself (``_near_hit``)."""
 
     def __init__(self, app: Any) -> None:
         self._app = app
@@ -174,6 +181,8 @@ class _BodyLimitAndWorker:
         if buffered is None:
             detail = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
             await _problem(413, detail)(scope, receive, named)
+            return
+        if not buffered and await _near_hit(scope, named):
             return
         replay = iter(buffered)
 
@@ -200,6 +209,44 @@ class _BodyLimitAndWorker:
                 return None
             if message["type"] != "http.request" or not message.get("more_body"):
                 return messages
+
+
+async def _near_hit(scope: Any, send: Any) -> bool:
+    """Answer ``GET /personality/{user_id}`` from this worker's near cache, if it holds
+    the user, and say whether it did.
+
+    The hot read, without FastAPI's routing, dependency solving and exception layers
+    (about 60 us of the 67 us such a request cost in-process, against 8 us for the
+    lookup and the encoding). The answer is the route's, byte for byte: the same
+    ``near_get`` the tracker tries first (counted as one hit), the same encoder, the
+    same headers. Anything else (another route or method, an id the route would
+    refuse, a near-cache miss, before the lifespan ran) goes on to FastAPI, which
+    validates, reads Redis or SQL and maps errors; the near cache only ever holds ids
+    that passed the route."""
+    if scope["method"] != "GET" or scope.get("root_path"):
+        return False
+    path: str = scope["path"]
+    user_id = path[len(_PERSONALITY) :]
+    if not path.startswith(_PERSONALITY) or not _acceptable_user_id(user_id):
+        return False
+    service: _Service | None = getattr(scope["app"].state, "service", None)
+    state = None if service is None else service.tracker.cache.near_get(user_id)
+    if service is None or state is None:
+        return False
+    body = encode_personality(state, service.stats.current())
+    length = (b"content-length", str(len(body)).encode())
+    await send({"type": "http.response.start", "status": 200, "headers": [length, _JSON]})
+    await send({"type": "http.response.body", "body": body})
+    return True
+
+
+def _acceptable_user_id(user_id: str) -> bool:
+    """What ``UserId`` accepts (and no ``/``: the route's segment)."""
+    return (
+        len(user_id) <= _MAX_USER_ID_CHARS
+        and "/" not in user_id
+        and _USER_ID.fullmatch(user_id) is not None
+    )
 
 
 def _service(request: Request) -> _Service:

@@ -156,3 +156,54 @@ def test_openapi_still_documents_the_personality_answer(app: FastAPI) -> None:
     ):
         ok = paths[path][method]["responses"]["200"]["content"]["application/json"]
         assert ok["schema"]["$ref"].endswith("/PersonalityView")
+
+
+def test_a_near_hit_is_answered_before_fastapi_with_the_routes_bytes(
+    client: TestClient, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A near hit is answered at the ASGI layer (the tracker's read, which the FastAPI
+    route calls, is made to fail and is not reached), with the very body and headers the
+    route gave for the same state and totals; a user not in the near cache still goes
+    through the route."""
+    routed = client.get("/personality/alice")
+    _near_cached(client, app, "alice")
+    tracker = app.state.service.tracker
+
+    async def unreachable(user_id: str) -> Any:
+        raise AssertionError(f"the route ran for {user_id}")
+
+    monkeypatch.setattr(tracker, "get_current_personality_state", unreachable)
+    fast = client.get("/personality/alice")
+    assert fast.status_code == 200
+    assert fast.content == routed.content
+    assert dict(fast.headers) == dict(routed.headers)
+    with pytest.raises(AssertionError, match="the route ran for bob"):
+        client.get("/personality/bob")
+
+
+@pytest.mark.parametrize(
+    ("user_id", "accepted"),
+    [
+        ("alice", True),
+        ("zoë 😀", True),
+        ("u" * 64, True),
+        ("u" * 65, False),
+        ("a\n", False),
+        ("a\x7f", False),
+        ("a\x9f", False),
+        ("\x00", False),
+    ],
+)
+def test_the_fast_path_accepts_exactly_the_routes_user_ids(
+    client: TestClient, user_id: str, accepted: bool
+) -> None:
+    """The fast path's user-id check agrees with the route's (1-64 characters, no
+    control characters; Python's ``$`` would let a final newline through, so the check
+    uses fullmatch), so it never answers an id the route refuses."""
+    from urllib.parse import quote
+
+    from penny_cache.app.service import _acceptable_user_id
+
+    assert _acceptable_user_id(user_id) is accepted
+    status = client.get("/personality/" + quote(user_id, safe="")).status_code
+    assert (status == 200) is accepted, status
