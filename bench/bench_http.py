@@ -29,7 +29,7 @@ import platform
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib.metadata import version as package_version
 from pathlib import Path
@@ -38,7 +38,17 @@ from typing import Any, Final
 import redis
 
 from bench.databases import database_kind, fresh_database
-from bench.http_load import LUA, Load, Server, ensure_wrk, fetch, run_wrk, serving, wrk_version
+from bench.http_load import (
+    LUA,
+    Load,
+    Server,
+    cpu_seconds,
+    ensure_wrk,
+    fetch,
+    run_wrk,
+    serving,
+    wrk_version,
+)
 from bench.http_report import render, update_readme, verdicts
 from bench.runner import bench_main
 from penny_cache.app.embedded import RedisServerProcess, free_port
@@ -100,6 +110,7 @@ class Run:
     script: Path
     workdir: Path
     redis_url: str
+    redis_group: int
     cells: list[dict[str, Any]]
     soak: dict[str, Any] | None = None
     calls: int = 0
@@ -110,7 +121,9 @@ class Run:
         prefix = f"{scenario.name}-w{server.workers}-c{connections}-{self.calls}"
         args = (*scenario.lua, prefix)
         url = server.url + scenario.path
-        return run_wrk(
+        groups = {server.group, self.redis_group}
+        before = cpu_seconds(groups)
+        load = run_wrk(
             self.wrk,
             url,
             connections=connections,
@@ -119,6 +132,7 @@ class Run:
             args=args,
             threads=self.config.wrk_threads,
         )
+        return replace(load, cpu_s=cpu_seconds(groups) - before)
 
 
 def _service(run: Run, name: str, workers: int, database_url: str, *, near: bool) -> Any:
@@ -128,6 +142,9 @@ def _service(run: Run, name: str, workers: int, database_url: str, *, near: bool
         "PENNY_DATABASE_URL": database_url,
         "PENNY_NAMESPACE": f"bench-{name}-w{workers}",
         "PENNY_NEAR_CACHE": "on" if near else "off",
+        # 2 vCPUs shared with wrk and up to 12 workers: at the 0.1 s default a starved
+        # Redis reply trips the breaker and a "Redis hit" becomes a SQL read
+        "PENNY_REDIS_TIMEOUT": "1.0",
     }
     command = [sys.executable, "-m", "penny_cache.app.cli", "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--workers", str(workers)]
@@ -196,6 +213,10 @@ def _cell(workers: int, scenario: str, connections: int, loads: list[Load]) -> d
         "requests": sum(load.requests for load in loads),
         "errors": sum(load.errors for load in loads),
         "non_2xx": sum(load.non_2xx for load in loads),
+        "cpu_us_per_request": round(
+            sum(load.cpu_s for load in loads) / max(1, sum(load.requests for load in loads)) * 1e6,
+            1,
+        ),
         "rounds_rps": [load.rps for load in loads],
     }
 
@@ -262,6 +283,7 @@ def metadata(run: Run, redis_version: str) -> dict[str, Any]:
         **{name: package_version(name) for name in packages},
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],  # others on the VM
         "database": database_kind(),
         "config": asdict(run.config),
     }
@@ -272,7 +294,9 @@ def run(config: Config) -> tuple[dict[str, Any], str]:
     with tempfile.TemporaryDirectory(prefix="penny-bench-http-") as tmp, _redis() as server:
         script = Path(tmp, "bench.lua")
         script.write_text(LUA)
-        bench = Run(config, wrk, script, Path(tmp), server.url, [])
+        # redis-server runs in a session of its own: its pid is its process group
+        redis_pid = int(redis.Redis.from_url(server.url).info("server")["process_id"])
+        bench = Run(config, wrk, script, Path(tmp), server.url, redis_pid, [])
         for workers in config.workers:
             print(f"{workers} workers", file=sys.stderr)
             _per_workers(bench, workers, f"sqlite:///{tmp}/http.db")

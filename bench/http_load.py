@@ -18,11 +18,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
-__all__ = ["LUA", "Load", "Server", "ensure_wrk", "fetch", "run_wrk", "serving", "wrk_version"]
+__all__ = [
+    "LUA",
+    "Load",
+    "Server",
+    "cpu_seconds",
+    "ensure_wrk",
+    "fetch",
+    "run_wrk",
+    "serving",
+    "wrk_version",
+]
 
 _READY_TIMEOUT: Final = 60.0
 
@@ -108,6 +118,7 @@ class Load:
     max_ms: float
     errors: int  # connect, read, write errors and timeouts
     non_2xx: int  # wrk counts answers with status > 399
+    cpu_s: float = 0.0  # CPU the measured processes used meanwhile (see cpu_seconds)
 
 
 def run_wrk(
@@ -147,11 +158,29 @@ def run_wrk(
 
 @dataclass(frozen=True)
 class Server:
-    """A server under test: its base URL and how many workers it runs."""
+    """A server under test: its base URL, how many workers it runs, its process group."""
 
     name: str
     url: str
     workers: int
+    group: int = 0
+
+
+_TICK: Final = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(groups: set[int]) -> float:
+    """User + system CPU so far of every live process in the process ``groups`` (a
+    server's supervisor and workers; redis-server, which runs in a session of its own)."""
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended meanwhile
+        if int(fields[2]) in groups:  # pgrp; fields[0] is the state (field 3 of stat)
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICK
 
 
 def _get(url: str, path: str) -> tuple[int, bytes]:
@@ -187,7 +216,7 @@ def serving(
     )
     try:
         _wait_ready(server, child, ready_path)
-        yield server
+        yield replace(server, group=child.pid)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(child.pid, signal.SIGTERM)

@@ -108,8 +108,9 @@ def verdicts(cells: Cells, soak: Mapping[str, Any] | None, config: _Config) -> l
 
 def _results_table(cells: Cells) -> list[str]:
     lines = [
-        "| workers | route | conns | req/s | p50 ms | p99 ms | p99.9 ms | errors | non-2xx |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| workers | route | conns | req/s | p50 ms | p99 ms | p99.9 ms | CPU µs/req "
+        "| errors | non-2xx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     order = list(LABELS)
     for cell in sorted(
@@ -118,7 +119,8 @@ def _results_table(cells: Cells) -> list[str]:
         lines.append(
             f"| {cell['workers']} | {LABELS[cell['scenario']]} | {cell['connections']} | "
             f"{cell['rps']:,.0f} | {cell['p50_ms']:.2f} | {cell['p99_ms']:.2f} | "
-            f"{cell['p999_ms']:.2f} | {cell['errors']} | {cell['non_2xx']} |"
+            f"{cell['p999_ms']:.2f} | {cell['cpu_us_per_request']:.0f} | "
+            f"{cell['errors']} | {cell['non_2xx']} |"
         )
     return lines
 
@@ -145,10 +147,38 @@ def _ratio_table(cells: Cells) -> list[str]:
     return lines
 
 
+def _cpu_table(cells: Cells) -> list[str]:
+    lines = [
+        "| workers | conns | near hit | bare const (dict) | bare redis-py "
+        "| bare const ÷ near hit | bare redis-py ÷ near hit |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    keys = sorted({(c["workers"], c["connections"]) for c in cells if c["scenario"] == "near_hit"})
+    for workers, conns in keys:
+        near, const, bare_redis = (
+            _cell(cells, workers, name, conns).get("cpu_us_per_request") or 0.0
+            for name in ("near_hit", "bare_const", "bare_redis")
+        )
+        if not near:
+            continue
+        lines.append(
+            f"| {workers} | {conns} | {near:.0f} µs | {const:.0f} µs | {bare_redis:.0f} µs | "
+            f"{const / near:.2f}x | {bare_redis / near:.2f}x |"
+        )
+    return lines
+
+
 def render(report: Mapping[str, Any]) -> str:
     """The tables and the verdicts, as Markdown."""
     lines = ["Requests/s and keep-alive latency (wrk):", "", *_results_table(report["cells"])]
     lines += ["", "Ratios of requests/s, same run:", "", *_ratio_table(report["cells"])]
+    lines += [
+        "",
+        "Server CPU per request (the server's processes + redis-server, user + system; "
+        "wrk excluded), lower is better:",
+        "",
+        *_cpu_table(report["cells"]),
+    ]
     lines += ["", "| target (issue #14) | measured | bound | |", "|---|---|---|---|"]
     for v in report["verdicts"]:
         shown = "-" if v["measured"] is None else f"{v['measured']:g}"
@@ -196,7 +226,8 @@ def update_readme(report: Mapping[str, Any], text: str) -> str:
         f"{report['date']}, {report['platform']}, {report['cpu_count']} CPUs, Python "
         f"{report['python']}, redis-server {report['redis_server']}, {report['wrk']}, "
         f"uvicorn {report['uvicorn']} (uvloop {report['uvloop']}, httptools "
-        f"{report['httptools']}), {report['config']['seconds']:g} s per run"
+        f"{report['httptools']}), {report['config']['rounds']} x {report['config']['seconds']} s "
+        f"per cell, load average at the end {report['load_average_at_end']}"
     )
     image = "![requests/s](http.png)" if drawn == str(CHART) else f"(chart {drawn})"
     section = f"{BEGIN}\n\nRun: {machine}.\n\n{text}\n\n{image}\n\n{END}"

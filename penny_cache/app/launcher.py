@@ -39,7 +39,7 @@ __all__ = ["SERVER_STACK", "StackOptions", "run_stack", "serve", "server_options
 # algorithm on for connections accepted from the socket uvicorn binds for ``--workers``
 # (proto 0), and each response goes out in two writes (headers, body), so a keep-alive
 # client waited ~40 ms (its delayed ACK) per request; uvloop sets TCP_NODELAY on every
-# TCP connection. See the README's "Server stack".
+# TCP connection (Kludex/uvicorn#3149). See the README's "Server stack".
 SERVER_STACK: Final[Mapping[str, str]] = MappingProxyType({"loop": "uvloop", "http": "httptools"})
 
 _READY_TIMEOUT = 60.0
