@@ -187,8 +187,26 @@ def render(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+_SHADES: Final = {"bare_const": "0.45", "bare_const_bytes": "0.65", "bare_redis": "0.82"}
+
+
+def _bars(axis: Any, cells: Cells, workers: int, key: str) -> None:
+    names = [n for n in LABELS if not n.endswith("postgresql")]
+    conns = sorted({c["connections"] for c in cells if c["workers"] == workers})
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        heights = [_cell(cells, workers, name, n).get(key, 0) for n in conns]
+        xs = [j + i * width for j in range(len(conns))]
+        shade = _SHADES.get(name)
+        axis.bar(xs, heights, width, label=LABELS[name].replace("`", ""), color=shade,
+                 hatch="//" if shade else None, edgecolor="white")  # fmt: skip
+    axis.set_xticks([j + 0.4 - width / 2 for j in range(len(conns))], [str(n) for n in conns])
+    axis.set_xlabel("keep-alive connections")
+
+
 def chart(cells: Cells) -> str:
-    """Requests/s per route and connection count, one panel per worker count."""
+    """Requests/s (top) and server CPU per request (bottom) per route and connection
+    count, one column per worker count."""
     try:
         import matplotlib
 
@@ -197,23 +215,17 @@ def chart(cells: Cells) -> str:
     except ImportError:
         return "not drawn: matplotlib is not installed (pip install '.[bench]')"
     workers = sorted({c["workers"] for c in cells if c["scenario"] == "near_hit"})
-    names = [n for n in LABELS if not n.endswith("postgresql")]
-    figure, axes = plt.subplots(1, len(workers), figsize=(6 * len(workers), 4.5), squeeze=False)
-    for axis, count in zip(axes[0], workers, strict=True):
-        conns = sorted({c["connections"] for c in cells if c["workers"] == count})
-        width = 0.8 / len(names)
-        for i, name in enumerate(names):
-            heights = [_cell(cells, count, name, n).get("rps", 0) for n in conns]
-            colour = "tab:gray" if name.startswith("bare") else None
-            xs = [j + i * width for j in range(len(conns))]
-            axis.bar(xs, heights, width, label=LABELS[name].replace("`", ""), color=colour,
-                     alpha=0.5 + 0.5 * (not name.startswith("bare")))  # fmt: skip
-        axis.set_xticks([j + 0.4 - width / 2 for j in range(len(conns))], [str(n) for n in conns])
-        axis.set_xlabel("keep-alive connections")
-        axis.set_ylabel("requests/s")
-        axis.set_title(f"{count} workers (gray: bare FastAPI)")
-    axes[0][0].legend(fontsize="small")
-    figure.tight_layout()
+    figure, axes = plt.subplots(2, len(workers), figsize=(6 * len(workers), 8), squeeze=False)
+    for column, count in enumerate(workers):
+        _bars(axes[0][column], cells, count, "rps")
+        axes[0][column].set_ylabel("requests/s (higher is better)")
+        axes[0][column].set_title(f"{count} workers (gray, hatched: bare FastAPI)")
+        _bars(axes[1][column], cells, count, "cpu_us_per_request")
+        axes[1][column].set_yscale("log")
+        axes[1][column].set_ylabel("server CPU per request, µs (log; lower is better)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=4, fontsize="small")
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
     figure.savefig(CHART, dpi=100)
     plt.close(figure)
     return str(CHART)
