@@ -39,12 +39,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 ## bench: every benchmark, side by side with its baselines and peers, in one run each
-## (ratios; JSON in bench/, the chart in bench/peers.png)
+## (ratios; JSON in bench/, the charts in bench/peers.png and bench/http.png)
 bench: $(STAMP)
 	$(BIN)/python -m bench.bench_foundation --json bench/results.json
 	$(BIN)/python -m bench.bench_near --json bench/results_near.json
 	$(BIN)/python -m bench.bench_peers --json bench/results_peers.json
 	$(BIN)/python -m bench.bench_workload --json bench/results_workload.json
+	@# the HTTP service against bare FastAPI (wrk; PostgreSQL too when
+	@# PENNY_BENCH_DATABASE_URL is set); rewrites its section of bench/README.md
+	$(BIN)/python -m bench.bench_http --json bench/results_http.json
 	@# the same workload on PostgreSQL when PENNY_BENCH_DATABASE_URL names a server
 	@if [ -n "$$PENNY_BENCH_DATABASE_URL" ]; then \
 	    $(BIN)/python -m bench.bench_workload --json bench/results_workload_postgres.json; fi
@@ -54,6 +57,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.bench_near --quick
 	$(BIN)/python -m bench.bench_peers --quick
 	$(BIN)/python -m bench.bench_workload --quick
+	$(BIN)/python -m bench.bench_http --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

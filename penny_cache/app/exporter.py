@@ -73,6 +73,12 @@ class _ThreadingServer(ThreadingMixIn, WSGIServer):
 
 
 class _QuietHandler(WSGIRequestHandler):
+    # HTTP/1.0 (wsgiref's default): every response closes its connection, which pushes
+    # out the last segment, so a keep-alive client never waits on a delayed ACK. wsgiref
+    # writes headers and body separately; TCP_NODELAY keeps that true if this handler
+    # ever speaks HTTP/1.1 keep-alive (the stall the service had, see the README).
+    disable_nagle_algorithm = True
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes every 15 s would drown the log; errors still surface as responses."""
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -158,10 +160,27 @@ def test_health_readiness_metrics_and_openapi(client: TestClient) -> None:
     assert "put" in paths["/personality/{user_id}/dimensions/{name}"]
 
 
+def _cache_block_until(
+    client: TestClient, path: str, done: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    """GET ``path`` until its cache block satisfies ``done`` (a request starts the
+    background reread of the totals; a later one shows it), or fail at the deadline."""
+    deadline = time.monotonic() + 10
+    while True:
+        response = client.get(path)
+        assert response.status_code == 200
+        block: dict[str, Any] = response.json()["cache"]
+        if done(block):
+            return block
+        assert time.monotonic() < deadline, f"the cache block stayed {block}"
+        time.sleep(0.005)
+
+
 def test_redis_down_is_degraded_not_dead(sqlite_url: str, namespace: str, clock: FakeClock) -> None:
     """With Redis gone, reads and writes still answer from SQL and /readyz says
     "degraded" with 200, so an orchestrator keeps the worker in rotation; once the
-    stats' reuse window has passed, the cache object says it is not shared."""
+    stats' reuse window has passed, the background reread makes the cache object say
+    it is not shared."""
     server = RedisServerProcess().start()
     app = create_app(_settings(server.url, sqlite_url, namespace), monotonic=clock)
     try:
@@ -174,7 +193,7 @@ def test_redis_down_is_degraded_not_dead(sqlite_url: str, namespace: str, clock:
             assert ready.status_code == 200
             assert ready.json() == {"status": "degraded", "sql": True, "redis": False}
             clock.advance(STATS_MAX_AGE)
-            assert client.get("/personality/alice").json()["cache"]["shared"] is False
+            _cache_block_until(client, "/personality/alice", lambda block: not block["shared"])
     finally:
         server.stop()
 
@@ -183,7 +202,8 @@ def test_stats_are_reused_for_a_second_then_reread(
     redis_url: str, sqlite_url: str, namespace: str, clock: FakeClock
 ) -> None:
     """A worker reads the shared totals at most once per STATS_MAX_AGE: within the window
-    the cache object is unchanged, after it the counts include the requests since."""
+    the cache object is unchanged, after it (one background read later) the counts
+    include the requests since."""
     app = create_app(_settings(redis_url, sqlite_url, namespace), monotonic=clock)
     with TestClient(app) as client:
         first = client.get("/personality/frank").json()["cache"]
@@ -191,8 +211,10 @@ def test_stats_are_reused_for_a_second_then_reread(
             assert client.get("/personality/frank").json()["cache"] == first
         app.state.service.tracker.cache.flush_stats()
         clock.advance(STATS_MAX_AGE)
-        later = client.get("/personality/frank").json()["cache"]
-        assert later["hits"] + later["misses"] > first["hits"] + first["misses"]
+        counted = first["hits"] + first["misses"]
+        _cache_block_until(
+            client, "/personality/frank", lambda block: block["hits"] + block["misses"] > counted
+        )
 
 
 def test_sql_down_is_503_and_not_ready(redis_url: str, namespace: str) -> None:

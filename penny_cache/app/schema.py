@@ -1,0 +1,144 @@
+"""What the HTTP API accepts and answers: pydantic models for validation and the OpenAPI
+schema, and the msgspec encoder that writes the answers.
+
+A personality answer is encoded once, by msgspec, straight from the cached
+``PersonalityState`` (a msgspec ``Struct``): building a pydantic model only to have
+FastAPI validate and serialise it again cost more than the near-cache read itself.
+The pydantic ``PersonalityView`` stays as the documented ``response_model``; a test
+checks that every encoded answer validates against it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+import msgspec
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+
+from penny_cache.state import PersonalityState
+from penny_cache.tracker import MAX_CONTEXT_CHARS
+
+__all__ = [
+    "NO_SHARED_TOTALS",
+    "CacheBlock",
+    "CacheView",
+    "DimensionUpdate",
+    "PersonalityView",
+    "Problem",
+    "cache_block",
+    "encode_personality",
+]
+
+
+class DimensionUpdate(BaseModel):
+    """The body of ``PUT .../dimensions/{name}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    value: StrictFloat | StrictInt | StrictStr = Field(
+        description="a number in [0, 1] for a continuous dimension, else one of its options"
+    )
+    confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+        default=None, description="the new confidence; omitted: unchanged"
+    )
+    context: Annotated[str, Field(max_length=MAX_CONTEXT_CHARS)] | None = Field(
+        default=None, description="what triggered the change (kept in the history)"
+    )
+
+
+class DimensionView(BaseModel):
+    value: float | str
+    confidence: float
+
+
+class CacheView(BaseModel):
+    """The shared cache's totals across every process on the namespace, as this worker
+    last read them (at most once a second, in the background)."""
+
+    hit_rate: float = Field(description="hits / (hits + misses), 0..1")
+    hit_rate_percent: str = Field(description='the same as text, e.g. "90.0%"')
+    hits: int
+    misses: int
+    shared: bool = Field(
+        description="False: Redis unreadable (this process's counts only), or not read yet"
+    )
+
+
+class PersonalityView(BaseModel):
+    user_id: str
+    version: int
+    updated_at: datetime
+    dimensions: dict[str, DimensionView]
+    overall_confidence: float
+    vocabulary_count: int | None = Field(
+        description="not tracked by the personality record: always null (kept for the "
+        "original endpoint's shape)"
+    )
+    cache: CacheView
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+# -- the encoder: the same fields, in the same order, as the pydantic models ------------
+
+
+class _Dimension(msgspec.Struct):
+    value: float | str
+    confidence: float
+
+
+class CacheBlock(msgspec.Struct, frozen=True):
+    """``CacheView`` as msgspec encodes it."""
+
+    hit_rate: float
+    hit_rate_percent: str
+    hits: int
+    misses: int
+    shared: bool
+
+
+class _Personality(msgspec.Struct):
+    user_id: str
+    version: int
+    updated_at: datetime
+    dimensions: dict[str, _Dimension]
+    overall_confidence: float
+    vocabulary_count: None
+    cache: CacheBlock
+
+
+NO_SHARED_TOTALS: Final = CacheBlock(0.0, f"{0.0:.1%}", 0, 0, shared=False)
+_ENCODER: Final = msgspec.json.Encoder()
+
+
+def cache_block(stats: Mapping[str, Any]) -> CacheBlock:
+    """The cache block from ``get_stats()``'s answer."""
+    rate = float(stats["hit_rate"])
+    return CacheBlock(
+        hit_rate=rate,
+        hit_rate_percent=f"{rate:.1%}",
+        hits=int(stats["hits"]),
+        misses=int(stats["misses"]),
+        shared=bool(stats["shared"]),
+    )
+
+
+def encode_personality(state: PersonalityState, cache: CacheBlock) -> bytes:
+    """The JSON body of a personality answer, in one pass."""
+    return _ENCODER.encode(
+        _Personality(
+            user_id=state.user_id,
+            version=state.version,
+            updated_at=state.updated_at,
+            dimensions={
+                name: _Dimension(dim.value, dim.confidence)
+                for name, dim in state.dimensions.items()
+            },
+            overall_confidence=round(state.overall_confidence, 6),
+            vocabulary_count=None,
+            cache=cache,
+        )
+    )
