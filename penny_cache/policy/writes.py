@@ -128,7 +128,13 @@ class WritePolicy:
         return user_id not in self._pending
 
     def _entry(self, user_id: str, state: PersonalityState) -> Entry:
-        if not isinstance(state, PersonalityState) or state.user_id != user_id:
+        if not isinstance(state, PersonalityState):
+            raise InvalidStateError(
+                f"PersonalityCache caches PersonalityState values, not {type(state).__name__}; "
+                "for arbitrary values (dicts, dataclasses, Structs) use the drop-in "
+                "penny_cache.personality_state_cache.PersonalityStateCache"
+            )
+        if state.user_id != user_id:
             raise InvalidStateError(f"expected a PersonalityState of user {user_id!r}")
         spread = 1.0 - self._jitter * self._rand()
         ttl_ms = max(1, int(self._ttl * spread * 1000))
