@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_near --json bench/results_near.json
 	$(BIN)/python -m bench.bench_peers --json bench/results_peers.json
 	$(BIN)/python -m bench.bench_workload --json bench/results_workload.json
+	$(BIN)/python -m bench.bench_stats --json bench/results_stats.json
 	@# the same workload on PostgreSQL when PENNY_BENCH_DATABASE_URL names a server
 	@if [ -n "$$PENNY_BENCH_DATABASE_URL" ]; then \
 	    $(BIN)/python -m bench.bench_workload --json bench/results_workload_postgres.json; fi
@@ -54,6 +55,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.bench_near --quick
 	$(BIN)/python -m bench.bench_peers --quick
 	$(BIN)/python -m bench.bench_workload --quick
+	$(BIN)/python -m bench.bench_stats --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
