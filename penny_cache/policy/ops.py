@@ -48,7 +48,7 @@ class Get:
 
 @dataclass(frozen=True, slots=True)
 class Set:
-    """Plain SET with a TTL (the drop-in's unversioned mappings): None."""
+    """Plain SET with a TTL (unversioned bytes; the drop-in uses ``SetTicketed``): None."""
 
     key: str
     payload: bytes

@@ -141,7 +141,8 @@ class WritePolicy:
         return Entry(self._keys.state(user_id), state.version, encode_state(state), ttl_ms)
 
     def store_unversioned_flow(self, key: str, payload: bytes) -> Flow[bool]:
-        """Plain SET with the TTL, for the drop-in's unversioned mappings."""
+        """Plain SET with the TTL of unversioned bytes (the drop-in has its own flows in
+        ``dropin.DropInPolicy``)."""
         ttl_ms = max(1, int(self._ttl * 1000))
         if not (yield from self._quiet(Set(key, payload, ttl_ms), default=False)):
             return False
@@ -165,7 +166,7 @@ class WritePolicy:
         return True
 
     def invalidate_key_flow(self, key: str) -> Flow[bool]:
-        """Drop one entry by key and count an invalidation (the drop-in's entries)."""
+        """Drop one entry by key and count an invalidation."""
         if not (yield from self._quiet(Delete(key), default=False)):
             return False
         self._counters.incr("invalidations")
