@@ -16,11 +16,13 @@ carries, next to the JSON, a small description of the types JSON cannot say (``t
 A class is rebuilt only if its module is already in ``sys.modules`` and the name there is
 a dataclass or Struct: nothing is ever imported or called because Redis named it, and
 anything else is a ``CacheDecodeError`` (the cache counts a decode error and answers a
-miss). With ``value_type`` the caller names the type instead, and the description is not
-used. Either way ``encode`` decodes what it made and compares (``==``, and the types
-again): a value that would not come back as it was (a tuple, a set, a class defined
-inside a function, a dataclass field whose annotation does not say its type) raises
-``UncacheableValueError`` (a ``TypeError``) naming the type and what to do.
+miss; a class this process has not loaded is a ``ClassNotLoadedError``, and the entry,
+valid for the processes that have it, is kept). With ``value_type`` the caller names the
+type instead, and the description is not used. Either way ``encode`` decodes what it
+made and compares (``==``, and the types again): a value that would not come back as it
+was (a tuple, a set, a class defined inside a function, a dataclass field whose
+annotation does not say its type) raises ``UncacheableValueError`` (a ``TypeError``)
+naming the type and what to do.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ from penny_cache.errors import (
 )
 from penny_cache.state import builtin_hook
 
-__all__ = ["ValueCodec", "describe"]
+__all__ = ["ClassNotLoadedError", "ValueCodec", "describe"]
 
 _JSON_SCALARS: Final = (str, int, float, bool, type(None))
 _TIMES: Final = {datetime: "datetime", date: "date", time: "time"}
@@ -52,6 +54,11 @@ _HOW: Final = (
     "level (with annotated fields), nested in any way; convert the value to one of "
     "those, or name its type with PersonalityStateCache(value_type=...)"
 )
+
+
+class ClassNotLoadedError(CacheDecodeError):
+    """An entry names a class this process has not loaded (yet): a miss here, but a
+    valid entry for the processes that have it, so it is not dropped."""
 
 
 class _Envelope(msgspec.Struct, frozen=True):
@@ -111,10 +118,12 @@ def _loaded_class(name: Any) -> type[Any]:
     module_name, _, qualname = name.partition(":")
     found: Any = sys.modules.get(module_name)
     if found is None:
-        raise CacheDecodeError(f"{module_name} is not loaded in this process")
+        raise ClassNotLoadedError(f"{module_name} is not loaded in this process")
     for part in qualname.split("."):
         # vars(), not getattr(): a module's __getattr__ could import or compute things
         found = vars(found).get(part) if hasattr(found, "__dict__") else None
+    if found is None:
+        raise ClassNotLoadedError(f"{name} is not defined in this process")
     if not isinstance(found, type) or not (
         issubclass(found, msgspec.Struct) or dataclasses.is_dataclass(found)
     ):

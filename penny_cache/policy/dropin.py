@@ -11,7 +11,7 @@ becomes bytes is the caller's (``penny_cache.values.ValueCodec``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from penny_cache.errors import CacheDecodeError, CacheError
 from penny_cache.keys import encode_user_id, log_id
@@ -19,13 +19,18 @@ from penny_cache.observe.counters import LocalCounters
 from penny_cache.policy.flows import Flow
 from penny_cache.policy.ops import CountIndexed, DeleteIndexed, GetTicket, SetTicketed
 from penny_cache.policy.writes import WritePolicy
+from penny_cache.values import ClassNotLoadedError
 
-__all__ = ["DropInPolicy", "Lookup"]
+__all__ = ["UNVERIFIED", "DropInPolicy", "Lookup"]
+
+# The ticket of a read that could not reach Redis: no ticket key ever holds it, so the
+# fill that follows is refused (whether anything changed meanwhile cannot be known).
+UNVERIFIED: Final = "unverified"
 
 
 class Lookup(NamedTuple):
     """One drop-in read: ``found`` (a hit), the value, and on a miss the ticket a fill
-    must present (``""`` when Redis could not hand one out: the fill is then plain)."""
+    must present (``UNVERIFIED`` when Redis could not be read: that fill is refused)."""
 
     found: bool
     value: Any
@@ -58,20 +63,29 @@ class DropInPolicy(WritePolicy):
             payload, ticket = yield GetTicket(*self._drop_in_keys(user_id), token, ttl_ms)
         except CacheError as exc:
             self._redis_failed("get", exc)
-            payload, ticket = None, ""
+            payload, ticket = None, UNVERIFIED
         found, value = False, None
         if payload is not None:
             try:
                 found, value = True, decode(payload, user_id)
             except CacheDecodeError as exc:
                 found = False
-                self._counters.incr("decode_errors")
-                self._errors.warning(
-                    "decode", f"dropping an undecodable drop-in entry of {log_id(user_id)}: {exc}"
-                )
-                yield from self._quiet(DeleteIndexed(*self._drop_in_keys(user_id)))
+                yield from self._undecodable(user_id, exc)
         (self._local_counters.hit if found else self._local_counters.miss)()
         return Lookup(found, value, ticket)
+
+    def _undecodable(self, user_id: str, exc: CacheDecodeError) -> Flow[None]:
+        """Count and log it; drop the entry unless it is only this process that cannot
+        rebuild its class (the others that can would lose a valid entry)."""
+        self._counters.incr("decode_errors")
+        kept = isinstance(exc, ClassNotLoadedError)
+        self._errors.warning(
+            "decode",
+            f"{'a miss on' if kept else 'dropping'} an undecodable drop-in entry of "
+            f"{log_id(user_id)}: {exc}",
+        )
+        if not kept:
+            yield from self._quiet(DeleteIndexed(*self._drop_in_keys(user_id)))
 
     def drop_in_set_flow(self, user_id: str, payload: bytes, ticket: str) -> Flow[bool]:
         """Store an encoded drop-in value with the TTL: unconditionally without a ticket,

@@ -7,12 +7,15 @@ Across real processes on a real redis-server: ``tests/integration/test_dropin_pr
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import fakeredis
 import pytest
 
 from penny_cache.cache import PersonalityCache
+from penny_cache.errors import CacheUnavailableError
 from penny_cache.personality_state_cache import PersonalityStateCache
+from penny_cache.policy.ops import CacheOp, GetTicket
 from penny_cache.redis.backend import RedisBackend
 
 OLD, NEW = {"formality": 0.1}, {"formality": 0.9}
@@ -146,3 +149,26 @@ def test_reset_stats_zeroes_the_instance_and_the_shared_totals(pair: Pair) -> No
     assert reader.get_stats()["misses"] == 0
     reader.get("x")
     assert reader.get_stats()["misses"] == 1
+
+
+def test_a_set_after_a_read_that_could_not_reach_redis_is_refused(
+    pair: Pair, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the read could not reach Redis no ticket was taken, so whether the key
+    changed meanwhile cannot be known: the fill that follows is refused (the next miss
+    takes a real ticket and fills)."""
+    reader, writer = pair
+    run_op = reader.core.run_op
+
+    def unreachable_reads(op: CacheOp) -> Any:
+        if isinstance(op, GetTicket):
+            raise CacheUnavailableError("Redis is down")
+        return run_op(op)
+
+    monkeypatch.setattr(reader.core, "run_op", unreachable_reads)
+    assert reader.get("default") is None
+    monkeypatch.setattr(reader.core, "run_op", run_op)
+    assert reader.set("default", OLD) is False
+    assert reader.get("default") is None
+    assert reader.set("default", NEW) is True
+    assert writer.get("default") == NEW

@@ -174,7 +174,6 @@ def _plant(fake_redis: fakeredis.FakeRedis, cache: PersonalityStateCache, types:
 @pytest.mark.parametrize(
     "types",
     [
-        '{"c":"penny_not_loaded_xyz:Thing"}',  # module not loaded: never imported
         '{"c":"builtins:object"}',  # loaded, but neither a dataclass nor a Struct
         '{"c":"os:system"}',  # a function
         '{"c":"tests.penny_shapes:PersonalityDimension"}',  # fields do not fit
@@ -184,15 +183,30 @@ def _plant(fake_redis: fakeredis.FakeRedis, cache: PersonalityStateCache, types:
 def test_an_entry_naming_a_class_that_cannot_be_rebuilt_is_a_counted_miss(
     fake_redis: fakeredis.FakeRedis, cache: PersonalityStateCache, types: str
 ) -> None:
-    """An entry whose type description names a class not loaded, not a dataclass or
-    Struct, or that does not fit, is a miss with a counted decode error (and dropped),
-    never a crash, and never imports a module."""
+    """An entry whose type description names something that is not a dataclass or
+    Struct, or does not fit, is a miss with a counted decode error, never a crash; the
+    entry is dropped."""
     _plant(fake_redis, cache, types)
     assert cache.get("default") is None
-    assert "penny_not_loaded_xyz" not in sys.modules
     stats = cache.core.get_stats()
     assert (stats["decode_errors"], stats["misses"]) == (1, 1)
     assert fake_redis.exists(cache.core.keys.legacy("default")) == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["penny_not_loaded_xyz:Thing", "tests.penny_shapes:NotDefinedHere"]
+)
+def test_an_entry_of_a_class_not_loaded_here_is_a_miss_that_is_kept(
+    fake_redis: fakeredis.FakeRedis, cache: PersonalityStateCache, name: str
+) -> None:
+    """A class this process has not loaded is never imported: the read is a miss with a
+    counted decode error, and the entry stays (other processes that loaded the class
+    read it)."""
+    _plant(fake_redis, cache, f'{{"c":"{name}"}}')
+    assert cache.get("default") is None
+    assert "penny_not_loaded_xyz" not in sys.modules
+    assert cache.core.get_stats()["decode_errors"] == 1
+    assert fake_redis.exists(cache.core.keys.legacy("default")) == 1
 
 
 def test_personality_cache_set_points_to_the_drop_in(core: PersonalityCache) -> None:
