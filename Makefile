@@ -48,6 +48,7 @@ bench: $(STAMP)
 	@# the HTTP service against bare FastAPI (wrk; PostgreSQL too when
 	@# PENNY_BENCH_DATABASE_URL is set); rewrites its section of bench/README.md
 	$(BIN)/python -m bench.bench_http --json bench/results_http.json
+	$(BIN)/python -m bench.bench_stats --json bench/results_stats.json
 	@# the same workload on PostgreSQL when PENNY_BENCH_DATABASE_URL names a server
 	@if [ -n "$$PENNY_BENCH_DATABASE_URL" ]; then \
 	    $(BIN)/python -m bench.bench_workload --json bench/results_workload_postgres.json; fi
@@ -58,6 +59,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.bench_peers --quick
 	$(BIN)/python -m bench.bench_workload --quick
 	$(BIN)/python -m bench.bench_http --quick
+	$(BIN)/python -m bench.bench_stats --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

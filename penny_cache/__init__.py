@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from penny_cache import _moved
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
 from penny_cache.config import Settings
-from penny_cache.default import get_cache, reset_cache
+from penny_cache.default import deprecated, get_shared_cache, reset_shared_cache
 from penny_cache.errors import (
     CacheError,
     ConfigurationError,
@@ -50,10 +52,16 @@ __all__ = [  # noqa: RUF022 - plain sorted order, pinned by tests/unit/test_publ
     "StoreMismatchError",
     "StoreUnavailableError",
     "UnknownDimensionError",
-    "get_cache",
-    "reset_cache",
+    "get_shared_cache",
+    "reset_shared_cache",
 ]
 
 __version__ = "0.1.0"
 
 _moved.install()
+
+
+def __getattr__(name: str) -> Any:
+    """``get_cache``/``reset_cache``: the old names of ``get_shared_cache`` and
+    ``reset_shared_cache``, for one release, with a ``DeprecationWarning``."""
+    return deprecated(__name__, name)

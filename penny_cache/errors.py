@@ -10,6 +10,7 @@ import a driver to handle a failure::
     │   ├── UnknownDimensionError
     │   ├── InvalidValueError
     │   └── InvalidStateError              a state or mapping that cannot be cached
+    │       └── UncacheableValueError (TypeError)  a drop-in value that would not come back
     ├── ConfigurationError (ValueError)     bad settings; the message names the variable
     │   └── StoreMismatchError              one cache asked to serve two databases
     ├── CacheError                          Redis trouble; the tracker never lets it escape
@@ -42,6 +43,7 @@ __all__ = [
     "StoreError",
     "StoreMismatchError",
     "StoreUnavailableError",
+    "UncacheableValueError",
     "UnknownDimensionError",
 ]
 
@@ -68,6 +70,12 @@ class InvalidValueError(InvalidInputError):
 
 class InvalidStateError(InvalidInputError):
     """A state (or legacy mapping) that cannot be validated or serialised."""
+
+
+class UncacheableValueError(InvalidStateError, TypeError):
+    """A drop-in value that would not come back from the cache equal, with its types (a
+    tuple, a set, an arbitrary class): a ``TypeError``, and still an ``InvalidStateError``
+    for callers of the earlier drop-in. The message names the type and what to do."""
 
 
 class ConfigurationError(PennyCacheError, ValueError):

@@ -4,7 +4,12 @@ Layout (``v1``), for namespace ``penny`` and store scope ``s``::
 
     penny:v1:s:state:{<user>}      a PersonalityState envelope (string, TTL)
     penny:v1:s:lease:{<user>}      a loader lease against stampedes (string, short TTL)
-    penny:v1:legacy:{<user>}       a drop-in PersonalityStateCache mapping (string, TTL)
+    penny:v1:legacy:{penny:v1:legacy}:entry:<user>
+                                   a drop-in PersonalityStateCache value (string, TTL)
+    penny:v1:legacy:{penny:v1:legacy}:ticket:<user>
+                                   the drop-in's fill ticket of a user (string, TTL)
+    penny:v1:legacy:{penny:v1:legacy}:index
+                                   the drop-in's entries scored by expiry, ms (sorted set)
     penny:v1:inv:seq               the invalidation sequence number (integer, no TTL)
     penny:v1:inv                   the invalidation pub/sub channel
     {penny:stats:<k>}:v1:counters  cumulative counters of the processes in shard k of 16
@@ -20,7 +25,9 @@ only the node that owns the channel's slot, not every node)::
 
 A user id is percent-encoded, so no validated id can carry ``*?[]{}:`` or whitespace into a
 key: ``SCAN MATCH`` patterns stay exact and the braces are a Redis Cluster hash tag that
-keeps everything of one user on one slot. The encoded id is at most 768 characters.
+keeps everything of one user on one slot. The encoded id is at most 768 characters. The
+drop-in's keys share one hash tag per namespace instead: its scripts keep the entry, the
+user's ticket and the index of entries in step atomically, so they must be in one slot.
 """
 
 from __future__ import annotations
@@ -129,10 +136,24 @@ class KeySchema:
     def state_pattern(self) -> str:
         return f"{self.base}:{self.scope}:state:*"
 
+    def _legacy_tag(self) -> str:
+        """Every drop-in key starts with this: one hash tag (slot) per namespace."""
+        return f"{self.base}:legacy:{{{self.base}:legacy}}"
+
     def legacy(self, user_id: str) -> str:
-        return f"{self.base}:legacy:{{{encode_user_id(user_id)}}}"
+        """A drop-in entry."""
+        return f"{self._legacy_tag()}:entry:{encode_user_id(user_id)}"
+
+    def legacy_ticket(self, user_id: str) -> str:
+        """The drop-in's fill ticket of a user (same slot as the entry)."""
+        return f"{self._legacy_tag()}:ticket:{encode_user_id(user_id)}"
+
+    def legacy_index(self) -> str:
+        """The drop-in's entries, scored by expiry (same slot as every drop-in key)."""
+        return f"{self._legacy_tag()}:index"
 
     def legacy_pattern(self) -> str:
+        """Every drop-in key: entries, tickets and the index."""
         return f"{self.base}:legacy:*"
 
     def _stats_tag(self, shard: int) -> str:

@@ -20,7 +20,7 @@ from functools import partial
 from typing import Any, Final, Self
 
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
-from penny_cache.default import get_cache
+from penny_cache.default import get_shared_cache
 from penny_cache.errors import InvalidInputError, StoreUnavailableError
 from penny_cache.policy.flight import AsyncSingleFlight, SingleFlight
 from penny_cache.policy.flows import TrackerFlow, adrive, drive
@@ -296,9 +296,9 @@ class PersonalityTracker(TrackerPolicy):
         sleep: Callable[[float], None] = time.sleep,
         **options: Any,
     ) -> None:
-        """Without ``cache``, the process-wide ``get_cache()``, as the original did;
+        """Without ``cache``, the process-wide ``get_shared_cache()``, as the original did;
         ``options`` as in ``TrackerPolicy``."""
-        self._cache = cache if cache is not None else get_cache()
+        self._cache = cache if cache is not None else get_shared_cache()
         super().__init__(store, self._cache, **options)
         self._loads: SingleFlight[PersonalityState] = SingleFlight()
         self._sleep = sleep

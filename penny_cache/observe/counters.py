@@ -66,6 +66,7 @@ class CounterBackend(Protocol):
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
     ) -> bool: ...
     def probe(self, *, force: bool = False) -> bool: ...
+    def delete_keys(self, keys: list[str]) -> None: ...
 
 
 class LocalCounters:
@@ -205,6 +206,15 @@ class SharedCounters:
         """
         self.flush()
         return shared_totals(self._backend, self._keys)
+
+    def reset_shared(self) -> None:
+        """Zero the namespace's shared totals (tests): delete every counter hash and this
+        process's counts. Raises ``CacheError`` when Redis cannot be written. Other live
+        processes' counts reappear with their next flush (they publish absolutes)."""
+        with self._flush_lock:
+            self.local.reset()
+            self._published = None
+            self._backend.delete_keys(self._keys.all_counters())
 
     def close(self) -> None:
         """Stop the flusher and fold this process's totals into the retired ones."""

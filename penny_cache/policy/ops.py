@@ -19,14 +19,18 @@ from penny_cache.codec import Entry
 __all__ = [
     "Blocking",
     "CacheOp",
+    "CountIndexed",
     "CountMatching",
     "Delete",
+    "DeleteIndexed",
     "Fill",
     "Get",
+    "GetTicket",
     "InvalidatePublish",
     "Op",
     "PublishFlush",
     "Set",
+    "SetTicketed",
     "Shared",
     "Sleep",
     "TryLease",
@@ -44,7 +48,7 @@ class Get:
 
 @dataclass(frozen=True, slots=True)
 class Set:
-    """Plain SET with a TTL (the drop-in's unversioned mappings): None."""
+    """Plain SET with a TTL (unversioned bytes; the drop-in uses ``SetTicketed``): None."""
 
     key: str
     payload: bytes
@@ -121,6 +125,56 @@ class CountMatching:
 
 
 @dataclass(frozen=True, slots=True)
+class GetTicket:
+    """The drop-in's read: ``(bytes, "")`` on a hit; on a miss ``(None, ticket)``, the
+    key's current fill ticket (``token`` becomes it when there is none; it lives
+    ``ttl_ms``), and ``member`` leaves ``index_key`` (the entry is gone). The three keys
+    share a slot."""
+
+    key: str
+    ticket_key: str
+    index_key: str
+    member: str
+    token: str
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SetTicketed:
+    """The drop-in's write: with ``ticket`` "" unconditionally, else only while that
+    ticket is still the key's current one. A write stores ``payload`` with ``ttl_ms``,
+    ends every outstanding ticket of the key and scores ``member`` in ``index_key`` by
+    its expiry. True if written."""
+
+    key: str
+    ticket_key: str
+    index_key: str
+    member: str
+    payload: bytes
+    ttl_ms: int
+    ticket: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteIndexed:
+    """The drop-in's invalidation: drop the entry, its outstanding tickets and its index
+    member. True if the entry existed."""
+
+    key: str
+    ticket_key: str
+    index_key: str
+    member: str
+
+
+@dataclass(frozen=True, slots=True)
+class CountIndexed:
+    """The drop-in's size: drop index members whose expiry has passed (server time) and
+    count the rest."""
+
+    index_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Blocking:
     """The tracker's own: a blocking call (SQL), made as it is by the sync tracker and in
     a worker thread by the asyncio one. Its answer is the call's."""
@@ -156,5 +210,9 @@ CacheOp = (
     | Delete
     | UnlinkMatching
     | CountMatching
+    | GetTicket
+    | SetTicketed
+    | DeleteIndexed
+    | CountIndexed
 )
 Op = CacheOp | Blocking | Sleep | Shared

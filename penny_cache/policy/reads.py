@@ -25,12 +25,12 @@ from penny_cache.keys import UNBOUND_SCOPE, KeySchema, log_id
 from penny_cache.observe.counters import SharedCounters, stats_view
 from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.observe.ratelog import RateLimitedLog
+from penny_cache.policy.dropin import DropInPolicy
 from penny_cache.policy.flows import Flow
 from penny_cache.policy.near import NearCache, Ticket
 from penny_cache.policy.ops import Delete, Fill, Get, TryLease
 from penny_cache.policy.ports import Listener, ListenerFactory, ListenerHooks, SyncTransport
 from penny_cache.policy.recovery import Recovery
-from penny_cache.policy.writes import WritePolicy
 from penny_cache.state import PersonalityState
 
 __all__ = ["CachePolicy"]
@@ -46,9 +46,9 @@ _LISTENER_COUNTERS = {
 }
 
 
-class CachePolicy(WritePolicy):
+class CachePolicy(DropInPolicy):
     """State and decisions shared by the sync and async caches (the write side:
-    ``writes.WritePolicy``)."""
+    ``writes.WritePolicy``; the drop-in's flows: ``dropin.DropInPolicy``)."""
 
     def __init__(
         self,

@@ -130,14 +130,21 @@ class WritePolicy:
         return user_id not in self._pending
 
     def _entry(self, user_id: str, state: PersonalityState) -> Entry:
-        if not isinstance(state, PersonalityState) or state.user_id != user_id:
+        if not isinstance(state, PersonalityState):
+            raise InvalidStateError(
+                f"PersonalityCache caches PersonalityState values, not {type(state).__name__}; "
+                "for arbitrary values (dicts, dataclasses, Structs) use the drop-in "
+                "penny_cache.personality_state_cache.PersonalityStateCache"
+            )
+        if state.user_id != user_id:
             raise InvalidStateError(f"expected a PersonalityState of user {user_id!r}")
         spread = 1.0 - self._jitter * self._rand()
         ttl_ms = max(1, int(self._ttl * spread * 1000))
         return Entry(self._keys.state(user_id), state.version, encode_state(state), ttl_ms)
 
     def store_unversioned_flow(self, key: str, payload: bytes) -> Flow[bool]:
-        """Plain SET with the TTL, for the drop-in's unversioned mappings."""
+        """Plain SET with the TTL of unversioned bytes (the drop-in has its own flows in
+        ``dropin.DropInPolicy``)."""
         ttl_ms = max(1, int(self._ttl * 1000))
         if not (yield from self._quiet(Set(key, payload, ttl_ms), default=False)):
             return False
@@ -161,7 +168,7 @@ class WritePolicy:
         return True
 
     def invalidate_key_flow(self, key: str) -> Flow[bool]:
-        """Drop one entry by key and count an invalidation (the drop-in's entries)."""
+        """Drop one entry by key and count an invalidation."""
         if not (yield from self._quiet(Delete(key), default=False)):
             return False
         self._counters.incr("invalidations")

@@ -154,6 +154,10 @@ class RedisBackend(_Transport):
         raws = cast("list[dict[bytes, bytes]]", self._guarded(Pipeline(calls)))
         return [{k.decode(): v.decode() for k, v in raw.items()} for raw in raws]
 
+    def delete_keys(self, keys: list[str]) -> None:
+        """UNLINK each key (pipelined, one key per call: they may be in different slots)."""
+        self._guarded(Pipeline(tuple(Call("unlink", (key,)) for key in keys)))
+
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
     ) -> bool:

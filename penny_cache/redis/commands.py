@@ -20,13 +20,17 @@ from penny_cache.errors import CacheNotReplicatedError
 from penny_cache.keys import INVALIDATION_SHARDS, invalidation_shard, shard_channel, shard_sequence
 from penny_cache.policy.ops import (
     CacheOp,
+    CountIndexed,
     CountMatching,
     Delete,
+    DeleteIndexed,
     Fill,
     Get,
+    GetTicket,
     InvalidatePublish,
     PublishFlush,
     Set,
+    SetTicketed,
     TryLease,
     UnlinkMatching,
     WritePublish,
@@ -102,7 +106,7 @@ class Commands:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
 
-    def plan(self, op: CacheOp) -> Plan:  # noqa: C901, PLR0911 - one case per operation
+    def plan(self, op: CacheOp) -> Plan:  # noqa: C901, PLR0911, PLR0912 - one case per op
         """The plan that carries out ``op``."""
         match op:
             case Get(key):
@@ -131,6 +135,28 @@ class Commands:
                 return removed
             case CountMatching(pattern):
                 return len((yield Scan(pattern)))
+            case GetTicket() | SetTicketed() | DeleteIndexed() | CountIndexed():
+                return (yield from self.drop_in(op))
+            case _:
+                assert_never(op)
+
+    def drop_in(self, op: GetTicket | SetTicketed | DeleteIndexed | CountIndexed) -> Plan:
+        """The drop-in's operations: one script each, its keys in one slot (one hash tag
+        per namespace), so every topology runs the same plan."""
+        match op:
+            case GetTicket(key, ticket_key, index_key, member, token, ttl_ms):
+                keys = [key, ticket_key, index_key]
+                entry, ticket = yield Eval(scripts.GET_TICKET, keys, [member, token, ttl_ms])
+                return entry, _text(ticket)
+            case SetTicketed(key, ticket_key, index_key, member, payload, ttl_ms, ticket):
+                keys = [key, ticket_key, index_key]
+                args = [member, payload, ttl_ms, ticket]
+                return bool((yield Eval(scripts.SET_TICKETED, keys, args)))
+            case DeleteIndexed(key, ticket_key, index_key, member):
+                keys = [key, ticket_key, index_key]
+                return bool((yield Eval(scripts.DELETE_INDEXED, keys, [member])))
+            case CountIndexed(index_key):
+                return int((yield Eval(scripts.COUNT_INDEXED, [index_key], [])))
             case _:
                 assert_never(op)
 
@@ -159,6 +185,10 @@ class Commands:
                     f"{acked} of {self.wait_replicas} replicas acknowledged within "
                     f"{self.wait_timeout_ms} ms"
                 )
+
+
+def _text(value: bytes | str | None) -> str:
+    return value.decode() if isinstance(value, bytes) else (value or "")
 
 
 def _shard_publish(channel: str, encoded_user: str, version: str) -> Eval:

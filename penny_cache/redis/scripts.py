@@ -15,11 +15,15 @@ from typing import Final
 
 __all__ = [
     "ALL_SCRIPTS",
+    "COUNT_INDEXED",
+    "DELETE_INDEXED",
     "FILL",
+    "GET_TICKET",
     "INVALIDATE_PUBLISH",
     "LEASE",
     "PUBLISH_FLUSH",
     "RETIRE_COUNTERS",
+    "SET_TICKETED",
     "SHARD_PUBLISH",
     "WRITE_PUBLISH",
     "Script",
@@ -207,6 +211,97 @@ return 1
 )
 
 
+# The drop-in's scripts (``PersonalityStateCache``). Its fills follow memcache's leases: a
+# miss hands out the key's current ticket, any write or invalidation ends every ticket of
+# the key, and a fill presenting an ended ticket is refused, so a fill that read the
+# database before a change cannot land after it. Tickets are unique tokens (never
+# counters), so a deleted or expired ticket key can never make an old ticket current
+# again. The index (entries scored by expiry, server time in ms) gives the cache's size
+# without SCAN.
+_NOW_MS: Final = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+GET_TICKET: Final = Script(
+    "GET_TICKET",
+    """
+-- The drop-in's read: the entry, or on a miss the key's current fill ticket.
+-- KEYS[1]  entry key      KEYS[2]  ticket key      KEYS[3]  index (all in one slot)
+-- ARGV[1]  index member   ARGV[2]  token to become the ticket if none is current
+-- ARGV[3]  ticket TTL in ms
+-- returns  {entry, ''} on a hit; {false, ticket} on a miss (the member leaves the index)
+local current = redis.call('GET', KEYS[1])
+if current then
+  return {current, ''}
+end
+redis.call('ZREM', KEYS[3], ARGV[1])
+local ticket = redis.call('GET', KEYS[2])
+if not ticket then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+  ticket = ARGV[2]
+end
+return {false, ticket}
+""",
+)
+
+SET_TICKETED: Final = Script(
+    "SET_TICKETED",
+    (
+        """
+-- The drop-in's write. With a ticket, only while it is the key's current one (no write
+-- or invalidation since the miss that handed it out). A write ends every ticket.
+-- KEYS[1]  entry key      KEYS[2]  ticket key      KEYS[3]  index (all in one slot)
+-- ARGV[1]  index member   ARGV[2]  payload         ARGV[3]  TTL in ms
+-- ARGV[4]  ticket ('' = write unconditionally)
+-- returns  1 when written, 0 when the ticket was no longer current
+"""
+        + _NOW_MS
+        + """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+redis.call('DEL', KEYS[2])
+redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+    ),
+)
+
+DELETE_INDEXED: Final = Script(
+    "DELETE_INDEXED",
+    """
+-- The drop-in's invalidation: the entry, every ticket of the key, the index member.
+-- KEYS[1]  entry key      KEYS[2]  ticket key      KEYS[3]  index (all in one slot)
+-- ARGV[1]  index member
+-- returns  1 when the entry existed, else 0
+local existed = redis.call('UNLINK', KEYS[1])
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[1])
+return existed
+""",
+)
+
+COUNT_INDEXED: Final = Script(
+    "COUNT_INDEXED",
+    (
+        """
+-- The drop-in's size: drop members whose expiry has passed, count the rest.
+-- KEYS[1]  index
+-- returns  the number of entries not yet expired
+"""
+        + _NOW_MS
+        + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
+return redis.call('ZCARD', KEYS[1])
+"""
+    ),
+)
+
+
 # Every script the service runs: ``penny-cache load-scripts`` loads them for an ACL user
 # that may only EVALSHA.
 ALL_SCRIPTS: Final = (
@@ -217,4 +312,8 @@ ALL_SCRIPTS: Final = (
     LEASE,
     RETIRE_COUNTERS,
     SHARD_PUBLISH,
+    GET_TICKET,
+    SET_TICKETED,
+    DELETE_INDEXED,
+    COUNT_INDEXED,
 )

@@ -58,6 +58,7 @@ from penny_cache.redis.commands import SCAN_BATCH
 from penny_cache.redis.listener import Message, parse_message
 from penny_cache.wiring import async_backend, sync_backend
 from tests.conftest import unavailable
+from tests.contract.dropin_contract import DropInContract
 from tests.contract.samples import CACHE_OPS, envelope
 from tests.topologies import RedisClusterProcesses, SentinelGroup
 
@@ -154,8 +155,9 @@ def keys(namespace: str) -> KeySchema:
     return KeySchema(namespace, "s")
 
 
-class BackendContract:
-    """The tests every backend must pass. Subclasses provide the ``harness`` fixture."""
+class BackendContract(DropInContract):
+    """The tests every backend must pass (the drop-in's: ``DropInContract``). Subclasses
+    provide the ``harness`` fixture."""
 
     # -- Get ------------------------------------------------------------------------------
 

@@ -30,6 +30,8 @@ def _answer(step: Step) -> Any:
     if isinstance(step, Scan):
         return [b"sample:1", b"sample:2"]
     if isinstance(step, Eval):
+        if step.script is scripts.GET_TICKET:
+            return [None, b"ticket"]
         return [1, 1] if step.script is scripts.WRITE_PUBLISH else 1
     assert isinstance(step, Call), f"a cache operation's plan sent {step!r}"
     return {"get": b"x", "set": True, "unlink": 1, "wait": 1}[step.method]

@@ -257,6 +257,29 @@ def test_updates_propagate_between_processes_under_the_service_user(
     store.close()
 
 
+def test_the_drop_in_works_under_the_service_user(acl_server: AclServer, sqlite_url: str) -> None:
+    """With the scripts loaded by the admin, the drop-in's ticketed reads and writes, its
+    invalidation, size and statistics (sorted-set commands inside its scripts) all run
+    as penny-service, with no Redis error counted."""
+    from penny_cache.personality_state_cache import PersonalityStateCache
+
+    loaded = acl_server.cli("load-scripts", "penny-admin", sqlite_url)
+    assert loaded.returncode == 0, loaded.stderr
+    settings = acl_server.settings("penny-service", sqlite_url, stats_flush_interval=0.05)
+    with PersonalityCache.from_settings(settings) as core:
+        cache = PersonalityStateCache(core=core)
+        assert cache.get("default") is None
+        assert cache.set("default", {"formality": 0.4}) is True
+        assert cache.get("default") == {"formality": 0.4}
+        assert cache.get_stats()["cache_size"] == 1
+        cache.invalidate("default")
+        stats = cache.get_stats()
+        assert (stats["cache_size"], stats["invalidations"]) == (0, 1)
+        assert core.get_stats()["redis_errors"] == 0
+        cache.reset_stats()
+        assert cache.get_stats()["hits"] == 0
+
+
 def test_exporters_and_cli_read_the_counters(acl_server: AclServer, sqlite_url: str) -> None:
     """`penny-cache exporter`'s read path works as penny-service and as the read-only
     penny-exporter (penny_cache_up 1 with the counters); `penny-cache check` and `stats`

@@ -71,3 +71,12 @@ def test_quick_workload_runs_every_library_and_its_counters_add_up(tmp_path: Pat
         assert 0.0 <= run["hit_rate"] <= 1.0
     assert {v["name"] for v in report["verdicts"]} >= {"hit_rate", "read_your_writes"}
     assert len(report["ratios"]) == 4
+
+
+def test_quick_stats_benchmark_reports_the_ratio(tmp_path: Path) -> None:
+    """The get_stats() benchmark's quick run fills its own redis-server, checks the
+    drop-in's counters and size, and reports get_stats() against a bare HGETALL."""
+    report = run_quick("bench_stats", tmp_path)
+    assert report["keys_in_redis"] >= 30_000
+    assert report["ratios"]["get_stats_vs_hgetall"] > 0
+    assert set(report["operations"]) == {"get_stats", "hgetall", "scan_count"}

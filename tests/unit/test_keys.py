@@ -57,7 +57,9 @@ def test_default_layout() -> None:
     assert keys.scope == UNBOUND_SCOPE == "_"
     assert KEY_SCHEMA == "v1"
     assert keys.state("alice") == "penny:v1:_:state:{alice}"
-    assert keys.legacy("alice") == "penny:v1:legacy:{alice}"
+    assert keys.legacy("alice") == "penny:v1:legacy:{penny:v1:legacy}:entry:alice"
+    assert keys.legacy_ticket("alice") == "penny:v1:legacy:{penny:v1:legacy}:ticket:alice"
+    assert keys.legacy_index() == "penny:v1:legacy:{penny:v1:legacy}:index"
     assert keys.state_pattern() == "penny:v1:_:state:*"
     assert keys.legacy_pattern() == "penny:v1:legacy:*"
     shard = zlib.crc32(b"p1") % COUNTER_SHARDS
@@ -72,7 +74,7 @@ def test_default_layout() -> None:
 def test_keys_carry_one_clean_hash_tag(user_id: str) -> None:
     """Each key has exactly one '{' and one '}', and no glob/brace/colon/space inside the tag."""
     keys = KeySchema("penny", "s1")
-    for key in (keys.state(user_id), keys.legacy(user_id)):
+    for key in (keys.state(user_id),):
         assert key.count("{") == 1
         assert key.count("}") == 1
         assert key.endswith("}")
@@ -85,10 +87,16 @@ def test_keys_carry_one_clean_hash_tag(user_id: str) -> None:
 
 
 @pytest.mark.parametrize("user_id", AWKWARD_IDS)
-def test_state_and_legacy_keys_share_a_slot(user_id: str) -> None:
-    """Everything of one user hashes to one Cluster slot: state and legacy share a tag."""
+def test_drop_in_keys_share_one_slot_per_namespace(user_id: str) -> None:
+    """The drop-in's entry, ticket and index keys carry one hash tag per namespace (its
+    scripts touch all three at once), the user's encoded id after it, outside the tag."""
     keys = KeySchema("penny", "s1")
-    assert hash_tag(keys.state(user_id)) == hash_tag(keys.legacy(user_id))
+    drop_in = (keys.legacy(user_id), keys.legacy_ticket(user_id), keys.legacy_index())
+    assert {hash_tag(key) for key in drop_in} == {"penny:v1:legacy"}
+    for key in drop_in:
+        assert (key.count("{"), key.count("}")) == (1, 1)
+    assert keys.legacy(user_id).endswith(":entry:" + encode_user_id(user_id))
+    assert hash_tag(KeySchema("other").legacy(user_id)) == "other:v1:legacy"
 
 
 @settings(max_examples=200)
@@ -119,7 +127,7 @@ def test_longest_ids_give_bounded_keys(user_id: str) -> None:
     assert len(encode_user_id(user_id)) <= 3 * MAX_USER_ID_BYTES
     keys = KeySchema("penny")
     assert len(keys.state(user_id)) < 800
-    assert len(keys.legacy(user_id)) < 800
+    assert len(keys.legacy(user_id)) < 850  # its hash tag is the namespace's
     widest = KeySchema("n" * 64, "s" * 64)  # the longest namespace and scope allowed
     assert len(widest.state(user_id)) <= 64 + 64 + 3 * MAX_USER_ID_BYTES + 20
 

@@ -8,7 +8,7 @@ way are not edges, or every module would reach the root ``__init__`` and so ever
 
 The layers, lowest first (a module may import its own layer and the ones below it)::
 
-    vocabulary  config, errors, state, codec, keys, forks (root modules)
+    vocabulary  config, errors, state, codec, keys, forks, values (root modules)
     observe     penny_cache/observe/
     policy      penny_cache/policy/
     transport   penny_cache/redis/ | penny_cache/store/   (side by side: never each other)
@@ -37,7 +37,7 @@ import pytest
 from penny_cache import _moved
 from tests.package_walk import ROOT, is_package, modules
 
-VOCABULARY: Final = frozenset({"config", "errors", "state", "codec", "keys", "forks"})
+VOCABULARY: Final = frozenset({"config", "errors", "state", "codec", "keys", "forks", "values"})
 FACES: Final = frozenset(
     {"cache", "tracker", "wiring", "default", "personality_state_cache", "_moved"}
 )

@@ -12,7 +12,7 @@ from penny_cache.cache import PersonalityCache
 from penny_cache.errors import InvalidStateError
 from penny_cache.personality_state_cache import PersonalityStateCache
 from penny_cache.redis.backend import RedisBackend
-from penny_cache.state import default_state
+from penny_cache.state import PersonalityState, default_state
 
 STATE = {"formality": 0.46, "technical_depth": 0.47, "vocabulary": ["yo", "indeed"]}
 
@@ -48,7 +48,7 @@ def test_miss(legacy: PersonalityStateCache) -> None:
 def test_expiry(fake_redis: fakeredis.FakeRedis, legacy: PersonalityStateCache) -> None:
     """Behaviour 3: entries carry the TTL and miss once Redis expires them."""
     legacy.set("default", STATE)
-    key = f"{legacy._core.keys.base}:legacy:{{default}}"
+    key = legacy.core.keys.legacy("default")
     assert 0 < fake_redis.pttl(key) <= 300_000
     fake_redis.delete(key)  # what expiry does, without waiting for it
     assert legacy.get("default") is None
@@ -92,21 +92,24 @@ def test_users_are_isolated(legacy: PersonalityStateCache) -> None:
 
 
 def test_accepts_a_personality_state(legacy: PersonalityStateCache) -> None:
-    """A PersonalityState is stored as its to_dict() form."""
+    """A PersonalityState comes back as a PersonalityState, equal to the one stored."""
     state = default_state("alice", datetime(2026, 1, 1, tzinfo=UTC))
     legacy.set("alice", state)
-    assert legacy.get("alice") == state.to_dict()
+    back = legacy.get("alice")
+    assert type(back) is PersonalityState and back == state
 
 
 def test_unserialisable_value_is_refused_and_nothing_written(
-    legacy: PersonalityStateCache,
+    fake_redis: fakeredis.FakeRedis, legacy: PersonalityStateCache
 ) -> None:
-    """A value JSON cannot hold raises InvalidStateError (a ValueError); nothing stored."""
-    with pytest.raises(InvalidStateError):
+    """A value that would not come back raises UncacheableValueError: a TypeError, and an
+    InvalidStateError for callers of the earlier drop-in; nothing is stored."""
+    with pytest.raises(TypeError):
         legacy.set("alice", {"when": object()})
     with pytest.raises(InvalidStateError):
-        legacy.set("alice", ["not", "a", "mapping"])  # type: ignore[arg-type]
+        legacy.set("alice", {"when": object()})
     assert legacy.get_stats()["cache_size"] == 0
+    assert list(fake_redis.scan_iter(match=legacy.core.keys.legacy_pattern())) == []
 
 
 def test_legacy_and_state_entries_never_mix(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import warnings
 
 import pytest
 
@@ -31,8 +32,8 @@ PUBLIC_NAMES = [
     "StoreMismatchError",
     "StoreUnavailableError",
     "UnknownDimensionError",
-    "get_cache",
-    "reset_cache",
+    "get_shared_cache",
+    "reset_shared_cache",
 ]
 
 ERROR_NAMES = [
@@ -52,6 +53,7 @@ ERROR_NAMES = [
     "StoreError",
     "StoreMismatchError",
     "StoreUnavailableError",
+    "UncacheableValueError",
     "UnknownDimensionError",
 ]
 
@@ -62,6 +64,7 @@ PARENTS = {
     "UnknownDimensionError": "InvalidInputError",
     "InvalidValueError": "InvalidInputError",
     "InvalidStateError": "InvalidInputError",
+    "UncacheableValueError": "InvalidStateError",
     "ConfigurationError": "PennyCacheError",
     "StoreMismatchError": "ConfigurationError",
     "CacheError": "PennyCacheError",
@@ -97,7 +100,7 @@ def test_star_import_gives_exactly_the_public_names() -> None:
 
 
 def test_errors_all_is_pinned() -> None:
-    """penny_cache.errors.__all__ is exactly the sorted list of the sixteen errors."""
+    """penny_cache.errors.__all__ is exactly the sorted list of its errors."""
     assert list(errors.__all__) == ERROR_NAMES
     for name in ERROR_NAMES:
         assert isinstance(getattr(errors, name), type)
@@ -139,3 +142,32 @@ def test_integrity_error_is_a_decode_error() -> None:
     assert issubclass(errors.CacheIntegrityError, errors.CacheDecodeError)
     with pytest.raises(errors.CacheDecodeError):
         raise errors.CacheIntegrityError("wrong user")
+
+
+@pytest.mark.parametrize(
+    ("old", "new"), [("get_cache", "get_shared_cache"), ("reset_cache", "reset_shared_cache")]
+)
+@pytest.mark.parametrize("module", ["penny_cache", "penny_cache.default"])
+def test_old_names_still_work_with_a_deprecation_warning(module: str, old: str, new: str) -> None:
+    """``penny_cache.get_cache``/``reset_cache`` (now ``get_shared_cache``/
+    ``reset_shared_cache``) still resolve for one release, warning with the new name and
+    the drop-in's own ``get_cache``; they are not in ``__all__``."""
+    package = importlib.import_module(module)
+    with pytest.warns(DeprecationWarning, match=new) as caught:
+        found = getattr(package, old)
+    assert found is getattr(package, new)
+    assert "personality_state_cache.get_cache" in str(caught[0].message)
+    assert old not in penny_cache.__all__
+
+
+def test_the_two_get_cache_functions_have_distinct_names() -> None:
+    """The library's process-wide PersonalityCache is ``get_shared_cache``; the name
+    ``get_cache`` without a warning belongs to the drop-in alone (Penny's import)."""
+    from penny_cache import personality_state_cache
+
+    assert "get_cache" in personality_state_cache.__all__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert callable(personality_state_cache.get_cache)
+    with pytest.raises(AttributeError):
+        _ = penny_cache.no_such_name
