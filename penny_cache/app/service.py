@@ -24,6 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker, __version__
+from penny_cache.catalogue import Catalogue
 from penny_cache.config import Settings
 from penny_cache.errors import (
     InvalidInputError,
@@ -60,7 +61,8 @@ class DimensionUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     value: StrictFloat | StrictInt | StrictStr = Field(
-        description="a number in [0, 1] for a continuous dimension, else one of its options"
+        description="a number in the dimension's range ([0, 1] for Penny's) for a "
+        "continuous dimension, else one of its options"
     )
     confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
         default=None, description="the new confidence; omitted: unchanged"
@@ -301,16 +303,18 @@ async def _sql_answers(store: PersonalityStore) -> bool:
 def create_app(
     settings: Settings,
     *,
+    catalogue: Catalogue | None = None,
     multiprocess_dir: str | None = None,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The ASGI app; its tracker is built at start-up, in the worker that serves it."""
+    """The ASGI app; its tracker is built at start-up, in the worker that serves it.
+    ``catalogue``: the dimensions it serves and validates (default ``Catalogue.penny()``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics, registry = for_worker(multiprocess_dir)
         cache = AsyncPersonalityCache.from_settings(settings, metrics=metrics)
-        store = PersonalityStore(settings.database_url)
+        store = PersonalityStore(settings.database_url, catalogue=catalogue)
         tracker = AsyncPersonalityTracker(
             store,
             cache,
