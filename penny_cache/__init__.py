@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from penny_cache import _moved
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
+from penny_cache.catalogue import Catalogue, DimensionSpec
 from penny_cache.config import Settings
 from penny_cache.default import get_cache, reset_cache
 from penny_cache.errors import (
@@ -33,7 +34,9 @@ __all__ = [  # noqa: RUF022 - plain sorted order, pinned by tests/unit/test_publ
     "AsyncPersonalityTracker",
     "CATALOGUE",
     "CacheError",
+    "Catalogue",
     "ConfigurationError",
+    "DimensionSpec",
     "EvolutionRecord",
     "InvalidInputError",
     "InvalidStateError",

@@ -37,9 +37,7 @@ import pytest
 from penny_cache import _moved
 from tests.package_walk import ROOT, is_package, modules
 
-VOCABULARY: Final = frozenset(
-    {"config", "errors", "catalogue", "state", "codec", "keys", "forks"}
-)
+VOCABULARY: Final = frozenset({"config", "errors", "catalogue", "state", "codec", "keys", "forks"})
 FACES: Final = frozenset(
     {"cache", "tracker", "wiring", "default", "personality_state_cache", "_moved", "penny"}
 )
