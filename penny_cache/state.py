@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
 from types import MappingProxyType
@@ -47,6 +47,7 @@ __all__ = [
     "ValueType",
     "apply_update",
     "conform",
+    "conformer",
     "default_state",
     "validate_confidence",
     "validate_confidence_change",
@@ -302,6 +303,28 @@ def conform(state: PersonalityState, catalogue: Catalogue = PENNY) -> Personalit
             dim = msgspec.structs.replace(dim, learning_rate=spec.learning_rate)
         view[spec.name] = dim
     return msgspec.structs.replace(state, dimensions=view)
+
+
+_MAX_VIEWS: Final = 10_000  # as many as a default near cache holds: mostly the same objects
+
+
+def conformer(catalogue: Catalogue) -> Callable[[PersonalityState], PersonalityState]:
+    """``conform`` for one catalogue, remembering the last view made per user: a near
+    hit returns the same state object again and again, and pays one dict lookup
+    (about 50 ns) instead of one check per dimension (about 900 ns)."""
+    views: dict[str, tuple[PersonalityState, PersonalityState]] = {}
+
+    def view(state: PersonalityState) -> PersonalityState:
+        seen = views.get(state.user_id)
+        if seen is not None and seen[0] is state:
+            return seen[1]
+        shown = conform(state, catalogue)
+        if len(views) >= _MAX_VIEWS:
+            views.clear()
+        views[state.user_id] = (state, shown)
+        return shown
+
+    return view
 
 
 def _conforms(dims: Mapping[str, PersonalityDimension], catalogue: Catalogue) -> bool:

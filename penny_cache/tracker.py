@@ -30,7 +30,7 @@ from penny_cache.policy.reads import CachePolicy
 from penny_cache.state import (
     EvolutionRecord,
     PersonalityState,
-    conform,
+    conformer,
     validate_confidence,
     validate_confidence_change,
     validate_user_id,
@@ -102,6 +102,7 @@ class TrackerPolicy:
         ``serve_stale``: when SQL is down, answer reads with this process's last known
         state (counted as ``stale_served``) instead of raising. Writes always raise."""
         self._store = store
+        self._view = conformer(store.catalogue)  # states as the store's catalogue shows them
         self._policy = cache
         cache.serve_store(lambda: store.identity)  # the cache knows it before any call
         self._serve_stale = serve_stale
@@ -214,7 +215,7 @@ class TrackerPolicy:
         cached, lease = yield from read
         if cached is not None:
             self._observe("redis_hit", began)
-            return conform(cached, self._store.catalogue)
+            return self._view(cached)
         state = self._recent_load(user_id, began, min_version)
         if state is None:
             load = self._load_flow(user_id, ticket, lease)
@@ -225,7 +226,7 @@ class TrackerPolicy:
             except StoreUnavailableError:
                 state = self._fail_safe(user_id)
         self._observe("miss", began)
-        return conform(state, self._store.catalogue)
+        return self._view(state)
 
     def _near_hit(self, user_id: str, min_version: object) -> PersonalityState | None:
         """The hot path, outside any flow; only validated ids are ever in the near cache.
@@ -233,7 +234,7 @@ class TrackerPolicy:
         if not self._bound or min_version.__class__ is not int:
             return None
         state = self._policy.near_get(user_id, min_version)
-        return None if state is None else conform(state, self._store.catalogue)
+        return None if state is None else self._view(state)
 
     def _update_flow(
         self, user_id: str, dimension: str, value: object, **options: object
@@ -247,7 +248,7 @@ class TrackerPolicy:
         yield from self._policy.write_through_flow(state)
         self._confirm_delivery(state)
         self._observe("update", began)
-        return conform(state, self._store.catalogue)
+        return self._view(state)
 
     def _history_flow(
         self, user_id: str, dimension: str | None, days: object

@@ -26,6 +26,7 @@ from penny_cache.state import (
     PersonalityState,
     apply_update,
     conform,
+    conformer,
     default_state,
 )
 from penny_cache.store.database import PersonalityStore
@@ -189,3 +190,18 @@ def test_trackers_validate_against_their_stores_catalogue(tmp_path: Path) -> Non
             sassy.update_personality_dimension("communication_formality", 0.7, 0.1)  # type: ignore[arg-type]
         with pytest.raises(InvalidUserIdError, match="wrong order"):
             penny.get_personality_evolution_history("communication_formality", days=14)
+
+
+def test_conformer_remembers_per_user_and_notices_a_new_state() -> None:
+    """The tracker's conformer returns the view it made for the same state object, and
+    makes a new one when the user's state object changes (a new version, another
+    catalogue's entry)."""
+    view = conformer(SASSY)
+    old = default_state("alice", T0)
+    first = view(old)
+    assert view(old) is first and "sass_level" in first.dimensions
+    newer = apply_update(old, "communication_formality", 0.2, 0.0, T0)
+    shown = view(newer)
+    assert shown.version == 1 and shown.dimensions["communication_formality"].value == 0.2
+    sassy = default_state("alice", T0, SASSY)
+    assert view(sassy) is sassy
