@@ -18,6 +18,7 @@ hit checks them), though an application may give them another default or learnin
 
 from __future__ import annotations
 
+import importlib
 import math
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "DimensionValue",
     "ValueType",
     "is_dimension_name",
+    "load_catalogue",
 ]
 
 ValueType = Literal["continuous", "categorical"]
@@ -264,6 +266,23 @@ class Catalogue:
                 f"user id {user_id!r} is a dimension name: arguments in the wrong order? "
                 f"This call takes {signature}"
             )
+
+
+def load_catalogue(reference: str) -> Catalogue:
+    """The ``Catalogue`` an application declared, named ``package.module:NAME`` by an
+    operator's setting (``PENNY_CATALOGUE`` for the HTTP service); ``ConfigurationError``
+    when it cannot be imported or is not a ``Catalogue``."""
+    module_name, colon, attribute = reference.strip().partition(":")
+    if not (colon and module_name and attribute):
+        raise ConfigurationError(f"PENNY_CATALOGUE must be package.module:NAME, got {reference!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"PENNY_CATALOGUE: cannot import {module_name}: {exc}") from exc
+    found = getattr(module, attribute, None)
+    if not isinstance(found, Catalogue):
+        raise ConfigurationError(f"PENNY_CATALOGUE: {reference} is not a Catalogue")
+    return found
 
 
 def _check_penny_name(spec: DimensionSpec) -> None:

@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker, __version__
-from penny_cache.catalogue import Catalogue
+from penny_cache.catalogue import Catalogue, load_catalogue
 from penny_cache.config import Settings
 from penny_cache.errors import (
     InvalidInputError,
@@ -347,8 +347,11 @@ def create_app(
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn's factory (``penny-cache serve``): settings from ``PENNY_*`` variables."""
+    """uvicorn's factory (``penny-cache serve``): settings from ``PENNY_*`` variables;
+    ``PENNY_CATALOGUE=package.module:NAME`` serves an application's catalogue."""
+    reference = os.environ.get("PENNY_CATALOGUE", "").strip()
     return create_app(
         Settings.from_env(os.environ),
+        catalogue=load_catalogue(reference) if reference else None,
         multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )

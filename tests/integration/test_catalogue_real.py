@@ -11,7 +11,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from penny_cache.app.service import create_app
+from penny_cache.app.service import app_from_env, create_app
 from penny_cache.cache import PersonalityCache
 from penny_cache.catalogue import Catalogue, DimensionSpec
 from penny_cache.config import Settings
@@ -135,3 +135,16 @@ def test_http_api_of_penny_refuses_an_undeclared_dimension(
     with TestClient(create_app(settings)) as client:
         put = client.put("/personality/dave/dimensions/sass_level", json={"value": 0.9})
         assert put.status_code == 404 and "sass_level" in put.json()["detail"]
+
+
+def test_service_reads_the_catalogue_named_by_penny_catalogue(
+    redis_url: str, sqlite_url: str, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """penny-cache serve's factory serves the catalogue PENNY_CATALOGUE names."""
+    monkeypatch.setenv("PENNY_REDIS_URL", redis_url)
+    monkeypatch.setenv("PENNY_DATABASE_URL", sqlite_url)
+    monkeypatch.setenv("PENNY_NAMESPACE", namespace)
+    monkeypatch.setenv("PENNY_CATALOGUE", f"{__name__}:SASSY")
+    with TestClient(app_from_env()) as client:
+        put = client.put("/personality/eve/dimensions/sass_level", json={"value": 0.1})
+        assert put.status_code == 200, put.text

@@ -11,7 +11,7 @@ import fakeredis
 import pytest
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.catalogue import PENNY, Catalogue, DimensionSpec
+from penny_cache.catalogue import PENNY, Catalogue, DimensionSpec, load_catalogue
 from penny_cache.codec import decode_state, encode_state
 from penny_cache.errors import (
     ConfigurationError,
@@ -205,3 +205,18 @@ def test_conformer_remembers_per_user_and_notices_a_new_state() -> None:
     assert shown.version == 1 and shown.dimensions["communication_formality"].value == 0.2
     sassy = default_state("alice", T0, SASSY)
     assert view(sassy) is sassy
+
+
+@pytest.mark.parametrize(
+    ("reference", "words"),
+    [
+        ("tests.unit.test_catalogue", "package.module:NAME"),
+        ("tests.unit.no_such_module:SASSY", "cannot import"),
+        ("tests.unit.test_catalogue:SASS", "not a Catalogue"),
+    ],
+)
+def test_load_catalogue_names_what_is_wrong(reference: str, words: str) -> None:
+    """A setting naming a catalogue is checked at start: ConfigurationError saying why."""
+    with pytest.raises(ConfigurationError, match=words):
+        load_catalogue(reference)
+    assert load_catalogue("tests.unit.test_catalogue:SASSY") is SASSY
