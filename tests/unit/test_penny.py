@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -21,6 +22,7 @@ from penny_cache.penny import (
     SyncPennyPersonalityTracker,
 )
 from penny_cache.store.database import PersonalityStore
+from penny_cache.store.engines import ENGINES
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import FakeUTCClock
 
@@ -248,3 +250,20 @@ def test_last_updated_is_naive_utc(penny: PennyPersonalityTracker, utc_clock: Fa
     dim = asyncio.run(penny.get_current_personality_state())["communication_formality"]
     assert dim.last_updated == utc_clock.now.replace(tzinfo=None)
     assert abs(dim.last_updated - datetime(2026, 1, 1, 12)) < timedelta(seconds=1)
+
+
+def test_a_face_per_prompt_leaves_no_thread_or_engine(
+    sqlite_url: str, cache: PersonalityCache
+) -> None:
+    """Penny builds a tracker per prompt and never closes it: twenty faces dropped after
+    use leave the thread and engine counts where the first one left them."""
+
+    def prompt(n: int) -> None:
+        face = PennyPersonalityTracker(database_url=sqlite_url, cache=cache)
+        assert asyncio.run(face.update_personality_dimension("proactive_suggestions", n / 20))
+
+    prompt(0)
+    before = (threading.active_count(), len(ENGINES))
+    for n in range(1, 21):
+        prompt(n)
+    assert (threading.active_count(), len(ENGINES)) == before
