@@ -9,6 +9,8 @@ from pathlib import Path
 
 import fakeredis
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from penny_cache.cache import PersonalityCache
 from penny_cache.catalogue import PENNY, Catalogue, DimensionSpec, load_catalogue
@@ -220,3 +222,43 @@ def test_load_catalogue_names_what_is_wrong(reference: str, words: str) -> None:
     with pytest.raises(ConfigurationError, match=words):
         load_catalogue(reference)
     assert load_catalogue("tests.unit.test_catalogue:SASSY") is SASSY
+
+
+@st.composite
+def catalogues(draw: st.DrawFn) -> Catalogue:
+    """Penny's catalogue (maybe with other learning rates) plus up to four dimensions of
+    an application, continuous or categorical, drawn from a small pool of names."""
+    extra: list[DimensionSpec] = []
+    for name in draw(st.lists(st.sampled_from(EXTRA_NAMES), unique=True, max_size=4)):
+        rate = draw(st.floats(min_value=0, max_value=1))
+        if draw(st.booleans()):
+            extra.append(DimensionSpec.continuous(name, 0.25, learning_rate=rate, maximum=2))
+        else:
+            extra.append(DimensionSpec.categorical(name, "a", ("a", "b"), learning_rate=rate))
+    rate = draw(st.sampled_from([0.05, 0.15]))
+    return PENNY.with_learning_rates(communication_formality=rate).with_dimensions(*extra)
+
+
+EXTRA_NAMES = ["sass_level", "humor_frequency", "volume", "warmth"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(catalogues(), catalogues())
+def test_any_entry_reads_under_any_catalogue(written: Catalogue, read: Catalogue) -> None:
+    """A state written under one catalogue, encoded for Redis and read under another,
+    decodes and shows exactly the reader's dimensions with the reader's learning rates;
+    a value survives where both declare the dimension with the same kind; conform is
+    idempotent."""
+    state = default_state("alice", T0, written)
+    for name in written:
+        spec = written[name]
+        value = spec.options[-1] if spec.options else spec.minimum
+        state = apply_update(state, name, value, 0.1, T0)
+    shown = conform(decode_state(encode_state(state), "alice"), read)
+    assert list(shown.dimensions) == list(read)
+    assert conform(shown, read) is shown
+    for name, dim in shown.dimensions.items():
+        assert dim.learning_rate == read[name].learning_rate
+        same_kind = name in written and written[name].value_type == read[name].value_type
+        expected = state.dimensions[name].value if same_kind else read[name].default
+        assert dim.value == expected
