@@ -6,6 +6,7 @@ from typing import Any
 
 from penny_cache import _moved
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
+from penny_cache.catalogue import Catalogue, DimensionSpec
 from penny_cache.config import Settings
 from penny_cache.default import deprecated, get_shared_cache, reset_shared_cache
 from penny_cache.errors import (
@@ -35,7 +36,9 @@ __all__ = [  # noqa: RUF022 - plain sorted order, pinned by tests/unit/test_publ
     "AsyncPersonalityTracker",
     "CATALOGUE",
     "CacheError",
+    "Catalogue",
     "ConfigurationError",
+    "DimensionSpec",
     "EvolutionRecord",
     "InvalidInputError",
     "InvalidStateError",

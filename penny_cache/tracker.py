@@ -30,10 +30,9 @@ from penny_cache.policy.reads import CachePolicy
 from penny_cache.state import (
     EvolutionRecord,
     PersonalityState,
+    conformer,
     validate_confidence,
     validate_confidence_change,
-    validate_dimension_name,
-    validate_dimension_value,
     validate_user_id,
 )
 from penny_cache.store.database import PersonalityStore
@@ -49,6 +48,8 @@ __all__ = [
 MAX_CONTEXT_CHARS: Final = 4096
 _RECENT_LOADS: Final = 1024
 _MAX_DAYS: Final = 36_500  # a century: the furthest a datetime subtraction stays valid
+_UPDATE_SIGNATURE: Final = "(user_id, dimension, value, confidence_change=0.0, context=None)"
+_HISTORY_SIGNATURE: Final = "(user_id, dimension=None, days=30)"
 
 
 def _validate_context(context: object) -> str | None:
@@ -101,6 +102,7 @@ class TrackerPolicy:
         ``serve_stale``: when SQL is down, answer reads with this process's last known
         state (counted as ``stale_served``) instead of raising. Writes always raise."""
         self._store = store
+        self._view = conformer(store.catalogue)  # states as the store's catalogue shows them
         self._policy = cache
         cache.serve_store(lambda: store.identity)  # the cache knows it before any call
         self._serve_stale = serve_stale
@@ -214,7 +216,7 @@ class TrackerPolicy:
         cached, lease = yield from read
         if cached is not None:
             self._observe("redis_hit", began)
-            return cached
+            return self._view(cached)
         state = self._recent_load(user_id, began, min_version)
         if state is None:
             load = self._load_flow(user_id, ticket, lease)
@@ -225,14 +227,15 @@ class TrackerPolicy:
             except StoreUnavailableError:
                 state = self._fail_safe(user_id)
         self._observe("miss", began)
-        return state
+        return self._view(state)
 
     def _near_hit(self, user_id: str, min_version: object) -> PersonalityState | None:
         """The hot path, outside any flow; only validated ids are ever in the near cache.
         A bad ``min_version`` finds nothing here and is refused by the read flow."""
         if not self._bound or min_version.__class__ is not int:
             return None
-        return self._policy.near_get(user_id, min_version)
+        state = self._policy.near_get(user_id, min_version)
+        return None if state is None else self._view(state)
 
     def _update_flow(
         self, user_id: str, dimension: str, value: object, **options: object
@@ -246,7 +249,7 @@ class TrackerPolicy:
         yield from self._policy.write_through_flow(state)
         self._confirm_delivery(state)
         self._observe("update", began)
-        return state  # type: ignore[no-any-return]
+        return self._view(state)
 
     def _history_flow(
         self, user_id: str, dimension: str | None, days: object
@@ -267,10 +270,12 @@ class TrackerPolicy:
         """Validate at the edge: bad input raises ``InvalidInputError``, nothing written.
         Returns the store's ``update_dimension`` arguments."""
         validate_user_id(user_id)
+        catalogue = self._store.catalogue
+        catalogue.refuse_dimension_as_user_id(user_id, _UPDATE_SIGNATURE)
         return {
             "user_id": user_id,
             "dimension": dimension,
-            "value": validate_dimension_value(dimension, value),
+            "value": catalogue.validate_value(dimension, value),
             "confidence_change": validate_confidence_change(change),
             "context": _validate_context(context),
             "confidence": validate_confidence(confidence),
@@ -280,8 +285,10 @@ class TrackerPolicy:
         self, user_id: str, dimension: str | None, days: object
     ) -> tuple[str, str | None, float]:
         validate_user_id(user_id)
+        catalogue = self._store.catalogue
+        catalogue.refuse_dimension_as_user_id(user_id, _HISTORY_SIGNATURE)
         if dimension is not None:
-            validate_dimension_name(dimension)
+            catalogue.validate_name(dimension)
         return user_id, dimension, _validate_days(days)
 
 

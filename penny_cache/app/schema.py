@@ -37,7 +37,8 @@ class DimensionUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     value: StrictFloat | StrictInt | StrictStr = Field(
-        description="a number in [0, 1] for a continuous dimension, else one of its options"
+        description="a number in the dimension's range ([0, 1] for Penny's) for a "
+        "continuous dimension, else one of its options"
     )
     confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
         default=None, description="the new confidence; omitted: unchanged"

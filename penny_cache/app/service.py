@@ -33,6 +33,7 @@ from penny_cache.app.schema import (
     cache_block,
     encode_personality,
 )
+from penny_cache.catalogue import Catalogue, load_catalogue
 from penny_cache.config import Settings
 from penny_cache.errors import (
     InvalidInputError,
@@ -316,16 +317,18 @@ async def _sql_answers(store: PersonalityStore) -> bool:
 def create_app(
     settings: Settings,
     *,
+    catalogue: Catalogue | None = None,
     multiprocess_dir: str | None = None,
     monotonic: Callable[[], float] = time.monotonic,
 ) -> FastAPI:
-    """The ASGI app; its tracker is built at start-up, in the worker that serves it."""
+    """The ASGI app; its tracker is built at start-up, in the worker that serves it.
+    ``catalogue``: the dimensions it serves and validates (default ``Catalogue.penny()``)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics, registry = for_worker(multiprocess_dir)
         cache = AsyncPersonalityCache.from_settings(settings, metrics=metrics)
-        store = PersonalityStore(settings.database_url)
+        store = PersonalityStore(settings.database_url, catalogue=catalogue)
         tracker = AsyncPersonalityTracker(
             store,
             cache,
@@ -362,8 +365,11 @@ def create_app(
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn's factory (``penny-cache serve``): settings from ``PENNY_*`` variables."""
+    """uvicorn's factory (``penny-cache serve``): settings from ``PENNY_*`` variables;
+    ``PENNY_CATALOGUE=package.module:NAME`` serves an application's catalogue."""
+    reference = os.environ.get("PENNY_CATALOGUE", "").strip()
     return create_app(
         Settings.from_env(os.environ),
+        catalogue=load_catalogue(reference) if reference else None,
         multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Row
 
+from penny_cache.catalogue import PENNY, Catalogue
 from penny_cache.errors import (
     InvalidInputError,
     StoreConflictError,
@@ -33,7 +34,7 @@ from penny_cache.errors import (
     StoreUnavailableError,
 )
 from penny_cache.state import (
-    CATALOGUE,
+    EPOCH,
     DimensionValue,
     EvolutionRecord,
     PersonalityDimension,
@@ -47,9 +48,7 @@ from penny_cache.store.schema import dimensions, history, meta, metadata, users
 
 __all__ = ["EPOCH", "PersonalityStore"]
 
-EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_ATTEMPTS: Final = 50
-_DEFAULT_DIMENSIONS: Final = default_state("defaults", EPOCH).dimensions
 
 
 class _Change(NamedTuple):
@@ -71,15 +70,26 @@ def _utc_now() -> datetime:
 
 
 class PersonalityStore:
-    """Reads and commits personality states; tables are created on first use."""
+    """Reads and commits personality states; tables are created on first use.
+
+    ``catalogue`` (default ``Catalogue.penny()``) says which dimensions exist: a state
+    read holds each of them (its default when never written) and every dimension row the
+    user has, declared here or not, so that a process on another catalogue (a rolling
+    deploy) loses nothing it writes through. Adding a dimension migrates nothing.
+    """
 
     def __init__(
         self,
         url: str = "sqlite:///penny.db",
         *,
+        catalogue: Catalogue | None = None,
         clock: Callable[[], datetime] = _utc_now,
         echo: bool = False,
     ) -> None:
+        self._catalogue = catalogue if catalogue is not None else PENNY
+        if not isinstance(self._catalogue, Catalogue):
+            raise InvalidInputError(f"catalogue must be a Catalogue, got {catalogue!r}")
+        self._defaults = default_state("defaults", EPOCH, self._catalogue).dimensions
         try:
             self._engine = ENGINES.acquire((url, echo), lambda: make_engine(url, echo=echo))
         except (sa_exc.ArgumentError, ImportError) as exc:
@@ -90,6 +100,11 @@ class PersonalityStore:
         self._clock = clock
         self._schema_lock = threading.Lock()
         self._identity: str | None = None
+
+    @property
+    def catalogue(self) -> Catalogue:
+        """The dimensions this store tracks (validation, defaults, learning rates)."""
+        return self._catalogue
 
     @property
     def url(self) -> str:
@@ -139,7 +154,7 @@ class PersonalityStore:
         self._ensure_schema()
         with _translated(), self._engine.connect() as conn, conn.begin():
             rows = _load_rows(conn, user_id)
-        return _state_from_rows(user_id, rows)
+        return self._state_from_rows(user_id, rows)
 
     def update_dimension(
         self,
@@ -173,7 +188,7 @@ class PersonalityStore:
             _insert_ignore(conn, users, {"user_id": user_id, "version": 0, "updated_at": EPOCH})
             locked = sa.select(users.c.version).where(users.c.user_id == user_id)
             conn.execute(locked.with_for_update())
-            current = _state_from_rows(user_id, _load_rows(conn, user_id))
+            current = self._state_from_rows(user_id, _load_rows(conn, user_id))
             # stamped under the row lock, and never before the version it follows (another
             # host's clock may run behind): a later version never has an earlier time
             now = max(self._clock(), current.updated_at)
@@ -241,6 +256,33 @@ class PersonalityStore:
         with _translated(), self._write() as conn:
             return outbox_rows.delete_delivered(conn, delivered)
 
+    def _state_from_rows(self, user_id: str, rows: Sequence[Row[Any]]) -> PersonalityState:
+        """The catalogue's defaults, overlaid with every row the user has; a declared
+        dimension takes the catalogue's learning rate (a row stored as another kind is
+        shown as the default until written again)."""
+        if not rows:
+            return default_state(user_id, EPOCH, self._catalogue)
+        dims = dict(self._defaults)
+        specs = self._catalogue.specs
+        for row in rows:
+            if row.dimension is None:  # the outer join of a user without dimension rows
+                continue
+            spec = specs.get(row.dimension)
+            if spec is not None and spec.value_type != row.value_type:
+                continue
+            value = row.numeric_value if row.value_type == "continuous" else row.category_value
+            dims[row.dimension] = PersonalityDimension(
+                value=value,
+                confidence=row.confidence,
+                learning_rate=row.learning_rate if spec is None else spec.learning_rate,
+                value_type=row.value_type,
+                last_updated=row.last_updated,
+            )
+        first = rows[0]
+        return PersonalityState(
+            user_id=user_id, version=first.version, updated_at=first.updated_at, dimensions=dims
+        )
+
     def ping(self) -> None:
         """Raise ``StoreError`` unless the database answers."""
         with _translated(), self._engine.connect() as conn:
@@ -299,26 +341,6 @@ _STATE_QUERY: Final = (
 
 def _load_rows(conn: Connection, user_id: str) -> Sequence[Row[Any]]:
     return conn.execute(_STATE_QUERY, {"user_id": user_id}).all()
-
-
-def _state_from_rows(user_id: str, rows: Sequence[Row[Any]]) -> PersonalityState:
-    if not rows:
-        return default_state(user_id, EPOCH)
-    dims = dict(_DEFAULT_DIMENSIONS)
-    for row in rows:
-        if row.dimension in CATALOGUE:
-            value = row.numeric_value if row.value_type == "continuous" else row.category_value
-            dims[row.dimension] = PersonalityDimension(
-                value=value,
-                confidence=row.confidence,
-                learning_rate=row.learning_rate,
-                value_type=row.value_type,
-                last_updated=row.last_updated,
-            )
-    first = rows[0]
-    return PersonalityState(
-        user_id=user_id, version=first.version, updated_at=first.updated_at, dimensions=dims
-    )
 
 
 def _recorded_change(change: _Change, old: PersonalityState, new: PersonalityState) -> float:

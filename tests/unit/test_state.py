@@ -124,8 +124,20 @@ def test_catalogue_is_read_only() -> None:
         CATALOGUE["new"] = CATALOGUE["communication_formality"]  # type: ignore[index]
 
 
+PENNY_RATES = {
+    "communication_formality": 0.1,
+    "technical_depth_preference": 0.1,
+    "conversation_pace_preference": 0.1,
+    "proactive_suggestions": 0.08,
+    "humor_style_preference": 0.15,
+    "response_length_preference": 0.1,
+    "emotional_support_style": 0.12,
+}
+
+
 def test_default_state_is_version_zero_with_catalogue_defaults() -> None:
-    """default_state is version 0, every value its default, every confidence 0.3."""
+    """default_state is version 0, every value its default, every confidence 0.3, and
+    each dimension Penny's own learning rate."""
     state = default_state("alice", T0)
     assert (state.user_id, state.version, state.updated_at) == ("alice", 0, T0)
     assert list(state.dimensions) == list(CATALOGUE)
@@ -134,7 +146,7 @@ def test_default_state_is_version_zero_with_catalogue_defaults() -> None:
         assert dim.value == spec.default
         assert dim.value_type == spec.value_type
         assert dim.confidence == DEFAULT_CONFIDENCE == 0.3
-        assert dim.learning_rate == DEFAULT_LEARNING_RATE
+        assert dim.learning_rate == spec.learning_rate == PENNY_RATES[name]
         assert dim.last_updated == T0
     assert state.overall_confidence == pytest.approx(0.3)
 
@@ -223,10 +235,14 @@ def test_apply_update_rejects_a_value_the_catalogue_does_not_allow() -> None:
 _DELETE = object()
 _DIM = "dimensions"
 _CORRUPTIONS: dict[str, tuple[tuple[str, ...], object]] = {
-    "missing dimension": ((_DIM, "proactive_suggestions"), _DELETE),
-    "extra dimension": (
-        (_DIM, "bogus"),
+    "no dimensions": ((_DIM,), {}),
+    "not a dimension name": (
+        (_DIM, "Bogus Name"),
         default_state("x", T0).to_dict()[_DIM]["communication_formality"],
+    ),
+    "custom categorical not a string": (
+        (_DIM, "sass_level"),
+        {**default_state("x", T0).to_dict()[_DIM]["humor_style_preference"], "value": 5},
     ),
     "wrong value_type": ((_DIM, "communication_formality", "value_type"), "categorical"),
     "value out of range": ((_DIM, "communication_formality", "value"), 1.5),
