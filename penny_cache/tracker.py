@@ -72,6 +72,15 @@ def _validate_days(days: object) -> float:
     return float(days)
 
 
+# single-flight keys no user id can take (user ids hold no control characters)
+_BIND: Final = "\x00bind"
+_READ: Final = "\x00read:"
+
+
+def _blocking(call: Callable[[], object]) -> TrackerFlow[object]:
+    return (yield Blocking(call))
+
+
 def _checked_version(min_version: object) -> int:
     if min_version.__class__ is not int or min_version < 0:
         raise InvalidInputError(f"min_version must be a whole number >= 0, got {min_version!r}")
@@ -202,32 +211,58 @@ class TrackerPolicy:
             metrics.timers[operation].observe(self._monotonic() - began)
 
     def _bind_flow(self) -> TrackerFlow[None]:
+        """Bind once, whoever asks first: a burst of first calls shares one SQL read of
+        the store's identity (200 coroutines each queued one in the worker threads, so
+        the first miss's SQL load waited behind all of them)."""
         if not self._bound:
-            yield Blocking(self._bind)
+            yield Shared(_BIND, _blocking(self._bind))
 
     def _read_flow(self, user_id: str, min_version: int) -> TrackerFlow[PersonalityState]:
-        """The read behind a near miss: Redis (or the lease to load), else SQL; nothing
-        older than ``min_version`` comes from a cache."""
+        """The read behind a near miss. Concurrent reads of one user in this process make
+        one lookup (``_lookup_flow``) and share it: a burst of 200 made 200 Redis calls,
+        and any of them that failed (a pool wait past the deadline) loaded SQL again.
+        Each caller still counts exactly one lookup, as the shared one counted."""
         validate_user_id(user_id)
         yield from self._bind_flow()
         began = self._monotonic()
+        ran: list[bool] = []  # the shared lookup this caller gets is its own
+        try:
+            lookup = self._lookup_flow(user_id, min_version, began, ran)
+            state, cached = yield Shared(_READ + user_id, lookup)
+        except Exception:
+            if not ran:
+                self._policy.count_lookup(hit=False)
+            raise
+        if not ran:
+            if state.version < min_version:  # the shared lookup asked for less
+                state, cached = yield from self._lookup_flow(user_id, min_version, began, ran)
+            else:
+                self._policy.count_lookup(hit=cached)
+        self._observe("redis_hit" if cached else "miss", began)
+        return self._view(state)
+
+    def _lookup_flow(
+        self, user_id: str, min_version: int, began: float, ran: list[bool]
+    ) -> TrackerFlow[tuple[PersonalityState, bool]]:
+        """Redis (or the lease to load), else SQL; nothing older than ``min_version``
+        comes from a cache. Answers the state and whether a cache had it."""
+        ran.append(True)
         ticket = self._policy.ticket()  # before the lookup: a later invalidation wins
         read = self._policy.read_or_lease_flow(user_id, ticket, min_version)
         cached, lease = yield from read
         if cached is not None:
-            self._observe("redis_hit", began)
-            return self._view(cached)
+            return cached, True
         state = self._recent_load(user_id, began, min_version)
         if state is None:
             load = self._load_flow(user_id, ticket, lease)
             try:
-                # elected across processes: load now (a waiter never holds the lease);
-                # else one load per process for every concurrent miss
-                state = (yield from load) if lease else (yield Shared(user_id, load))
+                # one SQL load per process for every concurrent miss; the holder of the
+                # cross-process lease leads it, and never waits on another's (that one
+                # may be waiting for the holder's own fill)
+                state = yield Shared(user_id, load, wait=not lease)
             except StoreUnavailableError:
                 state = self._fail_safe(user_id)
-        self._observe("miss", began)
-        return self._view(state)
+        return state, False
 
     def _near_hit(self, user_id: str, min_version: object) -> PersonalityState | None:
         """The hot path, outside any flow; only validated ids are ever in the near cache.
@@ -320,7 +355,7 @@ class PersonalityTracker(TrackerPolicy):
         if isinstance(op, Sleep):
             return self._sleep(op.seconds)
         if isinstance(op, Shared):
-            return self._loads.run(op.key, lambda: drive(op.flow, self._call))
+            return self._loads.run(op.key, lambda: drive(op.flow, self._call), wait=op.wait)
         return self._cache.run_op(op)
 
     def get_current_personality_state(
@@ -391,7 +426,7 @@ class AsyncPersonalityTracker(TrackerPolicy):
         if isinstance(op, Sleep):
             return await asyncio.sleep(op.seconds)
         if isinstance(op, Shared):
-            return await self._loads.run(op.key, lambda: adrive(op.flow, self._call))
+            return await self._loads.run(op.key, lambda: adrive(op.flow, self._call), wait=op.wait)
         return await self._cache.run_op(op)
 
     async def get_current_personality_state(

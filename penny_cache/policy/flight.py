@@ -43,12 +43,16 @@ class SingleFlight(Generic[_T]):
         self._calls: dict[str, _Call[_T]] = {}
         self._wait_timeout = wait_timeout
 
-    def run(self, key: str, load: Callable[[], _T]) -> _T:
+    def run(self, key: str, load: Callable[[], _T], *, wait: bool = True) -> _T:
+        """``wait=False``: lead a new flight, or load alone if one is running (a caller
+        that must never wait on others: the holder of the cross-process lease)."""
         with self._lock:
             call = self._calls.get(key)
             leader = call is None
             if call is None:
                 call = self._calls[key] = _Call()
+        if not leader and not wait:
+            return load()
         if not leader:
             if not call.done.wait(self._wait_timeout) or isinstance(call.error, _LeaderGoneError):
                 return load()
@@ -77,8 +81,11 @@ class AsyncSingleFlight(Generic[_T]):
         self._calls: dict[str, asyncio.Future[_T]] = {}
         self._wait_timeout = wait_timeout
 
-    async def run(self, key: str, load: Callable[[], Awaitable[_T]]) -> _T:
+    async def run(self, key: str, load: Callable[[], Awaitable[_T]], *, wait: bool = True) -> _T:
+        """As ``SingleFlight.run``."""
         running = self._calls.get(key)
+        if running is not None and not wait:
+            return await load()
         if running is not None:
             # asyncio.wait neither cancels ``running`` on timeout nor when this waiter
             # is cancelled

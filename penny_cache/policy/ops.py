@@ -186,10 +186,11 @@ class Blocking:
 class Shared:
     """The tracker's own: run ``flow`` once per process for every concurrent caller with
     this ``key`` (single-flight; see ``penny_cache.policy.flight``). Its answer is the
-    flow's."""
+    flow's. ``wait=False`` never waits on another caller's flight."""
 
     key: str
     flow: Generator[Any, Any, Any]
+    wait: bool = True  # False: lead a new flight, or run alone when one is running
 
 
 @dataclass(frozen=True, slots=True)

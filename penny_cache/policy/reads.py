@@ -193,6 +193,10 @@ class CachePolicy(DropInPolicy):
                     return state
         return None
 
+    def count_lookup(self, *, hit: bool) -> None:
+        """Count a lookup answered by another caller's shared one, as that one counted."""
+        (self._local_counters.hit if hit else self._local_counters.miss)()
+
     def last_known(self, user_id: str) -> PersonalityState | None:
         """This process's last known state of the user (fail-safe reads while SQL is
         down), counted as stale; None when there is none."""

@@ -175,19 +175,12 @@ def test_sync_misses_while_the_lease_holders_load_fails_all_raise(
     assert 1 <= store.loads <= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: the lease holder loads outside the tracker's SingleFlight, so its failure "
-        "is not shared: the other misses wait the whole lease TTL for a fill that never "
-        "comes (the failed holder neither fills nor frees the lease), then load SQL again"
-    ),
-)
 def test_sync_misses_while_the_lease_holders_load_fails_ask_sql_once(
     sync_tracker: PersonalityTracker, store: FailingStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Concurrent misses of one user in one process during a failing SQL load ask SQL
-    once: the waiters share the holder's failure (the single-flight rule)."""
+    once: they share one lookup, and with it the holder's failure (the others used to
+    wait the lease TTL for a fill that never came, then ask SQL again)."""
     outcomes = _elected_holder_scenario(sync_tracker, report_waiters(monkeypatch))
     assert _all_unavailable(outcomes), outcomes
     assert store.loads == 1
@@ -212,11 +205,13 @@ def _report_async_entries(monkeypatch: pytest.MonkeyPatch) -> _Entries:
     entries = _Entries()
 
     class ReportingFlight(AsyncSingleFlight[_T]):
-        async def run(self, key: str, load: Callable[[], Awaitable[_T]]) -> _T:
+        async def run(
+            self, key: str, load: Callable[[], Awaitable[_T]], *, wait: bool = True
+        ) -> _T:
             entries.count += 1
             if entries.event is not None and entries.count >= entries.target:
                 entries.event.set()
-            return await super().run(key, load)
+            return await super().run(key, load, wait=wait)
 
     monkeypatch.setattr(tracker_module, "AsyncSingleFlight", ReportingFlight)
     return entries
@@ -314,17 +309,12 @@ def test_async_misses_while_the_lease_holders_load_fails_all_raise(
     assert 1 <= store.loads <= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "bug: as in the sync tracker, the lease holder's load is not shared with the "
-        "misses that arrive while it runs; they wait the lease TTL, then load SQL again"
-    ),
-)
 def test_async_misses_while_the_lease_holders_load_fails_ask_sql_once(
     store: FailingStore, namespace: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """asyncio: concurrent misses of one user during a failing SQL load ask SQL once."""
+    """asyncio: concurrent misses of one user during a failing SQL load ask SQL once (the
+    lease holder leads the in-process flight; it used to load outside it, and the others
+    waited the lease TTL, then asked SQL again)."""
     outcomes = _async_elected_holder(store, namespace, monkeypatch)
     assert _all_unavailable(outcomes), outcomes
     assert store.loads == 1
