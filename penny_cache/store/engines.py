@@ -11,6 +11,8 @@ connections are the parent's sockets).
 from __future__ import annotations
 
 import os
+import sqlite3
+import time
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -22,6 +24,7 @@ __all__ = ["ENGINES", "WRITE", "make_engine"]
 
 # execution option of a connection that will write (SQLite: BEGIN IMMEDIATE)
 WRITE: Final = "penny_write"
+_WAL_SWITCH_SECONDS: Final = 30.0  # as the busy timeout
 
 
 def _dispose_in_child() -> None:
@@ -56,10 +59,24 @@ def _serialise_sqlite_writers(engine: Engine) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
         cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.close()
 
     @sa.event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
         write = conn.get_execution_options().get(WRITE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+
+
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (it stays so). The switch takes an exclusive lock and does
+    not wait through the busy handler: two processes opening a fresh database at once
+    (``make run``'s workers) failed a first request with "database is locked"."""
+    deadline = time.monotonic() + _WAL_SWITCH_SECONDS
+    while cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)  # another connection holds the lock for a moment
