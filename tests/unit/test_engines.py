@@ -28,7 +28,7 @@ def test_the_wal_switch_waits_for_a_lock_held_by_another_connection(
         waits.append(seconds)
         holder.execute("COMMIT")  # the other process finishes its transaction
 
-    monkeypatch.setattr(engines.time, "sleep", release_then_wait)
+    monkeypatch.setattr("penny_cache.store.engines.time.sleep", release_then_wait)
     engine = engines.make_engine(f"sqlite:///{path}")
     with engine.connect() as conn:
         mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
