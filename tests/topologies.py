@@ -6,16 +6,19 @@ conditions with deadlines, and removes everything it started on ``stop()``.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 
 from penny_cache.app.embedded import RedisServerProcess, free_port, wait_until
+from tests.conftest import unavailable
 
 READY_WITHIN = 30.0
 
@@ -208,3 +211,21 @@ class SentinelGroup:
         for server in (self.replica, self.primary):
             if server is not None:
                 server.stop()
+
+
+_T = TypeVar("_T", RedisClusterProcesses, SentinelGroup)
+
+
+@contextlib.contextmanager
+def running(servers: _T, what: str) -> Iterator[_T]:
+    """``servers`` started, then stopped (and their files removed); a start that fails
+    skips the test, or fails it under ``PENNY_REQUIRE_SERVICES=1``."""
+    try:
+        servers.start()
+    except (FileNotFoundError, TimeoutError, RuntimeError, OSError) as exc:
+        servers.stop()
+        unavailable(f"cannot start {what}: {exc}")
+    try:
+        yield servers
+    finally:
+        servers.stop()

@@ -57,10 +57,9 @@ from penny_cache.redis.backend import AsyncRedisBackend, RedisBackend
 from penny_cache.redis.commands import SCAN_BATCH
 from penny_cache.redis.listener import Message, parse_message
 from penny_cache.wiring import async_backend, sync_backend
-from tests.conftest import unavailable
 from tests.contract.dropin_contract import DropInContract
 from tests.contract.samples import CACHE_OPS, envelope
-from tests.topologies import RedisClusterProcesses, SentinelGroup
+from tests.topologies import RedisClusterProcesses, SentinelGroup, running
 
 USER = "ann"
 TTL_MS = 60_000
@@ -554,14 +553,8 @@ class TestAsyncOnRedis(BackendContract):
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterProcesses]:
     """Three primaries on free loopback ports, shared by this module's cluster tests."""
-    servers = RedisClusterProcesses()
-    try:
-        servers.start()
-    except (FileNotFoundError, TimeoutError, RuntimeError, OSError) as exc:
-        servers.stop()
-        unavailable(f"cannot start a Redis Cluster: {exc}")
-    yield servers
-    servers.stop()
+    with running(RedisClusterProcesses(), "a Redis Cluster") as servers:
+        yield servers
 
 
 @pytest.fixture
@@ -618,14 +611,8 @@ class TestAsyncOnCluster(BackendContract):
 def sentinel_group() -> Iterator[SentinelGroup]:
     """A primary, a replica and three sentinels, shared by this module's Sentinel tests
     (none of them fails the primary over)."""
-    servers = SentinelGroup()
-    try:
-        servers.start()
-    except (FileNotFoundError, TimeoutError, RuntimeError, OSError) as exc:
-        servers.stop()
-        unavailable(f"cannot start a Sentinel group: {exc}")
-    yield servers
-    servers.stop()
+    with running(SentinelGroup(), "a Sentinel group") as servers:
+        yield servers
 
 
 @pytest.fixture

@@ -26,9 +26,8 @@ from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, encode_user_id, inv
 from penny_cache.keys import shard_channel as sharded
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
-from tests.conftest import unavailable
 from tests.integration.test_coherence import USERS, FaultLoop, assert_coherent, run_history
-from tests.topologies import RedisClusterProcesses
+from tests.topologies import RedisClusterProcesses, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.scaleout]
 
@@ -36,14 +35,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.scaleout]
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[RedisClusterProcesses]:
     """Three primaries on free loopback ports; stopped (and their files removed) after."""
-    servers = RedisClusterProcesses()
-    try:
-        servers.start()
-    except (FileNotFoundError, TimeoutError, RuntimeError, OSError) as exc:
-        servers.stop()
-        unavailable(f"cannot start a Redis Cluster: {exc}")
-    yield servers
-    servers.stop()
+    with running(RedisClusterProcesses(), "a Redis Cluster") as servers:
+        yield servers
 
 
 def _settings(cluster: RedisClusterProcesses, sqlite_url: str, namespace: str) -> Settings:

@@ -23,9 +23,8 @@ from penny_cache.config import Settings
 from penny_cache.keys import KeySchema
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
-from tests.conftest import unavailable
 from tests.integration.test_coherence import WORKERS, assert_coherent, run_history
-from tests.topologies import SentinelGroup
+from tests.topologies import SentinelGroup, running
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.scaleout]
 FAILOVER_WITHIN = 15.0
@@ -34,14 +33,8 @@ FAILOVER_WITHIN = 15.0
 @pytest.fixture
 def group() -> Iterator[SentinelGroup]:
     """A fresh primary/replica/3-sentinel group per test (a failover changes it)."""
-    servers = SentinelGroup()
-    try:
-        servers.start()
-    except (FileNotFoundError, TimeoutError, RuntimeError, OSError) as exc:
-        servers.stop()
-        unavailable(f"cannot start a Sentinel group: {exc}")
-    yield servers
-    servers.stop()
+    with running(SentinelGroup(), "a Sentinel group") as servers:
+        yield servers
 
 
 def test_updates_are_on_the_replica_when_they_return(
