@@ -7,6 +7,7 @@ hoping for the best.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 
@@ -14,10 +15,10 @@ import pytest
 import redis
 
 from penny_cache.app.embedded import RedisServerProcess, wait_until
-from penny_cache.cache import PersonalityCache
+from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
 from penny_cache.errors import CacheUnavailableError
 from penny_cache.store.database import PersonalityStore
-from penny_cache.tracker import PersonalityTracker
+from penny_cache.tracker import AsyncPersonalityTracker, PersonalityTracker
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,7 @@ def _seen_within(read: Callable[[], int], version: int, bound: float) -> float:
 def test_strict_update_is_refused_while_redis_is_down(
     own_redis: RedisServerProcess, pair: Pair
 ) -> None:
-    """Redis stopped: a strict update raises CacheUnavailableError naming strict mode,
+    """Redis killed: a strict update raises CacheUnavailableError naming strict mode,
     and commits nothing (version, history and outbox unchanged); reads still answer
     from SQL."""
     writer, _reader = pair
@@ -141,3 +142,41 @@ def test_a_refused_write_through_still_reaches_other_near_caches(
     _seen_within(
         lambda: reader.get_current_personality_state("ann").version, state.version, STALENESS
     )
+
+
+def test_the_asyncio_tracker_refuses_while_down_and_commits_once_back(
+    own_redis: RedisServerProcess, sqlite_url: str, namespace: str
+) -> None:
+    """The asyncio API on a real server: a strict update while redis-server is down is
+    refused and commits nothing; once it is back (restarted, the breaker's cooldown
+    passed: polled for), the same update commits and Redis holds the new version."""
+
+    async def scenario() -> int:
+        cache = AsyncPersonalityCache.from_url(
+            own_redis.url, namespace=namespace, redis_cooldown=0.05, timeout=0.5
+        )
+        store = PersonalityStore(sqlite_url)
+        tracker = AsyncPersonalityTracker(store, cache, outbox_interval=None, write_mode="strict")
+        try:
+            await tracker.get_current_personality_state("ann")
+            own_redis.kill()
+            with pytest.raises(CacheUnavailableError, match="strict write mode refused"):
+                await tracker.update_personality_dimension("ann", DIM, 0.9)
+            assert store.load("ann").version == 0 and store.history("ann") == []
+            own_redis.start()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    state = await tracker.update_personality_dimension("ann", DIM, 0.9)
+                    raw = redis.Redis.from_url(own_redis.url).get(cache.keys.state("ann"))
+                    assert raw is not None and b'"version":1,' in raw
+                    return state.version
+                except CacheUnavailableError:
+                    assert time.monotonic() < deadline, "Redis back, strict updates still refused"
+                    await asyncio.sleep(0.05)  # the breaker's cooldown, then a trial call
+        finally:
+            await tracker.aclose()
+            await cache.aclose()
+            store.close()
+
+    assert asyncio.run(scenario()) == 1
