@@ -108,16 +108,17 @@ def test_after_a_strict_update_returns_no_other_cache_serves_the_old_version(
 
 def _exhaust_memory(client: redis.Redis) -> None:
     """``maxmemory`` just above what is used, ``noeviction``, then fill up to it; then
-    ``maxmemory`` a little below the usage (client buffers come and go, so at the limit
-    itself Redis would take some writes and refuse others): from here on every command
-    that needs memory is refused (OOM), while PING, GET, UNLINK and PUBLISH still work."""
+    ``maxmemory`` back to what was used before the fill (client buffers come and go, so
+    at the limit itself Redis takes some writes and refuses others: a retried
+    write-through got through 0.25 s later): from here on every command that needs
+    memory is refused (OOM), while PING, GET, UNLINK and PUBLISH still work."""
     used = int(client.info("memory")["used_memory"])
     client.config_set("maxmemory-policy", "noeviction")
     client.config_set("maxmemory", used + 256 * 1024)
     with pytest.raises(redis.exceptions.OutOfMemoryError):
         for n in range(10_000):
             client.set(f"filler:{n}", b"x" * 4096)
-    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) - 64 * 1024)
+    client.config_set("maxmemory", used)
 
 
 @pytest.mark.parametrize("pair", ["available"], indirect=True)
