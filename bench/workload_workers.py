@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 
 from penny_cache import PersonalityStore
 from penny_cache.state import DimensionValue, PersonalityState
+from penny_cache.store.database import BeforeCommit
 
 DIMENSION: Final = "communication_formality"
 TTL_S: Final = 300
@@ -163,10 +164,17 @@ class CountingStore(PersonalityStore):
         context: str | None = None,
         *,
         confidence: float | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> PersonalityState:
         self.updates += 1
         return super().update_dimension(
-            user_id, dimension, value, confidence_change, context, confidence=confidence
+            user_id,
+            dimension,
+            value,
+            confidence_change,
+            context,
+            confidence=confidence,
+            before_commit=before_commit,
         )
 
 

@@ -29,6 +29,8 @@ __all__ = [
     "decode_state",
     "encode_mapping",
     "encode_state",
+    "encode_tombstone",
+    "is_tombstone",
     "version_prefix",
 ]
 
@@ -73,6 +75,24 @@ _header_decoder = msgspec.json.Decoder(_Header)
 def version_prefix() -> str:
     """The literal start of every current envelope, as the Lua scripts match it."""
     return f'{{"schema":{ENVELOPE_SCHEMA},"version":'
+
+
+_PREFIX_BYTES: Final = version_prefix().encode()
+
+
+TOMBSTONE_SUFFIX: Final = ',"tombstone":1}'
+
+
+def encode_tombstone(version: int) -> bytes:
+    """What strict mode writes before committing ``version``: the version prefix the Lua
+    compare-and-set reads (so it refuses every fill below ``version``) and no state (so
+    no reader can use it). ``scripts._CAS`` lets ``version`` itself replace it."""
+    return f"{version_prefix()}{version}{TOMBSTONE_SUFFIX}".encode()
+
+
+def is_tombstone(payload: bytes) -> bool:
+    """Whether an entry is a strict-mode tombstone: a miss, never an entry to delete."""
+    return payload.endswith(b'"tombstone":1}') and payload.startswith(_PREFIX_BYTES)
 
 
 def encode_state(state: PersonalityState) -> bytes:

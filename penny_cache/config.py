@@ -24,12 +24,14 @@ __all__ = [
     "validate_jitter",
     "validate_namespace",
     "validate_redis_url",
+    "validate_write_mode",
 ]
 
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 _T = TypeVar("_T")
+WRITE_MODES: Final = ("available", "strict")
 
 
 def validate_namespace(namespace: object, *, source: str = "namespace") -> str:
@@ -80,6 +82,15 @@ def validate_jitter(value: object, name: str) -> float:
     return float(value)
 
 
+def validate_write_mode(value: object, *, source: str = "write_mode") -> str:
+    """``available`` (updates commit even when Redis is out of reach; others see them
+    within the staleness bound) or ``strict`` (an update that cannot first make the old
+    version unusable in Redis is refused and commits nothing)."""
+    if value not in WRITE_MODES:
+        raise ConfigurationError(f"{source} must be 'available' or 'strict', got {value!r}")
+    return str(value)
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Everything a process needs to reach Redis and SQL and shape its cache."""
@@ -114,9 +125,11 @@ class Settings:
     serve_stale: bool = False
     outbox_interval: float = 0.5
     outbox_grace: float = 1.0
+    write_mode: str = "available"
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))
+        validate_write_mode(self.write_mode, source=_label("write_mode"))
         self._check_topology()
         self._check_tls()
         for name in ("http_port", "exporter_port"):
@@ -275,6 +288,7 @@ _ENV_NAMES: Final = {
     "serve_stale": "PENNY_SERVE_STALE",
     "outbox_interval": "PENNY_OUTBOX_INTERVAL",
     "outbox_grace": "PENNY_OUTBOX_GRACE",
+    "write_mode": "PENNY_WRITE_MODE",
 }
 _VERBATIM: Final = frozenset({"redis_password", "redis_username"})
 _DURATIONS: Final = (

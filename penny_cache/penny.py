@@ -252,6 +252,7 @@ def _core(
         outbox_interval=config.outbox_interval,
         outbox_grace=config.outbox_grace,
         serve_stale=config.serve_stale,
+        write_mode=config.write_mode,
     )
     owned.append(built.close)
     return _Core(built, user_id, owned)

@@ -20,6 +20,7 @@ from functools import partial
 from typing import Any, Final, Self
 
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
+from penny_cache.config import validate_write_mode
 from penny_cache.default import get_shared_cache
 from penny_cache.errors import InvalidInputError, StoreUnavailableError
 from penny_cache.policy.flight import AsyncSingleFlight, SingleFlight
@@ -105,11 +106,16 @@ class TrackerPolicy:
         outbox_interval: float | None = 0.5,
         outbox_grace: float = 1.0,
         serve_stale: bool = False,
+        write_mode: str = "available",
     ) -> None:
         """``outbox_interval``: seconds between outbox sweeps (None: no sweeper here);
         ``outbox_grace``: how old an undelivered version must be before it is replayed;
         ``serve_stale``: when SQL is down, answer reads with this process's last known
-        state (counted as ``stale_served``) instead of raising. Writes always raise."""
+        state (counted as ``stale_served``) instead of raising. Writes always raise.
+        ``write_mode``: ``"strict"`` refuses (``CacheUnavailableError``, nothing
+        committed) an update whose old version cannot first be made unusable in Redis
+        (see ``policy.strict``); ``"available"`` commits it anyway."""
+        self._strict = validate_write_mode(write_mode) == "strict"
         self._store = store
         self._view = conformer(store.catalogue)  # states as the store's catalogue shows them
         self._policy = cache
@@ -280,8 +286,10 @@ class TrackerPolicy:
         args = self._update_args(user_id, dimension, value, **options)
         yield from self._bind_flow()
         began = self._monotonic()
+        if self._strict:  # under the row lock, before COMMIT (``policy.strict``)
+            args["before_commit"] = lambda _current, version: self._policy.seal(user_id, version)
         state = yield Blocking(partial(self._store.update_dimension, **args))
-        yield from self._policy.write_through_flow(state)
+        yield from self._policy.write_through_flow(state, sealed=self._strict)
         self._confirm_delivery(state)
         self._observe("update", began)
         return self._view(state)

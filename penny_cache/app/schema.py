@@ -10,11 +10,13 @@ checks that every encoded answer validates against it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final
 
 import msgspec
+from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from penny_cache.state import PersonalityState
@@ -25,11 +27,61 @@ __all__ = [
     "CacheBlock",
     "CacheView",
     "DimensionUpdate",
+    "MinVersion",
     "PersonalityView",
     "Problem",
+    "UserId",
+    "acceptable_user_id",
     "cache_block",
     "encode_personality",
+    "plain_min_version",
 ]
+
+
+# What the API accepts as a user id, stated in the OpenAPI schema: no control characters
+# and at most 64 characters (so at most 256 UTF-8 bytes, the library's limit).
+_MAX_USER_ID_CHARS: Final = 64
+_USER_ID_CHARS: Final = r"[^\x00-\x1f\x7f-\x9f]+"
+_USER_ID: Final = re.compile(_USER_ID_CHARS)  # fullmatch: Python's $ allows a final \n
+UserId = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=_MAX_USER_ID_CHARS,
+        pattern=f"^{_USER_ID_CHARS}$",
+        description="the user's id: 1-64 characters, no control characters",
+    ),
+]
+MinVersion = Annotated[
+    int | None,
+    Query(
+        ge=0,
+        description="the version a PUT returned (its `version`, or its ETag without the "
+        "quotes): the answer is that version or a newer one, from any worker "
+        "(read-your-writes across workers); omitted: the current version",
+    ),
+]
+_MIN_VERSION: Final = b"min_version="
+
+
+def plain_min_version(query: bytes) -> int | None:
+    """0 for no query, N for exactly ``min_version=N`` (digits), else None: anything
+    else (a bad value, other parameters) goes to the route, which validates it."""
+    if not query:
+        return 0
+    digits = query[len(_MIN_VERSION) :]
+    if query.startswith(_MIN_VERSION) and digits.isdigit() and len(digits) <= 18:
+        return int(digits)
+    return None
+
+
+def acceptable_user_id(user_id: str) -> bool:
+    """What ``UserId`` accepts (and no ``/``: the route's segment)."""
+    return (
+        len(user_id) <= _MAX_USER_ID_CHARS
+        and "/" not in user_id
+        and _USER_ID.fullmatch(user_id) is not None
+    )
 
 
 class DimensionUpdate(BaseModel):

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Annotated, Any, Final
+from typing import Any, Final
 
-from fastapi import FastAPI, Path, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -28,14 +28,19 @@ from penny_cache.app.schema import (
     NO_SHARED_TOTALS,
     CacheBlock,
     DimensionUpdate,
+    MinVersion,
     PersonalityView,
     Problem,
+    UserId,
+    acceptable_user_id,
     cache_block,
     encode_personality,
+    plain_min_version,
 )
 from penny_cache.catalogue import Catalogue, load_catalogue
 from penny_cache.config import Settings
 from penny_cache.errors import (
+    CacheError,
     InvalidInputError,
     StoreConflictError,
     StoreError,
@@ -53,20 +58,21 @@ STATS_MAX_AGE: Final = 1.0  # seconds between a worker's reads of the shared tot
 _log = logging.getLogger(__name__)
 
 
-# What the API accepts as a user id, stated in the OpenAPI schema: no control characters
-# and at most 64 characters (so at most 256 UTF-8 bytes, the library's limit).
-_MAX_USER_ID_CHARS: Final = 64
-_USER_ID_CHARS: Final = r"[^\x00-\x1f\x7f-\x9f]+"
-_USER_ID: Final = re.compile(_USER_ID_CHARS)  # fullmatch: Python's $ allows a final \n
-UserId = Annotated[
-    str,
-    Path(
-        min_length=1,
-        max_length=_MAX_USER_ID_CHARS,
-        pattern=f"^{_USER_ID_CHARS}$",
-        description="the user's id: 1-64 characters, no control characters",
-    ),
-]
+_acceptable_user_id = acceptable_user_id  # its earlier name (tests import it)
+_ETAG_DOC: Final = {
+    "headers": {
+        "ETag": {
+            "description": 'the committed version, quoted ("7"): pass it as min_version',
+            "schema": {"type": "string"},
+        }
+    }
+}
+_REFUSED_DOC: Final = {
+    "model": Problem,
+    "description": "the database is unavailable, or (PENNY_WRITE_MODE=strict) Redis could "
+    "not make the old version unusable first: nothing was committed; retry after "
+    "Retry-After seconds",
+}
 _PERSONALITY: Final = "/personality/"
 _JSON: Final = (b"content-type", b"application/json")
 
@@ -114,16 +120,19 @@ class _Service:
     registry: CollectorRegistry
 
 
-def _answer(state: PersonalityState, stats: _Stats) -> Response:
+def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
     """The personality answer, encoded once (FastAPI passes a Response through as is)."""
-    return Response(encode_personality(state, stats.current()), media_type="application/json")
+    body = encode_personality(state, stats.current())
+    return Response(body, media_type="application/json", headers=headers or None)
 
 
 def _problem(status: int, detail: str, **headers: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
 
 
-def _install_error_handlers(app: FastAPI) -> None:
+def _install_error_handlers(app: FastAPI, retry_after: float) -> None:
+    """``retry_after``: the Redis breaker's cooldown, for updates strict mode refused."""
+
     async def unknown_dimension(_: Request, exc: Exception) -> Response:
         return _problem(404, str(exc))
 
@@ -136,6 +145,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def store_down(_: Request, exc: Exception) -> Response:
         return _problem(503, f"the database is unavailable: {exc}", **{"Retry-After": "1"})
 
+    async def cache_refused(_: Request, exc: Exception) -> Response:
+        # only strict write mode lets Redis trouble reach a caller: the update was refused
+        seconds = str(max(1, math.ceil(retry_after)))
+        return _problem(503, str(exc), **{"Retry-After": seconds})
+
     async def malformed(_: Request, exc: Exception) -> Response:
         # Never echo the input back: it may hold NaN (not JSON) or be huge.
         errors = exc.errors() if isinstance(exc, RequestValidationError) else []
@@ -147,6 +161,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInputError, invalid)
     app.add_exception_handler(StoreConflictError, conflict)
     app.add_exception_handler(StoreError, store_down)
+    app.add_exception_handler(CacheError, cache_refused)
 
 
 def _where(location: Any) -> str:
@@ -228,10 +243,13 @@ async def _near_hit(scope: Any, send: Any) -> bool:
         return False
     path: str = scope["path"]
     user_id = path[len(_PERSONALITY) :]
-    if not path.startswith(_PERSONALITY) or not _acceptable_user_id(user_id):
+    if not path.startswith(_PERSONALITY) or not acceptable_user_id(user_id):
+        return False
+    min_version = plain_min_version(scope.get("query_string", b""))
+    if min_version is None:
         return False
     service: _Service | None = getattr(scope["app"].state, "service", None)
-    state = None if service is None else service.tracker.cache.near_get(user_id)
+    state = None if service is None else service.tracker.cache.near_get(user_id, min_version)
     if service is None or state is None:
         return False
     body = encode_personality(state, service.stats.current())
@@ -239,15 +257,6 @@ async def _near_hit(scope: Any, send: Any) -> bool:
     await send({"type": "http.response.start", "status": 200, "headers": [length, _JSON]})
     await send({"type": "http.response.body", "body": body})
     return True
-
-
-def _acceptable_user_id(user_id: str) -> bool:
-    """What ``UserId`` accepts (and no ``/``: the route's segment)."""
-    return (
-        len(user_id) <= _MAX_USER_ID_CHARS
-        and "/" not in user_id
-        and _USER_ID.fullmatch(user_id) is not None
-    )
 
 
 def _service(request: Request) -> _Service:
@@ -263,26 +272,33 @@ def _install_routes(app: FastAPI) -> None:
     }
 
     @app.get("/personality/{user_id}", response_model=PersonalityView, responses=errors)
-    async def get_personality(user_id: UserId, request: Request) -> Response:
-        """The user's current personality, with the shared cache's totals."""
+    async def get_personality(
+        user_id: UserId, request: Request, min_version: MinVersion = None
+    ) -> Response:
+        """The user's current personality (``min_version``: that version or newer), with
+        the shared cache's totals."""
         service = _service(request)
-        state = await service.tracker.get_current_personality_state(user_id)
+        tracker = service.tracker
+        state = await tracker.get_current_personality_state(user_id, min_version=min_version or 0)
         return _answer(state, service.stats)
 
     @app.put(
         "/personality/{user_id}/dimensions/{name}",
         response_model=PersonalityView,
-        responses={**errors, 409: errors[404]},
+        responses={**errors, 200: _ETAG_DOC, 409: errors[404], 503: _REFUSED_DOC},
     )
     async def put_dimension(
         user_id: UserId, name: str, update: DimensionUpdate, request: Request
     ) -> Response:
-        """Commit one dimension as the next version; every worker's cache drops the old."""
+        """Commit one dimension as the next version; every worker's cache drops the old.
+        The answer's ``version`` (also its ETag) is a token: a GET with
+        ``?min_version=`` it, on any worker, answers this version or a newer one. In strict
+        write mode an update Redis cannot make safe first is refused: 503, Retry-After."""
         service = _service(request)
         state = await service.tracker.update_personality_dimension(
             user_id, name, update.value, context=update.context, confidence=update.confidence
         )
-        return _answer(state, service.stats)
+        return _answer(state, service.stats, ETag=f'"{state.version}"')
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -335,6 +351,7 @@ def create_app(
             outbox_interval=settings.outbox_interval,
             outbox_grace=settings.outbox_grace,
             serve_stale=settings.serve_stale,
+            write_mode=settings.write_mode,
         )
         stats = _Stats(cache.get_stats, monotonic)
         app.state.service = _Service(tracker, stats, registry)
@@ -358,7 +375,7 @@ def create_app(
         description="Per-user personality state, cached in Redis and shared by every worker.",
         lifespan=lifespan,
     )
-    _install_error_handlers(app)
+    _install_error_handlers(app, settings.redis_cooldown)
     app.add_middleware(_BodyLimitAndWorker)
     _install_routes(app)
     return app

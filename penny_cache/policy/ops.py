@@ -23,6 +23,7 @@ __all__ = [
     "CountMatching",
     "Delete",
     "DeleteIndexed",
+    "DropPublish",
     "Fill",
     "Get",
     "GetTicket",
@@ -33,6 +34,7 @@ __all__ = [
     "SetTicketed",
     "Shared",
     "Sleep",
+    "Tombstone",
     "TryLease",
     "UnlinkMatching",
     "WritePublish",
@@ -80,6 +82,30 @@ class InvalidatePublish:
 
     key: str
     seq_key: str
+    channel: str
+    encoded_user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Tombstone:
+    """Strict mode, before the commit of ``entry.version``: make the user's entry unusable
+    (a tombstone refusing every fill and write-through below that version, unless one of
+    the same or a newer version is there) and announce the version, so every near cache
+    drops older ones. ``entry.payload`` is the tombstone. True if written."""
+
+    entry: Entry
+    seq_key: str
+    channel: str
+    encoded_user: str
+
+
+@dataclass(frozen=True, slots=True)
+class DropPublish:
+    """A write-through Redis refused (out of memory, a sequence key that is not a number):
+    unlink the entry and announce the user with a sequence number every listener treats
+    as a gap (so it flushes), touching neither memory nor the sequence key. None."""
+
+    key: str
     channel: str
     encoded_user: str
 
@@ -205,6 +231,8 @@ CacheOp = (
     | Set
     | Fill
     | WritePublish
+    | Tombstone
+    | DropPublish
     | InvalidatePublish
     | PublishFlush
     | TryLease

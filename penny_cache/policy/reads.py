@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from penny_cache.codec import decode_state
+from penny_cache.codec import decode_state, is_tombstone
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, StoreMismatchError
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, log_id
@@ -279,7 +279,10 @@ class CachePolicy(DropInPolicy):
         return value
 
     def _decode(self, payload: bytes, user_id: str, decode: Callable[[bytes, str], _V]) -> Any:
-        """The value, or ``_UNREADABLE`` (counted and logged; the caller deletes it)."""
+        """The value, None for a strict-mode tombstone (a miss that must stay), or
+        ``_UNREADABLE`` (counted and logged; the caller deletes it)."""
+        if is_tombstone(payload):
+            return None
         try:
             return decode(payload, user_id)
         except CacheDecodeError as exc:
@@ -328,7 +331,7 @@ class CachePolicy(DropInPolicy):
             if state is _UNREADABLE:
                 yield from self._quiet(Delete(key))
                 state = None
-            elif state.version < min_version:
+            elif state is not None and state.version < min_version:
                 state = None  # older than the caller's own write: SQL answers
             result, token = False, ""  # no lease was taken: load without one
         (self._local_counters.hit if state is not None else self._local_counters.miss)()

@@ -22,6 +22,7 @@ from penny_cache.policy.ops import (
     CacheOp,
     CountMatching,
     Delete,
+    DropPublish,
     InvalidatePublish,
     PublishFlush,
     Set,
@@ -30,12 +31,19 @@ from penny_cache.policy.ops import (
 )
 from penny_cache.policy.ports import SyncTransport
 from penny_cache.policy.recovery import Recovery
+from penny_cache.policy.strict import StrictWrites
 from penny_cache.state import PersonalityState
 
 __all__ = ["WritePolicy"]
 
 
-class WritePolicy:
+def _refused(exc: CacheError) -> bool:
+    """Redis answered with an error (``redis.boundary`` translates an error reply, and
+    only that, into a plain ``CacheError``): it is up, but would not take the write."""
+    return type(exc) is CacheError
+
+
+class WritePolicy(StrictWrites):
     """Write flows; the attributes below are set by ``CachePolicy.__init__``."""
 
     _keys: KeySchema
@@ -62,10 +70,11 @@ class WritePolicy:
             self._redis_failed("set", exc)
             return False
 
-    def write_through_flow(self, state: PersonalityState) -> Flow[bool]:
+    def write_through_flow(self, state: PersonalityState, *, sealed: bool = False) -> Flow[bool]:
         """Publish a just-committed state; this process sees it at once. If Redis cannot
         take it, it is kept and written before this process trusts Redis for that user
-        again (newest version per user wins)."""
+        again (newest version per user wins). ``sealed``: a strict-mode tombstone of this
+        version is in Redis and was announced, and must stay if this write fails."""
         entry = self._entry(state.user_id, state)
         if self._near is not None:
             self._near.invalidate(state.user_id, state.version)
@@ -74,6 +83,8 @@ class WritePolicy:
             written = yield from self._publish_flow(entry, state.user_id, "invalidations")
         except CacheError as exc:
             self._redis_failed("write-through", exc)
+            if _refused(exc) and not sealed:
+                yield from self._drop_flow(state.user_id)
             with self._pending_lock:
                 queued = self._pending.get(state.user_id)
                 if queued is None or queued.version < state.version:
@@ -85,6 +96,16 @@ class WritePolicy:
                 if queued is not None and queued.version <= state.version:
                     del self._pending[state.user_id]
         return written
+
+    def _drop_flow(self, user_id: str) -> Flow[bool]:
+        """Redis is up but refused the write-through (out of memory under noeviction, a
+        sequence key that is not a number): without this, nothing is published and every
+        other process keeps its near-cache copy of the replaced version up to the
+        near-cache TTL. Unlink the entry and make every listener drop the user (it
+        flushes), with a script that needs neither memory nor the sequence key. A
+        strict-mode tombstone stays: the announcement went out before the commit."""
+        op = DropPublish(self._keys.state(user_id), self._keys.channel(), encode_user_id(user_id))
+        return bool((yield from self._quiet(op, default=False)))
 
     def deliver_pending(self) -> None:
         """Background delivery of queued write-throughs (listener and flusher threads):

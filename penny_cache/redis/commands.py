@@ -6,7 +6,7 @@ script runs (``Eval``) and key scans (``Scan``), receives each answer and return
 operation's result. ``penny_cache.redis.backend`` drives a plan with plain calls or with
 ``await``; that is all a transport does. Behind Sentinel a plan that announces a change
 also waits for a replica (``WAIT``), so a failover cannot bring back the replaced version.
-``ClusterCommands`` changes only the three publishing plans (sharded channels); the
+``ClusterCommands`` changes only the publishing plans (sharded channels); the
 breaker and the retry rule wrap every plan once, in ``ErrorBoundary.guarded``.
 """
 
@@ -24,6 +24,7 @@ from penny_cache.policy.ops import (
     CountMatching,
     Delete,
     DeleteIndexed,
+    DropPublish,
     Fill,
     Get,
     GetTicket,
@@ -31,6 +32,7 @@ from penny_cache.policy.ops import (
     PublishFlush,
     Set,
     SetTicketed,
+    Tombstone,
     TryLease,
     UnlinkMatching,
     WritePublish,
@@ -118,6 +120,10 @@ class Commands:
                 return bool((yield Eval(scripts.FILL, keys, [*entry_args(entry), token])))
             case WritePublish():
                 return (yield from self.write_publish(op))
+            case Tombstone():
+                return (yield from self.tombstone(op))
+            case DropPublish():
+                return (yield from self.drop_publish(op))
             case InvalidatePublish():
                 return (yield from self.invalidate_publish(op))
             case PublishFlush():
@@ -166,6 +172,17 @@ class Commands:
         yield from self.replicated()
         return bool(written)
 
+    def tombstone(self, op: Tombstone) -> Plan:
+        args = [*entry_args(op.entry), op.channel, op.encoded_user]
+        keys = [op.entry.key, op.seq_key]
+        written, _seq = yield Eval(scripts.TOMBSTONE_PUBLISH, keys, args)
+        yield from self.replicated()
+        return bool(written)
+
+    def drop_publish(self, op: DropPublish) -> Plan:
+        yield Eval(scripts.DROP_PUBLISH, [op.key], [op.channel, op.encoded_user])
+        yield from self.replicated()
+
     def invalidate_publish(self, op: InvalidatePublish) -> Plan:
         keys, args = [op.key, op.seq_key], [op.channel, op.encoded_user]
         yield Eval(scripts.INVALIDATE_PUBLISH, keys, args)
@@ -212,6 +229,19 @@ class ClusterCommands(Commands):
         written = yield Eval(scripts.FILL, [entry.key, entry.key], [*entry_args(entry), ""])
         yield _shard_publish(op.channel, op.encoded_user, str(entry.version))
         return bool(written)
+
+    def tombstone(self, op: Tombstone) -> Plan:
+        entry = op.entry
+        written = yield Eval(scripts.TOMBSTONE, [entry.key], entry_args(entry))
+        yield _shard_publish(op.channel, op.encoded_user, str(entry.version))
+        return bool(written)
+
+    def drop_publish(self, op: DropPublish) -> Plan:
+        # no sequence key (it may be what Redis refuses): 0 makes every listener flush
+        shard = invalidation_shard(op.encoded_user)
+        message = f"0|{_ANY_VERSION}|0|{op.encoded_user}"
+        yield Call("unlink", (op.key,))
+        yield Call("spublish", (shard_channel(op.channel, shard), message))
 
     def invalidate_publish(self, op: InvalidatePublish) -> Plan:
         yield Call("unlink", (op.key,))

@@ -17,6 +17,7 @@ __all__ = [
     "ALL_SCRIPTS",
     "COUNT_INDEXED",
     "DELETE_INDEXED",
+    "DROP_PUBLISH",
     "FILL",
     "GET_TICKET",
     "INVALIDATE_PUBLISH",
@@ -25,6 +26,8 @@ __all__ = [
     "RETIRE_COUNTERS",
     "SET_TICKETED",
     "SHARD_PUBLISH",
+    "TOMBSTONE",
+    "TOMBSTONE_PUBLISH",
     "WRITE_PUBLISH",
     "Script",
 ]
@@ -53,14 +56,31 @@ local function now_us()
 end
 """
 
+# A strict-mode tombstone (``codec.encode_tombstone``) holds a version and no state: it
+# refuses everything below its version, and the committed version itself replaces it.
 _CAS: Final = """
+local function stored_version(current, prefix)
+  if current and string.sub(current, 1, #prefix) == prefix then
+    return tonumber(string.match(current, '^(%d+),', #prefix + 1))
+  end
+  return nil
+end
 local function cas(key, version, payload, ttl_ms, prefix)
   local current = redis.call('GET', key)
-  if current and string.sub(current, 1, #prefix) == prefix then
-    local stored = tonumber(string.match(current, '^(%d+),', #prefix + 1))
-    if stored and stored >= tonumber(version) then
+  local stored = stored_version(current, prefix)
+  if stored and stored >= tonumber(version) then
+    local tomb = string.sub(current, -14) == '"tombstone":1}'
+    if not (tomb and stored == tonumber(version)) then
       return 0
     end
+  end
+  redis.call('SET', key, payload, 'PX', ttl_ms)
+  return 1
+end
+local function tombstone(key, version, payload, ttl_ms, prefix)
+  local stored = stored_version(redis.call('GET', key), prefix)
+  if stored and stored >= tonumber(version) then
+    return 0
   end
   redis.call('SET', key, payload, 'PX', ttl_ms)
   return 1
@@ -129,6 +149,67 @@ local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 local seq = redis.call('INCR', KEYS[2])
 redis.call('PUBLISH', ARGV[5], seq .. '|' .. ARGV[1] .. '|' .. now_us() .. '|' .. ARGV[6])
 return {written, seq}
+"""
+    ),
+)
+
+TOMBSTONE: Final = Script(
+    "TOMBSTONE",
+    (
+        """
+-- Strict mode, before a commit (Redis Cluster: the announcement is a second step).
+-- KEYS[1]  entry key
+-- ARGV[1]  version to be committed    ARGV[2]  tombstone    ARGV[3]  TTL in ms
+-- ARGV[4]  envelope prefix
+-- returns  1 when written, 0 when the same or a newer version is already there
+"""
+        + _CAS
+        + """
+return tombstone(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+"""
+    ),
+)
+
+TOMBSTONE_PUBLISH: Final = Script(
+    "TOMBSTONE_PUBLISH",
+    (
+        """
+-- Strict mode, before a commit: make the user's entry unusable below the version about
+-- to be committed (a tombstone; fills and write-throughs below it are refused, that
+-- version replaces it) and tell every near cache to drop older versions.
+-- KEYS[1]  entry key          KEYS[2]  sequence key
+-- ARGV[1]  version            ARGV[2]  tombstone        ARGV[3]  TTL in ms
+-- ARGV[4]  envelope prefix    ARGV[5]  channel          ARGV[6]  encoded user id
+-- returns  {written (1/0), sequence number published}
+"""
+        + _CAS
+        + _NOW_US
+        + """
+local written = tombstone(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[5], seq .. '|' .. ARGV[1] .. '|' .. now_us() .. '|' .. ARGV[6])
+return {written, seq}
+"""
+    ),
+)
+
+DROP_PUBLISH: Final = Script(
+    "DROP_PUBLISH",
+    (
+        """
+-- A write-through Redis refused (out of memory under noeviction, or a sequence key that
+-- is not a number): drop the entry and tell every listener, needing no memory and not
+-- touching the sequence key. Sequence number 0 is never the next one a listener
+-- expects: it flushes its near cache (a gap), or, before its first message, drops the
+-- user. UNLINK and PUBLISH are allowed when Redis is out of memory.
+-- KEYS[1]  entry key          ARGV[1]  channel          ARGV[2]  encoded user id
+-- returns  1
+"""
+        + _NOW_US
+        + """
+redis.call('UNLINK', KEYS[1])
+redis.call('PUBLISH', ARGV[1], '0|*|' .. now_us() .. '|' .. ARGV[2])
+return 1
 """
     ),
 )
@@ -307,6 +388,9 @@ return redis.call('ZCARD', KEYS[1])
 ALL_SCRIPTS: Final = (
     FILL,
     WRITE_PUBLISH,
+    TOMBSTONE,
+    TOMBSTONE_PUBLISH,
+    DROP_PUBLISH,
     INVALIDATE_PUBLISH,
     PUBLISH_FLUSH,
     LEASE,

@@ -46,7 +46,7 @@ from penny_cache.store import outbox_rows
 from penny_cache.store.engines import ENGINES, WRITE, make_engine
 from penny_cache.store.schema import dimensions, history, meta, metadata, users
 
-__all__ = ["EPOCH", "PersonalityStore"]
+__all__ = ["EPOCH", "BeforeCommit", "PersonalityStore"]
 
 _MAX_ATTEMPTS: Final = 50
 
@@ -59,6 +59,11 @@ class _Change(NamedTuple):
     confidence_change: float
     context: str | None
     confidence: float | None
+
+
+BeforeCommit = Callable[[PersonalityState, int], None]
+"""Called inside an update's transaction with the locked current state and the version
+about to be committed; raising rolls the transaction back (nothing is committed)."""
 
 
 class _LostRaceError(Exception):
@@ -165,24 +170,29 @@ class PersonalityStore:
         context: str | None = None,
         *,
         confidence: float | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> PersonalityState:
         """Commit one change as the next version and return the committed state.
 
         ``confidence``, when given, replaces the stored confidence (the history records
         the resulting change). Arguments must already be validated (the tracker does it).
+        ``before_commit(current, next_version)`` runs under the row lock, after every
+        write and before COMMIT; whatever it raises rolls everything back and goes up.
         """
         change = _Change(dimension, value, confidence_change, context, confidence)
         self._ensure_schema()
         for attempt in range(_MAX_ATTEMPTS):
             try:
                 with _translated():
-                    return self._try_update(user_id, change)
+                    return self._try_update(user_id, change, before_commit)
             except _LostRaceError:
                 pass
             time.sleep(random.uniform(0, 0.002 * (attempt + 1)))  # jitter, not security
         raise StoreConflictError(f"update of {dimension} lost its race {_MAX_ATTEMPTS} times")
 
-    def _try_update(self, user_id: str, change: _Change) -> PersonalityState:
+    def _try_update(
+        self, user_id: str, change: _Change, before_commit: BeforeCommit | None
+    ) -> PersonalityState:
         dimension, value = change.dimension, change.value
         with self._write() as conn:
             _insert_ignore(conn, users, {"user_id": user_id, "version": 0, "updated_at": EPOCH})
@@ -209,18 +219,9 @@ class PersonalityStore:
                 raise _LostRaceError  # rolls the transaction back; the caller retries
             _upsert_dimension(conn, user_id, dimension, new.dimensions[dimension])
             outbox_rows.record(conn, user_id, new.version, now)
-            conn.execute(
-                sa.insert(history).values(
-                    user_id=user_id,
-                    dimension=dimension,
-                    old_value=_json(current.dimensions[dimension].value),
-                    new_value=_json(value),
-                    confidence_change=_recorded_change(change, current, new),
-                    trigger_context=change.context,
-                    timestamp=now,
-                    version=new.version,
-                )
-            )
+            _record_history(conn, change, current, new)
+            if before_commit is not None:
+                before_commit(current, new.version)
         return new
 
     def history(
@@ -341,6 +342,24 @@ _STATE_QUERY: Final = (
 
 def _load_rows(conn: Connection, user_id: str) -> Sequence[Row[Any]]:
     return conn.execute(_STATE_QUERY, {"user_id": user_id}).all()
+
+
+def _record_history(
+    conn: Connection, change: _Change, current: PersonalityState, new: PersonalityState
+) -> None:
+    name = change.dimension
+    conn.execute(
+        sa.insert(history).values(
+            user_id=new.user_id,
+            dimension=name,
+            old_value=_json(current.dimensions[name].value),
+            new_value=_json(change.value),
+            confidence_change=_recorded_change(change, current, new),
+            trigger_context=change.context,
+            timestamp=new.updated_at,
+            version=new.version,
+        )
+    )
 
 
 def _recorded_change(change: _Change, old: PersonalityState, new: PersonalityState) -> float:

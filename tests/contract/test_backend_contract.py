@@ -29,7 +29,7 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from penny_cache.codec import Entry
+from penny_cache.codec import Entry, encode_tombstone, is_tombstone
 from penny_cache.config import Settings
 from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
 from penny_cache.keys import (
@@ -44,11 +44,13 @@ from penny_cache.policy.ops import (
     CacheOp,
     CountMatching,
     Delete,
+    DropPublish,
     Fill,
     Get,
     InvalidatePublish,
     PublishFlush,
     Set,
+    Tombstone,
     TryLease,
     UnlinkMatching,
     WritePublish,
@@ -330,6 +332,77 @@ class BackendContract(DropInContract):
         assert harness.raw.exists(keys.state(USER)) == 0
         assert harness.sequence(seq_key) == before + 1
         assert (message.seq, message.user_id, message.version) == (before + 1, USER, None)
+
+    # -- Tombstone ------------------------------------------------------------------------
+
+    def _tombstone(self, keys: KeySchema, version: int) -> Tombstone:
+        entry = Entry(keys.state(USER), version, encode_tombstone(version), TTL_MS)
+        return Tombstone(entry, keys.sequence(), keys.channel(), encode_user_id(USER))
+
+    def test_tombstone_replaces_an_older_entry_and_announces_its_version(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """Tombstone of version 5 over version 4 answers True, leaves a tombstone (a
+        read of it is a miss) with the cache TTL, and publishes ``<seq>|5|<us>|<user>``
+        with the next sequence number: every near cache drops versions below 5."""
+        harness.raw.set(keys.state(USER), _env(4))
+        [(channel, seq_key)] = harness.announced_on(keys, encode_user_id(USER))
+        before = harness.sequence(seq_key)
+        with harness.listening(channel) as receive:
+            assert harness.run(self._tombstone(keys, 5)) is True
+            message = receive()
+        assert is_tombstone(harness.raw.get(keys.state(USER)))
+        assert 0 < harness.raw.pttl(keys.state(USER)) <= TTL_MS
+        assert harness.sequence(seq_key) == before + 1
+        assert (message.seq, message.user_id, message.version) == (before + 1, USER, 5)
+
+    def test_tombstone_refuses_older_writes_and_yields_to_its_own_version(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """Below a tombstone of version 5, a fill and a write-through of 4 are refused and
+        leave it; a fill of 5 (the committed version, read from SQL after the commit)
+        replaces it, and then a second fill of 5 is refused as usual."""
+        harness.run(self._tombstone(keys, 5))
+        assert harness.run(Fill(_entry(keys, 4), keys.lease(USER))) is False
+        write_4 = WritePublish(_entry(keys, 4), keys.sequence(), keys.channel(), "ann")
+        assert harness.run(write_4) is False
+        assert is_tombstone(harness.raw.get(keys.state(USER)))
+        assert harness.run(Fill(_entry(keys, 5), keys.lease(USER))) is True
+        assert harness.raw.get(keys.state(USER)) == _env(5)
+        assert harness.run(Fill(_entry(keys, 5), keys.lease(USER))) is False
+
+    @pytest.mark.parametrize("cached", [5, 6], ids=["same", "newer"])
+    def test_tombstone_leaves_a_same_or_newer_entry(
+        self, harness: Harness, keys: KeySchema, cached: int
+    ) -> None:
+        """Tombstone over an entry of the same or a newer version answers False and leaves
+        it (it is not older than the version being committed), still announcing."""
+        harness.raw.set(keys.state(USER), _env(cached))
+        assert harness.run(self._tombstone(keys, 5)) is False
+        assert harness.raw.get(keys.state(USER)) == _env(cached)
+
+    # -- DropPublish ----------------------------------------------------------------------
+
+    def test_drop_publish_unlinks_and_announces_a_gap_without_the_sequence(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """DropPublish (a refused write-through's fallback) deletes the entry, answers
+        None and publishes ``0|*|<us>|<user>`` even when the sequence key is not a number,
+        which it leaves as it was: sequence 0 is never the one a listener expects next, so
+        every listener flushes (or, before its first message, drops the user)."""
+        harness.raw.set(keys.state(USER), _env(3))
+        [(channel, seq_key)] = harness.announced_on(keys, encode_user_id(USER))
+        harness.raw.set(seq_key, b"not-a-number")
+        op = DropPublish(keys.state(USER), keys.channel(), encode_user_id(USER))
+        try:
+            with harness.listening(channel) as receive:
+                assert harness.run(op) is None
+                message = receive()
+            assert harness.raw.exists(keys.state(USER)) == 0
+            assert harness.raw.get(seq_key) == b"not-a-number"
+            assert (message.seq, message.user_id, message.version) == (0, USER, None)
+        finally:
+            harness.raw.delete(seq_key)
 
     # -- PublishFlush ---------------------------------------------------------------------
 

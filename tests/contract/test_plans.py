@@ -32,9 +32,10 @@ def _answer(step: Step) -> Any:
     if isinstance(step, Eval):
         if step.script is scripts.GET_TICKET:
             return [None, b"ticket"]
-        return [1, 1] if step.script is scripts.WRITE_PUBLISH else 1
+        pairs = (scripts.WRITE_PUBLISH, scripts.TOMBSTONE_PUBLISH)
+        return [1, 1] if step.script in pairs else 1
     assert isinstance(step, Call), f"a cache operation's plan sent {step!r}"
-    return {"get": b"x", "set": True, "unlink": 1, "wait": 1}[step.method]
+    return {"get": b"x", "set": True, "unlink": 1, "wait": 1, "spublish": 1}[step.method]
 
 
 def _drive(plan: Plan) -> tuple[list[Step], Any]:
@@ -72,7 +73,8 @@ def test_only_announcements_wait_for_a_replica(op_type: type[Any]) -> None:
     op: CacheOp = sample(op_type)
     sentinel, _ = _drive(FLAVOURS["sentinel"].plan(op))
     standalone, _ = _drive(FLAVOURS["standalone"].plan(op))
-    announces = op_type.__name__ in {"WritePublish", "InvalidatePublish", "PublishFlush"}
+    announcers = {"WritePublish", "Tombstone", "DropPublish", "InvalidatePublish", "PublishFlush"}
+    announces = op_type.__name__ in announcers
     waits = [s for s in sentinel if isinstance(s, Call) and s.method == "wait"]
     assert len(waits) == (1 if announces else 0)
     assert sentinel[: len(standalone)] == standalone

@@ -80,3 +80,14 @@ def test_quick_stats_benchmark_reports_the_ratio(tmp_path: Path) -> None:
     assert report["keys_in_redis"] >= 30_000
     assert report["ratios"]["get_stats_vs_hgetall"] > 0
     assert set(report["operations"]) == {"get_stats", "hgetall", "scan_count"}
+
+
+def test_quick_strict_benchmark_reports_both_modes_and_their_ratios(tmp_path: Path) -> None:
+    """The strict-mode benchmark's quick run exits 0 and reports both write modes, with
+    strict making exactly one Redis round trip per update more than available."""
+    report = run_quick("bench_strict", tmp_path)
+    modes = report["modes"]
+    assert set(modes) == {"available", "strict"}
+    extra = modes["strict"]["round_trips_per_update"] - modes["available"]["round_trips_per_update"]
+    assert extra == 1
+    assert set(report["ratios_strict_vs_available"]) == {"p50", "p99", "round_trips"}

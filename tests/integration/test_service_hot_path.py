@@ -169,7 +169,7 @@ def test_a_near_hit_is_answered_before_fastapi_with_the_routes_bytes(
     _near_cached(client, app, "alice")
     tracker = app.state.service.tracker
 
-    async def unreachable(user_id: str) -> Any:
+    async def unreachable(user_id: str, **_options: object) -> Any:
         raise AssertionError(f"the route ran for {user_id}")
 
     monkeypatch.setattr(tracker, "get_current_personality_state", unreachable)

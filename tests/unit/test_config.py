@@ -42,6 +42,7 @@ ALL_VARIABLES = {
     "PENNY_SERVE_STALE": "on",
     "PENNY_OUTBOX_INTERVAL": "10",
     "PENNY_OUTBOX_GRACE": "3",
+    "PENNY_WRITE_MODE": "strict",
 }
 # Sentinel and Cluster exclude each other: the all-variables case uses Sentinel.
 SENTINEL_VARIABLES = {k: v for k, v in ALL_VARIABLES.items() if k != "PENNY_REDIS_CLUSTER"}
@@ -100,6 +101,7 @@ def test_every_variable_is_parsed() -> None:
         serve_stale=True,
         outbox_interval=10.0,
         outbox_grace=3.0,
+        write_mode="strict",
     )
     assert isinstance(settings.cache_ttl, float)
     assert settings.redis_topology == "sentinel"
@@ -248,6 +250,8 @@ def test_accepted_redis_urls(url: str) -> None:
         ("PENNY_REDIS_COOLDOWN", "-5"),
         ("PENNY_STATS_FLUSH_INTERVAL", "0"),
         ("PENNY_ERROR_LOG_INTERVAL", "inf"),
+        ("PENNY_WRITE_MODE", "STRICT"),
+        ("PENNY_WRITE_MODE", "safe"),
     ],
 )
 def test_bad_values_name_the_variable(name: str, value: str) -> None:
@@ -288,3 +292,12 @@ def test_passwords_are_redacted_in_messages() -> None:
     with pytest.raises(ConfigurationError) as caught:
         Settings(redis_url="http://:s3cret@h/0")
     assert "s3cret" not in str(caught.value)
+
+
+def test_write_mode_defaults_to_available_and_names_the_choices() -> None:
+    """PENNY_WRITE_MODE is "available" unless set; anything but "available" or "strict"
+    is refused at start with a message naming the variable and both choices."""
+    assert Settings().write_mode == "available"
+    assert Settings.from_env({"PENNY_WRITE_MODE": " strict "}).write_mode == "strict"
+    with pytest.raises(ConfigurationError, match=r"PENNY_WRITE_MODE.*'available' or 'strict'"):
+        Settings(write_mode="eventual")
