@@ -20,7 +20,7 @@ from fastapi import Path, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from penny_cache.state import PersonalityState
-from penny_cache.tracker import MAX_CONTEXT_CHARS
+from penny_cache.tracking import MAX_CONTEXT_CHARS
 
 __all__ = [
     "NO_SHARED_TOTALS",

@@ -12,7 +12,7 @@ The layers, lowest first (a module may import its own layer and the ones below i
     observe     penny_cache/observe/
     policy      penny_cache/policy/
     transport   penny_cache/redis/ | penny_cache/store/   (side by side: never each other)
-    faces       cache, tracker, wiring, default, personality_state_cache, _moved, penny,
+    faces       cache, tracker, tracking, wiring, default, personality_state_cache, _moved, penny,
                 and the package's own __init__
     app         penny_cache/app/   (the library never imports it)
 """
@@ -41,7 +41,16 @@ VOCABULARY: Final = frozenset(
     {"config", "errors", "catalogue", "state", "codec", "keys", "forks", "values"}
 )
 FACES: Final = frozenset(
-    {"cache", "tracker", "wiring", "default", "personality_state_cache", "_moved", "penny"}
+    {
+        "cache",
+        "tracker",
+        "tracking",
+        "wiring",
+        "default",
+        "personality_state_cache",
+        "_moved",
+        "penny",
+    }
 )
 # folder -> (rank, group); a group may import itself and any lower rank.
 FOLDERS: Final = {
