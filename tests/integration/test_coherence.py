@@ -10,7 +10,10 @@ merged history is then checked (see ``coherence_workers.check_history``) for
 3. no invented versions: every version read was committed (or is 0, the default);
 4. convergence: once writes stop, every process reads SQL's final version of every user;
 
-plus exact counters: the shared hits + misses equal the tracker reads of all workers.
+plus exact counters: the shared hits + misses equal the tracker reads of all workers,
+no exception reaching a caller, and SQL's versions equal to the acknowledged updates.
+Every history runs on both APIs (``api``: the sync ``PersonalityTracker``, or the
+``AsyncPersonalityTracker`` awaited on an event loop, as the HTTP service runs it).
 The same checks then run while a fault thread in this process hurts Redis (pub/sub
 connections killed, a restart, CLIENT PAUSE). Two deterministic two-cache tests pin the
 case these runs found: an update committed while its write-through cannot reach Redis
@@ -49,6 +52,7 @@ from tests.integration.coherence_workers import (
     check_history,
     run_worker,
 )
+from tests.integration.coherence_workers import _targets as sql_versions
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 SPAWN = multiprocessing.get_context("spawn")
@@ -57,6 +61,8 @@ USERS: Final = tuple(f"coh-{n}" for n in range(5))
 MAX_STALENESS: Final = 0.5
 BOUND: Final = MAX_STALENESS + 0.1
 JOIN_WITHIN: Final = 45.0
+APIS: Final = ("sync", "asyncio")
+both_apis = pytest.mark.parametrize("api", APIS)
 
 FaultLoop = Callable[[Any, threading.Event, list[float]], None]  # (servers, stop, times)
 
@@ -70,13 +76,22 @@ class Run:
     stats: dict[str, Any]
     faults: list[float]  # seconds after the workload started
     began: float = 0.0  # when the workload started (time.monotonic(), as the ops)
+    api: str = "sync"
+    final: dict[str, int] = dataclasses.field(default_factory=dict)  # SQL's versions
 
     def summary(self) -> str:
         near = sum(int(r.stats.get("near_hits", 0)) for r in self.results)
         keys = ("requests", "redis_errors", "listener_reconnects", "sequence_gaps")
-        counters = ", ".join(f"{k} {self.stats[k]}" for k in keys)
+        counters = ", ".join(f"{k} {self.stats.get(k)}" for k in keys)
         faults = ", ".join(f"{t:.2f}" for t in self.faults)
-        return f"{self.report.summary()}; near hits {near}, {counters}; faults at [{faults}] s"
+        return (
+            f"{self.api}: {self.report.summary()}; near hits {near}, {counters}; "
+            f"faults at [{faults}] s"
+        )
+
+    def recheck(self, bound: float) -> Report:
+        """The same history checked against another staleness bound."""
+        return check_history(self.results, bound, self.final)
 
 
 class FaultThread(threading.Thread):
@@ -106,11 +121,18 @@ def run_history(
     *,
     options: dict[str, Any] | None = None,
     duration: float = 3.0,
+    api: str = "sync",
+    roles: tuple[str, ...] = (),
+    writer_url: str | None = None,
+    write_mode: str | None = None,
 ) -> Run:
     """Run the workers (and the fault loop, while they work) and check their history.
 
     ``server`` has a ``url`` and is what the fault loop hurts; ``options`` are more
-    Settings fields (a Sentinel or Cluster topology)."""
+    Settings fields (a Sentinel or Cluster topology); ``api``: "sync" or "asyncio";
+    ``roles``: one per worker (``WORKERS`` mixed ones when empty); ``writer_url``: the
+    Redis URL of the writer workers (a proxy), the others use ``server.url``;
+    ``write_mode``: the trackers' (None: their default)."""
     store = PersonalityStore(database_url)
     assert store.identity  # tables up front: 4 first uses at once can hit "database is locked"
     store.close()
@@ -123,12 +145,17 @@ def run_history(
         duration=duration,
         max_staleness=MAX_STALENESS,
         options=extra,
+        api=api,
+        roles=roles,
+        writer_redis_url=writer_url,
+        write_mode=write_mode,
     )
-    start, writes_done = SPAWN.Barrier(WORKERS + 1), SPAWN.Barrier(WORKERS)
-    paths = [out_dir / f"worker-{n}.json" for n in range(WORKERS)]
+    workers = len(roles) or WORKERS
+    start, writes_done = SPAWN.Barrier(workers + 1), SPAWN.Barrier(workers)
+    paths = [out_dir / f"worker-{n}.json" for n in range(workers)]
     procs = [
         SPAWN.Process(target=run_worker, args=(plan, n, start, writes_done, str(paths[n])))
-        for n in range(WORKERS)
+        for n in range(workers)
     ]
     for proc in procs:
         proc.start()
@@ -140,9 +167,10 @@ def run_history(
     finally:
         _reap(procs)
     results = [WorkerResult.load(path) for path in paths]
-    report = check_history(results, BOUND)
+    final = sql_versions(plan)
+    report = check_history(results, BOUND, final)
     stats = shared_stats(plan.settings())
-    return Run(results, report, stats, [t - began for t in fault_times], began)
+    return Run(results, report, stats, [t - began for t in fault_times], began, api, final)
 
 
 def _during(duration: float, server: Any, fault: FaultLoop | None) -> list[float]:
@@ -199,9 +227,12 @@ class CoherenceViolationError(AssertionError):
 
 
 def assert_coherent(run: Run, bound: float = BOUND) -> None:
-    """Properties (2) and (3) and the counters (plain asserts), then (4) and (1)."""
-    report = run.report if bound == BOUND else check_history(run.results, bound)
+    """Properties (2) and (3), no error reaching a caller, SQL's versions equal to the
+    acknowledged updates and the counters (plain asserts), then (4) and (1)."""
+    report = run.report if bound == BOUND else run.recheck(bound)
     assert report.writes > 0 and report.reads > 10 * WORKERS
+    assert report.errors == [], report.errors[:10]
+    assert report.uncounted == [], report.uncounted
     assert report.invented == [], report.invented[:10]
     assert report.not_own_writes == [], report.not_own_writes[:10]
     assert run.stats["shared"], "Redis must answer get_stats() at the end"
@@ -261,45 +292,49 @@ def pause_all_clients(
 # -- the tests --------------------------------------------------------------------------
 
 
+@both_apis
 def test_history_is_coherent_without_faults(
-    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path
+    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path, api: str
 ) -> None:
     """With Redis healthy, 4 processes x 5 users: (1) reads lag acknowledged updates by at
     most max_staleness, (2) read-your-writes, (3) no invented versions, (4) every process
     converges to SQL, and shared hits + misses equal the tracker reads exactly."""
-    run = run_history(own_redis, sqlite_url, namespace, tmp_path)
+    run = run_history(own_redis, sqlite_url, namespace, tmp_path, api=api)
     print(f"\n[no faults] {run.summary()}")
     assert_coherent(run)
 
 
+@both_apis
 def test_history_is_coherent_while_pubsub_connections_are_killed(
-    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path
+    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path, api: str
 ) -> None:
     """CLIENT KILL TYPE pubsub every 300 ms: a lost subscription costs near-cache hits,
     never coherence: properties (1)-(4) and exact counters hold."""
-    run = run_history(own_redis, sqlite_url, namespace, tmp_path, kill_pubsub_connections)
+    run = run_history(own_redis, sqlite_url, namespace, tmp_path, kill_pubsub_connections, api=api)
     print(f"\n[pubsub kills] {run.summary()}")
     assert run.stats["listener_reconnects"] >= WORKERS
     assert_coherent(run)
 
 
+@both_apis
 def test_history_is_coherent_across_a_redis_restart(
-    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path
+    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path, api: str
 ) -> None:
     """Redis SIGKILLed and restarted empty mid-run: reads fall back to SQL, and (1)-(4)
     and exact counters hold."""
-    run = run_history(own_redis, sqlite_url, namespace, tmp_path, restart_redis_once)
+    run = run_history(own_redis, sqlite_url, namespace, tmp_path, restart_redis_once, api=api)
     print(f"\n[restart] {run.summary()}")
     assert run.stats["redis_errors"] >= 1
     assert_coherent(run)
 
 
+@both_apis
 def test_history_is_coherent_across_client_pauses(
-    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path
+    own_redis: RedisServerProcess, sqlite_url: str, namespace: str, tmp_path: Path, api: str
 ) -> None:
     """CLIENT PAUSE 500 ALL twice mid-run: (1)-(4) and exact counters hold; updates whose
     write-through timed out reach the other near caches once Redis answers."""
-    run = run_history(own_redis, sqlite_url, namespace, tmp_path, pause_all_clients)
+    run = run_history(own_redis, sqlite_url, namespace, tmp_path, pause_all_clients, api=api)
     print(f"\n[client pause] {run.summary()}")
     assert run.stats["redis_errors"] >= 1
     assert_coherent(run)
