@@ -255,7 +255,7 @@ class PersonalityStore:
             return 0
         self._ensure_schema()
         with _translated(), self._write() as conn:
-            return outbox_rows.delete_delivered(conn, delivered)
+            return outbox_rows.delete_delivered(conn, delivered, self._clock())
 
     def _state_from_rows(self, user_id: str, rows: Sequence[Row[Any]]) -> PersonalityState:
         """The catalogue's defaults, overlaid with every row the user has; a declared

@@ -2,9 +2,12 @@
 its transactions.
 
 One row per user: the newest committed version whose write-through is not yet known to
-have reached Redis. The update's transaction upserts it; a delivered write-through
-deletes it (version-checked, so a newer row is never deleted by an older delivery); a
-sweeper replays the rows that stayed longer than a grace period.
+have reached Redis, dated by the oldest commit not known to have reached it. The
+update's transaction upserts it, keeping that date (an update used to reset it, so a
+user updated more often than the grace by a writer cut off from Redis was never due).
+A delivered write-through deletes the row, or, when a newer version is waiting, restarts
+its date at the confirmation (everything up to the delivered version is in Redis); a
+sweeper replays the rows older than a grace period.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ __all__ = ["delete_delivered", "due_rows", "record"]
 def record(conn: Connection, user_id: str, version: int, now: datetime) -> None:
     """Upsert the user's row in the update's transaction (the user's row is locked)."""
     values = {"user_id": user_id, "version": version, "created_at": now}
-    update = {"version": version, "created_at": now}
+    update = {"version": version}  # the date stays: the oldest unconfirmed commit
     dialect = conn.dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -51,12 +54,16 @@ def due_rows(conn: Connection, older_than: datetime, limit: int) -> list[tuple[s
     return [(str(row.user_id), int(row.version)) for row in conn.execute(query)]
 
 
-def delete_delivered(conn: Connection, delivered: Iterable[tuple[str, int]]) -> int:
-    """Delete each user's row if its version is at most the delivered one."""
+def delete_delivered(conn: Connection, delivered: Iterable[tuple[str, int]], now: datetime) -> int:
+    """Delete each user's row if its version is at most the delivered one; else a newer
+    version waits, unconfirmed since at most ``now``: its row is dated ``now``."""
     removed = 0
     for user_id, version in delivered:
         result = conn.execute(
             sa.delete(outbox).where(outbox.c.user_id == user_id, outbox.c.version <= version)
         )
         removed += result.rowcount
+        if not result.rowcount:
+            newer = sa.update(outbox).where(outbox.c.user_id == user_id)
+            conn.execute(newer.where(outbox.c.version > version).values(created_at=now))
     return removed
