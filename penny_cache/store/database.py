@@ -249,13 +249,17 @@ class PersonalityStore:
         with _translated(), self._engine.connect() as conn, conn.begin():
             return outbox_rows.due_rows(conn, older_than, limit)
 
-    def outbox_delivered(self, delivered: list[tuple[str, int]]) -> int:
+    def now(self) -> datetime:
+        """This store's clock (UTC): the outbox dates confirmations with it."""
+        return self._clock()
+
+    def outbox_delivered(self, delivered: list[outbox_rows.Delivery]) -> int:
         """Forget the outbox rows of these delivered versions (older rows only)."""
         if not delivered:
             return 0
         self._ensure_schema()
         with _translated(), self._write() as conn:
-            return outbox_rows.delete_delivered(conn, delivered, self._clock())
+            return outbox_rows.delete_delivered(conn, delivered)
 
     def _state_from_rows(self, user_id: str, rows: Sequence[Row[Any]]) -> PersonalityState:
         """The catalogue's defaults, overlaid with every row the user has; a declared

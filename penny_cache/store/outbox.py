@@ -23,6 +23,7 @@ from penny_cache.errors import PennyCacheError
 from penny_cache.observe.ratelog import RateLimitedLog
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
+from penny_cache.store.outbox_rows import Delivery
 from penny_cache.store.shared import Shared
 
 __all__ = ["SWEEPERS", "OutboxSweeper", "shared_sweeper"]
@@ -48,7 +49,7 @@ class OutboxSweeper:
         self._interval = interval
         self._grace = grace
         self._lock = threading.Lock()
-        self._delivered: list[tuple[str, int]] = []
+        self._delivered: list[Delivery] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._errors = RateLimitedLog(log, 60.0, monotonic)
@@ -58,7 +59,7 @@ class OutboxSweeper:
     def delivered(self, user_id: str, version: int) -> None:
         """This process's write-through of ``version`` reached Redis: forget its row."""
         with self._lock:
-            self._delivered.append((user_id, version))
+            self._delivered.append(Delivery(user_id, version, self._store.now()))
 
     def start(self) -> None:
         if self._thread is None or not self._thread.is_alive():
@@ -83,11 +84,11 @@ class OutboxSweeper:
         with self._lock:
             done, self._delivered = self._delivered, []
         self._store.outbox_delivered(done)
-        replayed: list[tuple[str, int]] = []
+        replayed: list[Delivery] = []
         for user_id, _version in self._store.outbox_due(self._grace if grace is None else grace):
             state = self._store.load(user_id)  # the newest committed version, not the row's
             if self._publish(state):
-                replayed.append((user_id, state.version))
+                replayed.append(Delivery(user_id, state.version, self._store.now()))
         self._store.outbox_delivered(replayed)
         self.replayed += len(replayed)
         return len(replayed)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from penny_cache.store.schema import outbox
 
-__all__ = ["delete_delivered", "due_rows", "record"]
+__all__ = ["Delivery", "delete_delivered", "due_rows", "record"]
 
 
 def record(conn: Connection, user_id: str, version: int, now: datetime) -> None:
@@ -54,16 +55,29 @@ def due_rows(conn: Connection, older_than: datetime, limit: int) -> list[tuple[s
     return [(str(row.user_id), int(row.version)) for row in conn.execute(query)]
 
 
-def delete_delivered(conn: Connection, delivered: Iterable[tuple[str, int]], now: datetime) -> int:
+class Delivery(NamedTuple):
+    """A version confirmed in Redis, and when it was confirmed."""
+
+    user_id: str
+    version: int
+    confirmed_at: datetime
+
+
+def delete_delivered(conn: Connection, delivered: Iterable[Delivery]) -> int:
     """Delete each user's row if its version is at most the delivered one; else a newer
-    version waits, unconfirmed since at most ``now``: its row is dated ``now``."""
+    version waits, unconfirmed since at most the confirmation: its row takes that date
+    (never a later one)."""
     removed = 0
-    for user_id, version in delivered:
+    for user_id, version, confirmed_at in delivered:
         result = conn.execute(
             sa.delete(outbox).where(outbox.c.user_id == user_id, outbox.c.version <= version)
         )
         removed += result.rowcount
         if not result.rowcount:
-            newer = sa.update(outbox).where(outbox.c.user_id == user_id)
-            conn.execute(newer.where(outbox.c.version > version).values(created_at=now))
+            newer = sa.update(outbox).where(
+                outbox.c.user_id == user_id,
+                outbox.c.version > version,
+                outbox.c.created_at < confirmed_at,
+            )
+            conn.execute(newer.values(created_at=confirmed_at))
     return removed

@@ -13,6 +13,7 @@ from penny_cache.policy.near import NearCache
 from penny_cache.policy.ops import Delete
 from penny_cache.redis.backend import RedisBackend
 from penny_cache.store.database import PersonalityStore
+from penny_cache.store.outbox_rows import Delivery
 from penny_cache.tracker import PersonalityTracker
 from tests.conftest import FakeClock, FakeUTCClock
 from tests.unit.test_cache import _DownBackend
@@ -127,3 +128,34 @@ def test_fail_safe_reads_serve_the_last_known_state_only_when_asked(
 
 def _raise_down(*_args: object, **_kwargs: object) -> Any:
     raise StoreUnavailableError("database is down")
+
+
+def test_a_user_updated_faster_than_the_grace_still_becomes_due(
+    store: PersonalityStore, utc_clock: FakeUTCClock
+) -> None:
+    """Updates every 0.6 s by a writer that cannot reach Redis, with a 1 s grace: the
+    row keeps the date of the oldest unconfirmed commit, so it is due 1 s after the
+    first (each update used to re-date it: never due while the writer kept writing)."""
+    cache = PersonalityCache(_DownBackend(), stats_flush_interval=None)
+    tracker = _tracker(store, cache)
+    for value in (0.1, 0.2, 0.3):
+        tracker.update_personality_dimension("eli", DIM, value)
+        utc_clock.advance(seconds=0.6)
+    assert store.outbox_due(grace=1.0) == [("eli", 3)]
+    cache.close()
+
+
+def test_an_older_confirmation_dates_the_newer_row_from_that_confirmation(
+    store: PersonalityStore, utc_clock: FakeUTCClock
+) -> None:
+    """Version 1 confirmed in Redis while version 2 waits: version 2's row is due one
+    grace after that confirmation, never sooner (everything up to 1 is in Redis) and
+    never later."""
+    store.update_dimension("fay", DIM, 0.1)
+    utc_clock.advance(seconds=5)
+    store.update_dimension("fay", DIM, 0.2)
+    store.outbox_delivered([Delivery("fay", 1, store.now())])
+    utc_clock.advance(seconds=0.9)
+    assert store.outbox_due(grace=1.0) == []
+    utc_clock.advance(seconds=0.2)
+    assert store.outbox_due(grace=1.0) == [("fay", 2)]
