@@ -91,3 +91,13 @@ def test_quick_strict_benchmark_reports_both_modes_and_their_ratios(tmp_path: Pa
     extra = modes["strict"]["round_trips_per_update"] - modes["available"]["round_trips_per_update"]
     assert extra == 1
     assert set(report["ratios_strict_vs_available"]) == {"p50", "p99", "round_trips"}
+
+
+def test_quick_bound_benchmark_reports_every_path_and_the_sweep_rates(tmp_path: Path) -> None:
+    """The staleness-bound benchmark's quick run exits 0, times every read path it names
+    (gate on and off, token or not, the floor), and counts the SQL an idle sweep makes
+    (more than nothing: the due-rows query always runs)."""
+    report = run_quick("bench_bound", tmp_path)
+    assert len(report["reads_ns_per_call"]) == 5
+    assert all(ns > 0 for ns in report["reads_ns_per_call"].values())
+    assert report["outbox_sql_statements_per_second"]["old default interval (5 s)"] > 0
