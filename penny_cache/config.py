@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from penny_cache.errors import ConfigurationError
@@ -204,6 +204,15 @@ class Settings:
         if self.near_cache_ttl is not None:
             return self.near_cache_ttl
         return min(10.0, self.cache_ttl / 10)
+
+    def tracker_options(self) -> dict[str, Any]:
+        """The keyword arguments both trackers take from these settings."""
+        return {
+            "outbox_interval": self.outbox_interval,
+            "outbox_grace": self.outbox_grace,
+            "serve_stale": self.serve_stale,
+            "write_mode": self.write_mode,
+        }
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:

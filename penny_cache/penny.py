@@ -246,14 +246,7 @@ def _core(
         raise ConfigurationError("the store was given another catalogue than catalogue=")
     if cache is None:
         cache = get_shared_cache() if settings is None else _shared_cache(settings)
-    built = PersonalityTracker(
-        store,
-        cache,
-        outbox_interval=config.outbox_interval,
-        outbox_grace=config.outbox_grace,
-        serve_stale=config.serve_stale,
-        write_mode=config.write_mode,
-    )
+    built = PersonalityTracker(store, cache, **config.tracker_options())
     owned.append(built.close)
     return _Core(built, user_id, owned)
 

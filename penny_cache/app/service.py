@@ -345,14 +345,7 @@ def create_app(
         metrics, registry = for_worker(multiprocess_dir)
         cache = AsyncPersonalityCache.from_settings(settings, metrics=metrics)
         store = PersonalityStore(settings.database_url, catalogue=catalogue)
-        tracker = AsyncPersonalityTracker(
-            store,
-            cache,
-            outbox_interval=settings.outbox_interval,
-            outbox_grace=settings.outbox_grace,
-            serve_stale=settings.serve_stale,
-            write_mode=settings.write_mode,
-        )
+        tracker = AsyncPersonalityTracker(store, cache, **settings.tracker_options())
         stats = _Stats(cache.get_stats, monotonic)
         app.state.service = _Service(tracker, stats, registry)
         try:
