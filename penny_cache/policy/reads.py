@@ -194,7 +194,7 @@ class CachePolicy(DropInPolicy):
         return None
 
     def count_lookup(self, *, hit: bool) -> None:
-        """Count a lookup answered by another caller's shared one, as that one counted."""
+        """Count one lookup, as a hit or a miss (also for a caller that shared another's)."""
         (self._local_counters.hit if hit else self._local_counters.miss)()
 
     def last_known(self, user_id: str) -> PersonalityState | None:
@@ -244,18 +244,23 @@ class CachePolicy(DropInPolicy):
         outbox sweep publishes the versions other processes could not deliver."""
         self._recovery.add_step(step)
 
+    def _redis_usable_flow(self, user_id: str) -> Flow[bool]:
+        """Whether Redis may answer for ``user_id`` now; if not, one miss is counted and
+        SQL answers: after a lost proof until recovered, or while a write-through of
+        this user is still undelivered (Redis may hold the version it replaced)."""
+        usable = self.redis_trusted()
+        if usable and self._pending:
+            usable = yield from self._drain_flow(user_id)
+        if not usable:
+            self._local_counters.miss()
+        return usable
+
     def get_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         """The shared-tier read behind a near miss; counts one hit or miss."""
         key = self._keys.state(user_id)
         ticket = self.ticket()
-        if not self.redis_trusted():
-            self._local_counters.miss()  # after a lost proof, SQL answers until recovered
+        if not (yield from self._redis_usable_flow(user_id)):
             return None
-        if self._pending:
-            delivered = yield from self._drain_flow(user_id)
-            if not delivered:
-                self._local_counters.miss()  # Redis may still hold a version we replaced
-                return None
         state = yield from self.lookup_flow(key, user_id, decode_state)
         if state is not None and self._near is not None and ticket is not None:
             self._near.put(state, ticket)
@@ -275,7 +280,7 @@ class CachePolicy(DropInPolicy):
         if value is _UNREADABLE:
             yield from self._quiet(Delete(key))
             value = None
-        (self._local_counters.hit if value is not None else self._local_counters.miss)()
+        self.count_lookup(hit=value is not None)
         return value
 
     def _decode(self, payload: bytes, user_id: str, decode: Callable[[bytes, str], _V]) -> Any:
@@ -310,14 +315,8 @@ class CachePolicy(DropInPolicy):
         one), or another process loading it (a miss and None: wait for its fill). An
         entry older than ``min_version`` is a miss, loaded without a lease."""
         key = self._keys.state(user_id)
-        if not self.redis_trusted():
-            self._local_counters.miss()  # after a lost proof, SQL answers until recovered
+        if not (yield from self._redis_usable_flow(user_id)):
             return None, ""
-        if self._pending:
-            delivered = yield from self._drain_flow(user_id)
-            if not delivered:
-                self._local_counters.miss()  # Redis may still hold a version we replaced
-                return None, ""
         token = f"{self.process_id}:{next(self._tokens)}"
         try:
             result = yield TryLease(key, self._keys.lease(user_id), token, self._lease_ms)
@@ -334,7 +333,7 @@ class CachePolicy(DropInPolicy):
             elif state is not None and state.version < min_version:
                 state = None  # older than the caller's own write: SQL answers
             result, token = False, ""  # no lease was taken: load without one
-        (self._local_counters.hit if state is not None else self._local_counters.miss)()
+        self.count_lookup(hit=state is not None)
         if state is not None and self._near is not None and ticket is not None:
             self._near.put(state, ticket)
         return state, (token if result or not token else None)
