@@ -94,10 +94,6 @@ class PersonalityCache(_Wired):
                     return entry.state
         return self._run(self.get_flow(user_id))
 
-    def lookup(self, key: str, user_id: str, decode: Callable[[bytes, str], _V]) -> _V | None:
-        """Read and decode one entry, counting one hit or miss (shared with the drop-in)."""
-        return self._run(self.lookup_flow(key, user_id, decode))
-
     def fill(self, state: PersonalityState, ticket: Ticket | None, lease: str = "") -> bool:
         """Cache a state just read from SQL, unless a newer version is already cached."""
         return self._run(self.fill_flow(state, ticket, lease))
@@ -112,17 +108,9 @@ class PersonalityCache(_Wired):
         """Publish a just-committed state (counts an invalidation); kept if Redis fails."""
         return self._run(self.write_through_flow(state))
 
-    def store_unversioned(self, key: str, payload: bytes) -> bool:
-        """Plain SET with the TTL, for the drop-in's unversioned mappings."""
-        return self._run(self.store_unversioned_flow(key, payload))
-
     def invalidate(self, user_id: str) -> bool:
         """Drop ``user_id``'s entry here, in Redis and in every near cache."""
         return self._run(self.invalidate_flow(user_id))
-
-    def invalidate_key(self, key: str) -> bool:
-        """Drop one entry by key and count an invalidation (the drop-in's entries)."""
-        return self._run(self.invalidate_key_flow(key))
 
     def clear(self, pattern: str | None = None) -> int:
         """Remove this namespace and store's entries and empty every near cache."""

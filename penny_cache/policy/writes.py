@@ -21,11 +21,9 @@ from penny_cache.policy.near import NearCache
 from penny_cache.policy.ops import (
     CacheOp,
     CountMatching,
-    Delete,
     DropPublish,
     InvalidatePublish,
     PublishFlush,
-    Set,
     UnlinkMatching,
     WritePublish,
 )
@@ -163,15 +161,6 @@ class WritePolicy(StrictWrites):
         ttl_ms = max(1, int(self._ttl * spread * 1000))
         return Entry(self._keys.state(user_id), state.version, encode_state(state), ttl_ms)
 
-    def store_unversioned_flow(self, key: str, payload: bytes) -> Flow[bool]:
-        """Plain SET with the TTL of unversioned bytes (the drop-in has its own flows in
-        ``dropin.DropInPolicy``)."""
-        ttl_ms = max(1, int(self._ttl * 1000))
-        if not (yield from self._quiet(Set(key, payload, ttl_ms), default=False)):
-            return False
-        self._counters.incr("sets")
-        return True
-
     def invalidate_flow(self, user_id: str) -> Flow[bool]:
         """Drop ``user_id``'s entry here, in Redis and in every near cache; False if Redis
         could not be reached (other processes then learn it when their listener drops)."""
@@ -184,13 +173,6 @@ class WritePolicy(StrictWrites):
             self._near.invalidate(user_id, None)
         op = InvalidatePublish(key, seq_key, channel, encode_user_id(user_id))
         if not (yield from self._quiet(op, default=False)):
-            return False
-        self._counters.incr("invalidations")
-        return True
-
-    def invalidate_key_flow(self, key: str) -> Flow[bool]:
-        """Drop one entry by key and count an invalidation."""
-        if not (yield from self._quiet(Delete(key), default=False)):
             return False
         self._counters.incr("invalidations")
         return True

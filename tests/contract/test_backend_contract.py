@@ -175,8 +175,7 @@ class BackendContract(DropInContract):
 
     def test_set_stores_the_payload_with_its_ttl(self, harness: Harness, keys: KeySchema) -> None:
         """Set writes the payload unconditionally (over a newer version too) with the given
-        TTL, and answers truthy (the drop-in's ``store_unversioned_flow`` counts a set
-        only on a truthy answer)."""
+        TTL, and answers truthy."""
         key = keys.legacy(USER)
         harness.raw.set(key, _env(9))
         assert harness.run(Set(key, b"plain", 5_000))

@@ -13,6 +13,7 @@ from penny_cache.codec import encode_state
 from penny_cache.errors import InvalidInputError, StoreMismatchError, UnknownDimensionError
 from penny_cache.policy.flows import Flow
 from penny_cache.policy.near import Ticket
+from penny_cache.policy.ops import Set
 from penny_cache.redis.backend import RedisBackend
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
@@ -53,8 +54,8 @@ class PlainCacheAside(PersonalityCache):
     """The naive policy the race test must catch: a fill is an unconditional SET."""
 
     def fill_flow(self, state: PersonalityState, ticket: Ticket | None, lease: str) -> Flow[bool]:
-        key = self.keys.state(state.user_id)
-        return (yield from self.store_unversioned_flow(key, encode_state(state)))
+        yield Set(self.keys.state(state.user_id), encode_state(state), int(self.ttl * 1000))
+        return True
 
 
 @pytest.fixture
