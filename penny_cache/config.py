@@ -126,6 +126,10 @@ class Settings:
     outbox_interval: float = 0.5
     outbox_grace: float = 1.0
     write_mode: str = "available"
+    value_key: str | None = field(default=None, repr=False)
+    value_key_previous: str | None = field(default=None, repr=False)
+    log_id_key: str | None = field(default=None, repr=False)
+    history_days: float | None = None
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))
@@ -298,8 +302,14 @@ _ENV_NAMES: Final = {
     "outbox_interval": "PENNY_OUTBOX_INTERVAL",
     "outbox_grace": "PENNY_OUTBOX_GRACE",
     "write_mode": "PENNY_WRITE_MODE",
+    "value_key": "PENNY_VALUE_KEY",
+    "value_key_previous": "PENNY_VALUE_KEY_PREVIOUS",
+    "log_id_key": "PENNY_LOG_ID_KEY",
+    "history_days": "PENNY_HISTORY_DAYS",
 }
-_VERBATIM: Final = frozenset({"redis_password", "redis_username"})
+_VERBATIM: Final = frozenset(
+    {"redis_password", "redis_username", "value_key", "value_key_previous", "log_id_key"}
+)
 _DURATIONS: Final = (
     "cache_ttl",
     "redis_timeout",
@@ -349,4 +359,5 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
     "serve_stale": _parse_bool,
     "outbox_interval": float,
     "outbox_grace": float,
+    "history_days": float,
 }

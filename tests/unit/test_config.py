@@ -43,6 +43,10 @@ ALL_VARIABLES = {
     "PENNY_OUTBOX_INTERVAL": "10",
     "PENNY_OUTBOX_GRACE": "3",
     "PENNY_WRITE_MODE": "strict",
+    "PENNY_VALUE_KEY": "k" * 32,
+    "PENNY_VALUE_KEY_PREVIOUS": "p" * 32,
+    "PENNY_LOG_ID_KEY": "l" * 32,
+    "PENNY_HISTORY_DAYS": "90",
 }
 # Sentinel and Cluster exclude each other: the all-variables case uses Sentinel.
 SENTINEL_VARIABLES = {k: v for k, v in ALL_VARIABLES.items() if k != "PENNY_REDIS_CLUSTER"}
@@ -102,6 +106,10 @@ def test_every_variable_is_parsed() -> None:
         outbox_interval=10.0,
         outbox_grace=3.0,
         write_mode="strict",
+        value_key="k" * 32,
+        value_key_previous="p" * 32,
+        log_id_key="l" * 32,
+        history_days=90.0,
     )
     assert isinstance(settings.cache_ttl, float)
     assert settings.redis_topology == "sentinel"
