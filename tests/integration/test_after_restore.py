@@ -1,0 +1,143 @@
+"""Issue #16, item 3 (restore): ``penny-cache after-restore`` makes Redis agree with a
+database restored to an older point (real redis-server, PostgreSQL, two worker caches:
+one sync tracker, one asyncio tracker, each with its near cache and listener)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from typing import Final
+
+import pytest
+import sqlalchemy as sa
+
+from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
+from penny_cache.state import PersonalityState
+from penny_cache.store.database import PersonalityStore
+from penny_cache.tracker import AsyncPersonalityTracker, PersonalityTracker
+
+pytestmark = pytest.mark.integration
+
+DIM: Final = "communication_formality"
+USER: Final = "restored-user"
+
+
+def _restore_to_version_2(url: str) -> None:
+    """What a restore to the point after version 2 leaves in SQL, done behind the
+    workers' backs: the user's row and dimension as at version 2, no later history."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(
+            sa.text("UPDATE penny_personality_users SET version = 2 WHERE user_id = :u"),
+            {"u": USER},
+        )
+        conn.execute(
+            sa.text(
+                "UPDATE penny_personality_dimensions SET numeric_value = 0.2 "
+                "WHERE user_id = :u AND dimension = :d"
+            ),
+            {"u": USER, "d": DIM},
+        )
+        conn.execute(
+            sa.text("DELETE FROM penny_personality_history WHERE user_id = :u AND version > 2"),
+            {"u": USER},
+        )
+        conn.execute(sa.text("DELETE FROM penny_outbox WHERE user_id = :u"), {"u": USER})
+    engine.dispose()
+
+
+def _cli(
+    *args: str, redis_url: str, database_url: str, namespace: str
+) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PENNY_")}
+    environ.update(
+        PENNY_REDIS_URL=redis_url, PENNY_DATABASE_URL=database_url, PENNY_NAMESPACE=namespace
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "penny_cache.app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=environ,
+        timeout=60,
+        check=False,
+    )
+
+
+def _value(state: PersonalityState) -> tuple[int, object]:
+    return state.version, state.dimensions[DIM].value
+
+
+def test_after_restore_makes_both_workers_serve_the_restored_database(
+    redis_url: str, postgres_url: str, namespace: str
+) -> None:
+    """What used to happen: after a restore to version 2, Redis still held version 5 and
+    refused the restored database's next commit (version 3) as older, so workers served
+    version 5 for up to PENNY_CACHE_TTL, and nothing said what to do. Shown first here;
+    then `penny-cache after-restore` refuses without --yes (exit 2, one line, nothing
+    dropped), and with it drops the namespace's entries and flushes every near cache:
+    both workers serve version 3 and later writes go through again."""
+    sync_cache = PersonalityCache.from_url(redis_url, namespace=namespace)
+    worker_a = PersonalityTracker(PersonalityStore(postgres_url), sync_cache, outbox_interval=None)
+    async_cache = AsyncPersonalityCache.from_url(redis_url, namespace=namespace)
+    worker_b = AsyncPersonalityTracker(
+        PersonalityStore(postgres_url), async_cache, outbox_interval=None
+    )
+    redis_view = PersonalityCache.from_url(
+        redis_url, namespace=namespace, near_cache=False, store=PersonalityStore(postgres_url)
+    )
+    cli = {"redis_url": redis_url, "database_url": postgres_url, "namespace": namespace}
+    with asyncio.Runner() as loop:
+
+        def read_b() -> tuple[int, object]:
+            return _value(loop.run(worker_b.get_current_personality_state(USER)))
+
+        def read_a() -> tuple[int, object]:
+            return _value(worker_a.get_current_personality_state(USER))
+
+        try:
+            for n in range(1, 6):
+                worker_a.update_personality_dimension(USER, DIM, n / 10)
+            assert read_a() == read_b() == (5, 0.5)
+
+            _restore_to_version_2(postgres_url)
+            put = loop.run(worker_b.update_personality_dimension(USER, DIM, 0.7))
+            assert _value(put) == (3, 0.7)  # committed on the restored database
+            # the finding: Redis refused version 3, worker A serves version 5
+            assert read_a() == (5, 0.5)
+            entry = redis_view.get(USER)
+            assert entry is not None and entry.version == 5
+            print(f"\n[before after-restore] A {read_a()}, B {read_b()}, Redis {entry.version}")
+
+            refused = _cli("after-restore", **cli)
+            assert refused.returncode == 2
+            assert len(refused.stderr.strip().splitlines()) == 1 and "--yes" in refused.stderr
+            assert redis_view.get(USER) is not None  # nothing dropped
+
+            done = _cli("after-restore", "--yes", **cli)
+            finished = time.monotonic()
+            assert done.returncode == 0, done.stderr
+            assert "dropped 1 entries" in done.stdout, done.stdout
+            deadline = time.monotonic() + 5
+            while (read_a(), read_b()) != ((3, 0.7), (3, 0.7)):
+                assert time.monotonic() < deadline, f"still A {read_a()}, B {read_b()}"
+                time.sleep(0.01)
+            print(f"[after-restore] {done.stdout.strip()}")
+            took = time.monotonic() - finished
+            print(f"[after-restore] both workers on version 3 {took:.3f} s after it returned")
+
+            worker_a.update_personality_dimension(USER, DIM, 0.8)  # written through again
+            entry = redis_view.get(USER)
+            assert entry is not None and entry.version == 4
+            deadline = time.monotonic() + 5
+            while read_b() != (4, 0.8):
+                assert time.monotonic() < deadline, f"worker B still on {read_b()}"
+                time.sleep(0.01)
+        finally:
+            worker_a.close()
+            worker_b.close()
+            sync_cache.close()
+            loop.run(async_cache.aclose())
+            redis_view.close()
