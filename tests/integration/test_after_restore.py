@@ -12,9 +12,14 @@ import time
 from typing import Final
 
 import pytest
+import redis
 import sqlalchemy as sa
 
+from penny_cache.app.embedded import free_port
+from penny_cache.app.maintenance import after_restore
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
+from penny_cache.config import Settings
+from penny_cache.keys import KeySchema
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import AsyncPersonalityTracker, PersonalityTracker
@@ -141,3 +146,47 @@ def test_after_restore_makes_both_workers_serve_the_restored_database(
             sync_cache.close()
             loop.run(async_cache.aclose())
             redis_view.close()
+
+
+def test_after_restore_drops_entries_leases_and_dropin_keys_only(
+    redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command drops what could carry pre-restore state: entries of every store
+    scope (a restore into a new database has a new identity), loader leases and the
+    drop-in's keys; the invalidation sequence, the shared counters and other namespaces
+    stay (counters are history, and a lost sequence would only flush every near cache
+    once more)."""
+    client = redis.Redis.from_url(redis_url)
+    keys = KeySchema(namespace, "scope1")
+    doomed = [
+        keys.state("ann"),
+        keys.with_scope("scope2").state("bob"),
+        keys.lease("ann"),
+        keys.legacy("ann"),
+        keys.legacy_ticket("ann"),
+        keys.legacy_index(),
+    ]
+    kept = [keys.sequence(), keys.counters("p1"), KeySchema(f"{namespace}x", "scope1").state("ann")]
+    for key in doomed + kept:
+        client.set(key, b"1")
+    settings = Settings(redis_url=redis_url, namespace=namespace)
+    assert after_restore(settings, confirmed=True) == 0
+    assert "dropped 2 entries, 1 loader leases and 3 drop-in keys" in capsys.readouterr().out
+    assert [client.exists(key) for key in doomed] == [0] * len(doomed)
+    assert [client.exists(key) for key in kept] == [1] * len(kept)
+    client.delete(*kept)
+
+
+def test_after_restore_reports_an_unreachable_redis(namespace: str) -> None:
+    """Redis down: exit 1 with one line naming where (no password), nothing claimed."""
+    result = _cli(
+        "after-restore",
+        "--yes",
+        redis_url=f"redis://user:secret@127.0.0.1:{free_port()}/0",
+        database_url="sqlite://",
+        namespace=namespace,
+    )
+    assert result.returncode == 1
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cannot reach Redis" in result.stderr and "secret" not in result.stderr
+    assert "dropped" not in result.stdout
