@@ -190,3 +190,30 @@ def test_after_restore_reports_an_unreachable_redis(namespace: str) -> None:
     assert len(result.stderr.strip().splitlines()) == 1
     assert "cannot reach Redis" in result.stderr and "secret" not in result.stderr
     assert "dropped" not in result.stdout
+
+
+def test_after_restore_fails_loudly_when_redis_refuses_the_clear(
+    redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The cache's clear path answers a count and logs failures instead of raising: an
+    ACL user that may not UNLINK would have been told "dropped 0 entries" and exit 0.
+    The command exits 1 and says to run it again; the entry is still there."""
+    client = redis.Redis.from_url(redis_url)
+    user = f"restore-{namespace}"
+    client.acl_setuser(user, enabled=True, passwords=["+pw"], keys=["*"], channels=["*"],
+                       commands=["+@all", "-unlink"])  # fmt: skip
+    key = KeySchema(namespace, "scope1").state("ann")
+    client.set(key, b"1")
+    try:
+        host, port = (
+            client.connection_pool.connection_kwargs["host"],
+            client.connection_pool.connection_kwargs["port"],
+        )
+        settings = Settings(redis_url=f"redis://{user}:pw@{host}:{port}/0", namespace=namespace)
+        assert after_restore(settings, confirmed=True) == 1
+        err = capsys.readouterr().err
+        assert "did not complete" in err and "run it again" in err
+        assert client.exists(key) == 1
+    finally:
+        client.acl_deluser(user)
+        client.delete(key)
