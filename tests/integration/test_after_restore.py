@@ -1,6 +1,7 @@
 """Issue #16, item 3 (restore): ``penny-cache after-restore`` makes Redis agree with a
 database restored to an older point (real redis-server, PostgreSQL, two worker caches:
-one sync tracker, one asyncio tracker, each with its near cache and listener)."""
+one sync tracker, one asyncio tracker, each with its near cache and listener;
+and a three-node Redis Cluster)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from penny_cache.keys import KeySchema
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import AsyncPersonalityTracker, PersonalityTracker
+from tests.topologies import RedisClusterProcesses, running
 
 pytestmark = pytest.mark.integration
 
@@ -217,3 +219,41 @@ def test_after_restore_fails_loudly_when_redis_refuses_the_clear(
     finally:
         client.acl_deluser(user)
         client.delete(key)
+
+
+def test_after_restore_drops_entries_on_every_cluster_node(
+    sqlite_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On a Redis Cluster the entries of one namespace live on every primary: the
+    command (the cache's clear path: SCAN of every node, UNLINK per slot) drops them
+    all, and the next read fills from SQL."""
+    with running(RedisClusterProcesses(), "a Redis Cluster") as cluster:
+        settings = Settings(
+            redis_url=cluster.url, redis_cluster=True, database_url=sqlite_url, namespace=namespace
+        )
+        store = PersonalityStore(sqlite_url)
+        cache = PersonalityCache.from_settings(settings, store=store, stats_flush_interval=None)
+        tracker = PersonalityTracker(store, cache, outbox_interval=None)
+        try:
+            users = [f"user-{n}" for n in range(60)]
+            for user in users:
+                tracker.update_personality_dimension(user, DIM, 0.4)
+            pattern = f"{namespace}:v1:*:state:*"
+            before = _keys_per_node(cluster, pattern)
+            assert sum(before) == len(users) and all(before), before
+            assert after_restore(settings, confirmed=True) == 0
+            assert f"dropped {len(users)} entries" in capsys.readouterr().out
+            assert _keys_per_node(cluster, pattern) == [0] * len(cluster.nodes)
+            assert tracker.get_current_personality_state(users[0]).version == 1
+        finally:
+            tracker.close()
+            cache.close()
+            store.close()
+
+
+def _keys_per_node(cluster: RedisClusterProcesses, pattern: str) -> list[int]:
+    counts = []
+    for node in cluster.nodes:
+        with redis.Redis(port=node.port) as client:
+            counts.append(sum(1 for _ in client.scan_iter(match=pattern, count=500)))
+    return counts
