@@ -238,8 +238,8 @@ class PersonalityStore:
         transactions of at most ``batch`` rows, at most ``max_batches`` of them (0: until
         none is left); the number deleted. State rows are never touched. Idempotent:
         processes sweeping at once only share the work."""
+        before = self._clock() - timedelta(days=history_rows.valid_days(days))
         self._ensure_schema()
-        before = self._clock() - timedelta(days=days)
         deleted = batches = 0
         with _translated():
             if not self._history_indexed:

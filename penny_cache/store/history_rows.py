@@ -8,6 +8,7 @@ processes sweeping at once only share the work (a row deleted twice is deleted o
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Final
 
@@ -15,12 +16,24 @@ import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Row
 
+from penny_cache.errors import InvalidInputError
 from penny_cache.state import DimensionValue, EvolutionRecord
 from penny_cache.store.schema import history, history_time_index
 
-__all__ = ["delete_batch", "ensure_time_index", "record", "since"]
+__all__ = ["MAX_DAYS", "delete_batch", "ensure_time_index", "record", "since", "valid_days"]
 
 _MAX_BATCH: Final = 10_000
+MAX_DAYS: Final = 36_500  # a century: the furthest a datetime subtraction stays valid
+
+
+def valid_days(days: object) -> float:
+    """A retention in days, or ``InvalidInputError``: zero or a negative number would
+    delete every row (or rows from the future), so they are refused, not clamped."""
+    if isinstance(days, bool) or not isinstance(days, int | float):
+        raise InvalidInputError(f"history days must be a number, got {days!r}")
+    if not math.isfinite(days) or not 0 < days <= MAX_DAYS:
+        raise InvalidInputError(f"history days must be in (0, {MAX_DAYS}], got {days!r}")
+    return float(days)
 
 
 def record(

@@ -34,6 +34,7 @@ from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.observe.ratelog import RateLimitedLog
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
+from penny_cache.store.history_rows import valid_days
 from penny_cache.store.outbox_backoff import RowBackoff
 from penny_cache.store.outbox_rows import Delivery, DueRow
 from penny_cache.store.shared import Shared
@@ -86,7 +87,7 @@ class OutboxSweeper:
         self._monotonic = monotonic
         self._backoff = RowBackoff(min(max(interval, 0.1), limits.backoff_cap), limits.backoff_cap)
         self._resume: DueRow | None = None
-        self._history_days = history_days
+        self._history_days = None if history_days is None else valid_days(history_days)
         self._history_at = float("-inf")
         self._metrics = metrics
         self._lock = threading.Lock()

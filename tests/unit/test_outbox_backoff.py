@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 
+from penny_cache.errors import InvalidInputError
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 from penny_cache.store.outbox import HISTORY_EVERY, OutboxSweeper, SweepLimits
@@ -143,3 +144,17 @@ def test_the_sweeper_trims_history_at_most_once_a_minute(
     assert sweeper.history_deleted == 2
     assert store.load("ann").version == 2
     assert timedelta(days=7) < utc_clock.now - store.load("ann").updated_at
+
+
+@pytest.mark.parametrize("days", [0, -1, float("nan"), float("inf"), 36501, True, "7"])
+def test_a_retention_that_would_delete_everything_is_refused(
+    store: PersonalityStore, clock: FakeClock, days: object
+) -> None:
+    """Zero or negative days would delete every history row (or rows from the future):
+    the store and the sweeper refuse them instead of deleting anything."""
+    store.update_dimension("ann", DIM, 0.1)
+    with pytest.raises(InvalidInputError, match="history days"):
+        store.sweep_history(days)  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="history days"):
+        _sweeper(store, _Publisher(set()), clock, history_days=days)
+    assert len(store.history("ann")) == 1
