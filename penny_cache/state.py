@@ -49,6 +49,7 @@ __all__ = [
     "conform",
     "conformer",
     "default_state",
+    "is_noncharacter",
     "validate_confidence",
     "validate_confidence_change",
     "validate_dimension_name",
@@ -89,7 +90,36 @@ def _valid_user_id(user_id: str) -> str:
         raise InvalidUserIdError(f"user id is {size} bytes; the limit is {MAX_USER_ID_BYTES}")
     if any(unicodedata.category(ch) == "Cc" for ch in user_id):
         raise InvalidUserIdError("user id must not contain control characters")
+    _refuse_invisible_and_aliases(user_id)
     return user_id
+
+
+def is_noncharacter(ch: str) -> bool:
+    """U+FDD0..U+FDEF and the last two code points of every plane (U+xFFFE, U+xFFFF)."""
+    point = ord(ch)
+    return 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE
+
+
+def _refuse_invisible_and_aliases(user_id: str) -> None:
+    """One person, one id: an id that renders like another, or is another's spelling,
+    would split one user's state in two (or let a look-alike pass as someone else).
+    Refusing beats normalising, which would silently alias ids already stored."""
+    for ch in user_id:
+        if unicodedata.category(ch) == "Cf":
+            raise InvalidUserIdError(
+                f"user id must not contain format characters (U+{ord(ch):04X}: zero-width, "
+                "bidirectional or other invisible characters)"
+            )
+        if ch == "\ufffd" or is_noncharacter(ch):
+            raise InvalidUserIdError(
+                f"user id must not contain U+{ord(ch):04X} (a noncharacter or the "
+                "replacement character)"
+            )
+    if not unicodedata.is_normalized("NFC", user_id):
+        raise InvalidUserIdError(
+            "user id is not in Unicode NFC: normalise it first "
+            "(unicodedata.normalize('NFC', user_id)) so one person has one id"
+        )
 
 
 def validate_dimension_name(dimension: object, catalogue: Catalogue = PENNY) -> str:
@@ -114,7 +144,7 @@ def validate_confidence(confidence: object) -> float | None:
         return None
     if not _is_real(confidence) or not 0.0 <= float(confidence) <= 1.0:  # type: ignore[arg-type]
         raise InvalidValueError(f"confidence must be a number in [0, 1], got {confidence!r}")
-    return float(confidence)  # type: ignore[arg-type]
+    return float(confidence) + 0.0  # type: ignore[arg-type]  # -0.0 is stored as 0.0
 
 
 def validate_confidence_change(change: object) -> float:
