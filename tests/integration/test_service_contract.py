@@ -38,6 +38,7 @@ pytestmark = pytest.mark.integration
 
 FORMALITY = "/personality/{user}/dimensions/communication_formality"
 SECRET_CONTEXT = "secret-context-4711"
+USER = "carol@example.com"
 # What a failure's answer must never carry: SQL, the schema, the driver, a parameter.
 _LEAKS = ("penny_personality", "INSERT", "SELECT", "UPDATE", "FROM", "psycopg", "sqlalchemy")
 
@@ -85,7 +86,7 @@ def test_a_statement_failure_on_postgresql_is_a_500_with_an_id_and_no_sql(
     error_id, naming no table, statement, parameter, host or port; the server's log line
     carries the same id and the full exception."""
     with TestClient(create_app(_settings(redis_url, postgres_url, namespace))) as client:
-        assert client.get("/personality/alice").status_code == 200  # the tables exist
+        assert client.get(f"/personality/{USER}").status_code == 200  # the tables exist
         engine = sa.create_engine(postgres_url)
         with engine.begin() as conn:
             conn.execute(
@@ -103,17 +104,19 @@ def test_a_statement_failure_on_postgresql_is_a_500_with_an_id_and_no_sql(
         engine.dispose()
         with caplog.at_level(logging.ERROR, logger="penny_cache"):
             put = client.put(
-                FORMALITY.format(user="alice"), json={"value": 0.9, "context": SECRET_CONTEXT}
+                FORMALITY.format(user=USER), json={"value": 0.9, "context": SECRET_CONTEXT}
             )
     assert put.status_code == 500, put.text
     body = put.json()
     assert set(body) == {"detail", "error_id"}
     assert re.fullmatch(r"[0-9a-f]{8}", body["error_id"])
-    _assert_says_no_more(put.text, "127.0.0.1", "5432", "postgres", "refused by the test")
+    _assert_says_no_more(put.text, "127.0.0.1", "5432", "postgres", "refused by the test", USER)
     logged = [r for r in caplog.records if body["error_id"] in r.getMessage()]
     assert len(logged) == 1
     assert logged[0].exc_info is not None
-    assert "refused by the test" in str(logged[0].exc_info[1])
+    logged_text = str(logged[0].exc_info[1])
+    assert "refused by the test" in logged_text
+    assert SECRET_CONTEXT not in logged_text and USER not in logged_text  # parameters hidden
     assert "/personality/{user_id}" in logged[0].getMessage()  # the route, not the id
 
 
