@@ -104,6 +104,8 @@ def _refuse_invisible_and_aliases(user_id: str) -> None:
     """One person, one id: an id that renders like another, or is another's spelling,
     would split one user's state in two (or let a look-alike pass as someone else).
     Refusing beats normalising, which would silently alias ids already stored."""
+    if user_id.isascii():  # no ASCII character is a format or noncharacter; ASCII is NFC
+        return
     for ch in user_id:
         if unicodedata.category(ch) == "Cf":
             raise InvalidUserIdError(
