@@ -8,7 +8,6 @@ so a value read back from Redis is validated exactly like one built in code.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -26,11 +25,8 @@ from penny_cache.catalogue import (
     ValueType,
     is_dimension_name,
 )
-from penny_cache.errors import (
-    InvalidStateError,
-    InvalidUserIdError,
-    InvalidValueError,
-)
+from penny_cache.errors import InvalidStateError, InvalidUserIdError, InvalidValueError
+from penny_cache.user_ids import MAX_USER_ID_BYTES, validate_user_id
 
 __all__ = [
     "CATALOGUE",
@@ -49,7 +45,6 @@ __all__ = [
     "conform",
     "conformer",
     "default_state",
-    "is_noncharacter",
     "validate_confidence",
     "validate_confidence_change",
     "validate_dimension_name",
@@ -59,69 +54,12 @@ __all__ = [
 
 UnitInterval = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
-MAX_USER_ID_BYTES: Final = 256
 DEFAULT_CONFIDENCE: Final = 0.3
 
 # The default catalogue's mapping (name -> DimensionSpec), kept under its old name.
 CATALOGUE: Final[Mapping[str, DimensionSpec]] = PENNY.specs
 # When a dimension never written was "last updated": the Unix epoch, in UTC.
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def validate_user_id(user_id: object) -> str:
-    """Return ``user_id`` if it is safe to key a cache entry and a SQL row with.
-
-    Memoised for strings: every read validates its id, and ids repeat.
-    """
-    if not isinstance(user_id, str):
-        raise InvalidUserIdError(f"user id must be a string, got {type(user_id).__name__}")
-    return _valid_user_id(user_id)
-
-
-@lru_cache(maxsize=65536)
-def _valid_user_id(user_id: str) -> str:
-    if not user_id:
-        raise InvalidUserIdError("user id must not be empty")
-    try:
-        size = len(user_id.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidUserIdError("user id is not valid UTF-8 (lone surrogate)") from None
-    if size > MAX_USER_ID_BYTES:
-        raise InvalidUserIdError(f"user id is {size} bytes; the limit is {MAX_USER_ID_BYTES}")
-    if any(unicodedata.category(ch) == "Cc" for ch in user_id):
-        raise InvalidUserIdError("user id must not contain control characters")
-    _refuse_invisible_and_aliases(user_id)
-    return user_id
-
-
-def is_noncharacter(ch: str) -> bool:
-    """U+FDD0..U+FDEF and the last two code points of every plane (U+xFFFE, U+xFFFF)."""
-    point = ord(ch)
-    return 0xFDD0 <= point <= 0xFDEF or point & 0xFFFE == 0xFFFE
-
-
-def _refuse_invisible_and_aliases(user_id: str) -> None:
-    """One person, one id: an id that renders like another, or is another's spelling,
-    would split one user's state in two (or let a look-alike pass as someone else).
-    Refusing beats normalising, which would silently alias ids already stored."""
-    if user_id.isascii():  # no ASCII character is a format or noncharacter; ASCII is NFC
-        return
-    for ch in user_id:
-        if unicodedata.category(ch) == "Cf":
-            raise InvalidUserIdError(
-                f"user id must not contain format characters (U+{ord(ch):04X}: zero-width, "
-                "bidirectional or other invisible characters)"
-            )
-        if ch == "\ufffd" or is_noncharacter(ch):
-            raise InvalidUserIdError(
-                f"user id must not contain U+{ord(ch):04X} (a noncharacter or the "
-                "replacement character)"
-            )
-    if not unicodedata.is_normalized("NFC", user_id):
-        raise InvalidUserIdError(
-            "user id is not in Unicode NFC: normalise it first "
-            "(unicodedata.normalize('NFC', user_id)) so one person has one id"
-        )
 
 
 def validate_dimension_name(dimension: object, catalogue: Catalogue = PENNY) -> str:

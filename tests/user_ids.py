@@ -6,7 +6,7 @@ import unicodedata
 
 from hypothesis import strategies as st
 
-from penny_cache.state import is_noncharacter
+from penny_cache.user_ids import is_noncharacter
 
 __all__ = ["valid_user_ids"]
 

@@ -1,9 +1,11 @@
-"""The Penny personality HTTP service (FastAPI): the only module that knows HTTP.
+"""The Penny personality HTTP service (FastAPI): its routes, wiring and middleware.
 
 Each uvicorn worker process builds its own tracker (async cache + SQL store) at start, so
 workers share state only through Redis: one cache, one hit rate, one invalidation
-channel. Errors are mapped here, once: bad input is a 4xx naming what is wrong, an
-unreachable database a 503; Redis trouble never reaches a response (SQL answers).
+channel. Errors are mapped once, in ``penny_cache.app.problems``: bad input is a 4xx
+naming what is wrong, an unreachable database a 503 naming nothing else, any other
+failure a 500 with an error id; Redis trouble never reaches a response (SQL answers)
+except an update strict mode refuses.
 """
 
 from __future__ import annotations
