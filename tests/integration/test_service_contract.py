@@ -139,6 +139,7 @@ def test_an_unreachable_postgresql_is_a_503_naming_no_host_or_port(
             "detail": "the database is unavailable; retry after Retry-After seconds"
         }
         _assert_says_no_more(answer.text, "127.0.0.1", "nobody", "nowhere", "port")
+        assert not any(ch.isdigit() for ch in answer.text)  # no port, address or errno
 
 
 def test_a_missing_table_on_sqlite_is_answered_without_naming_it(
@@ -158,7 +159,8 @@ def test_a_missing_table_on_sqlite_is_answered_without_naming_it(
     assert put.status_code in (500, 503), put.text
     if put.status_code == 500:
         assert re.fullmatch(r"[0-9a-f]{8}", put.json()["error_id"])
-    _assert_says_no_more(put.text, "no such table", "history")
+    database_file = sqlite_url.rsplit("/", 1)[1]
+    _assert_says_no_more(put.text, "no such table", "history", "sqlite", database_file)
 
 
 def test_a_strict_refusal_names_no_redis_host_or_port(
