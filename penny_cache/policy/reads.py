@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from penny_cache.codec import decode_state, is_tombstone
 from penny_cache.config import positive_seconds, validate_jitter
 from penny_cache.errors import CacheDecodeError, CacheError, StoreMismatchError
-from penny_cache.keys import UNBOUND_SCOPE, KeySchema, log_id
+from penny_cache.keys import UNBOUND_SCOPE, KeySchema, LogIds
 from penny_cache.observe.counters import SharedCounters, stats_view
 from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.observe.ratelog import RateLimitedLog
@@ -63,6 +63,7 @@ class CachePolicy(DropInPolicy):
         listener: ListenerFactory | None = None,
         lease_ttl: float = 0.25,
         metrics: ProcessMetrics | None = None,
+        log_ids: LogIds | None = None,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -85,6 +86,7 @@ class CachePolicy(DropInPolicy):
         )
         self._local_counters = self._counters.local  # reset in place after a fork
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
+        self._log_ids = log_ids or LogIds.per_process()
         self._pending: dict[str, PersonalityState] = {}
         self._tokens = itertools.count()
         self._pending_lock = threading.Lock()
@@ -293,7 +295,7 @@ class CachePolicy(DropInPolicy):
         except CacheDecodeError as exc:
             self._counters.incr("decode_errors")
             self._errors.warning(
-                "decode", f"dropping an undecodable cache entry of {log_id(user_id)}: {exc}"
+                "decode", f"dropping an undecodable cache entry of {self._log_ids(user_id)}: {exc}"
             )
             return _UNREADABLE
 
