@@ -73,6 +73,10 @@ _REFUSED_DOC: Final = {
     "not make the old version unusable first: nothing was committed; retry after "
     "Retry-After seconds",
 }
+_NOT_READY: Final = (
+    "not ready: the database is unreachable, Redis refuses this process's counters, or "
+    "(PENNY_WRITE_MODE=strict) Redis is unreachable"
+)
 _PERSONALITY: Final = "/personality/"
 _JSON: Final = (b"content-type", b"application/json")
 
@@ -118,6 +122,7 @@ class _Service:
     tracker: AsyncPersonalityTracker
     stats: _Stats
     registry: CollectorRegistry
+    write_mode: str = "available"
 
 
 def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
@@ -305,15 +310,21 @@ def _install_routes(app: FastAPI) -> None:
         """The process is alive (liveness: never depends on Redis or SQL)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "the database is unreachable"}})
+    @app.get("/readyz", responses={503: {"description": _NOT_READY}})
     async def readyz(request: Request) -> JSONResponse:
-        """Ready when SQL answers; Redis down is "degraded" (reads go to SQL), not dead."""
+        """Ready when this process can read, write and count as configured. Redis down is
+        "degraded" (reads go to SQL) in the available write mode, but not ready in the
+        strict one (every update would be refused); a process whose counter flushes
+        Redis keeps refusing (a shard of another type) cannot count, so it is not ready."""
         service = _service(request)
         sql_ok = await _sql_answers(service.tracker.store)
         redis_ok = await service.tracker.cache.ping()
-        status = "ready" if sql_ok and redis_ok else "degraded" if sql_ok else "unavailable"
-        body = {"status": status, "sql": sql_ok, "redis": redis_ok}
-        return JSONResponse(body, status_code=200 if sql_ok else 503)
+        counting = service.tracker.cache.counting
+        strict = service.write_mode == "strict"
+        ready = sql_ok and counting and (redis_ok or not strict)
+        status = "unavailable" if not ready else "ready" if redis_ok else "degraded"
+        body = {"status": status, "sql": sql_ok, "redis": redis_ok, "counting": counting}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=Response)
     async def metrics(request: Request) -> Response:
@@ -347,7 +358,7 @@ def create_app(
         store = PersonalityStore(settings.database_url, catalogue=catalogue)
         tracker = AsyncPersonalityTracker(store, cache, **settings.tracker_options())
         stats = _Stats(cache.get_stats, monotonic)
-        app.state.service = _Service(tracker, stats, registry)
+        app.state.service = _Service(tracker, stats, registry, settings.write_mode)
         try:
             stats.current()  # the first read, awaited here so the first answer has it
             await stats.settle()

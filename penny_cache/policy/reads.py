@@ -374,6 +374,11 @@ class CachePolicy(DropInPolicy):
         """Publish this process's counters now; False if Redis could not be written."""
         return self._counters.flush()
 
+    @property
+    def counting(self) -> bool:
+        """False when Redis keeps refusing this process's counter flushes (readiness)."""
+        return self._counters.counting
+
     def _on_listener_event(self, event: str) -> None:
         counter = _LISTENER_COUNTERS.get(event)
         if counter is not None:

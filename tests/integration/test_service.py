@@ -150,7 +150,12 @@ def test_health_readiness_metrics_and_openapi(client: TestClient) -> None:
     """/healthz is ok, /readyz reports SQL and Redis up, /metrics serves the per-process
     histograms after a request, and the OpenAPI schema lists both personality routes."""
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready", "sql": True, "redis": True}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "sql": True,
+        "redis": True,
+        "counting": True,
+    }
     client.get("/personality/carol")
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
@@ -191,7 +196,12 @@ def test_redis_down_is_degraded_not_dead(sqlite_url: str, namespace: str, clock:
             assert client.get("/personality/alice").json()["version"] == 1
             ready = client.get("/readyz")
             assert ready.status_code == 200
-            assert ready.json() == {"status": "degraded", "sql": True, "redis": False}
+            assert ready.json() == {
+                "status": "degraded",
+                "sql": True,
+                "redis": False,
+                "counting": True,
+            }
             clock.advance(STATS_MAX_AGE)
             _cache_block_until(client, "/personality/alice", lambda block: not block["shared"])
     finally:
