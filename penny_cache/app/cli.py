@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -201,6 +202,11 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from penny_cache.app.launcher import serve
 
+    try:  # a URL SQLAlchemy cannot use fails here, once, not in every worker
+        PersonalityStore(settings.database_url).close()
+    except InvalidInputError as exc:
+        raise ConfigurationError(f"PENNY_DATABASE_URL: {exc}") from None
+
     port, workers = args.port or settings.http_port, args.workers or settings.http_workers
     return serve(settings, args.host, port, workers)
 
@@ -221,8 +227,11 @@ def _load_scripts(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``penny-cache`` command."""
     args = _parser().parse_args(argv)
+    environ = dict(os.environ)
+    for line in Settings.unknown_variables(environ):
+        logging.getLogger("penny_cache.config").warning("%s", line)
     try:
-        return _dispatch(args, dict(os.environ))
+        return _dispatch(args, environ)
     except ConfigurationError as exc:
         print(f"penny-cache: configuration error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -41,6 +42,7 @@ from penny_cache.catalogue import Catalogue, load_catalogue
 from penny_cache.config import Settings
 from penny_cache.errors import (
     CacheError,
+    ConfigurationError,
     InvalidInputError,
     StoreConflictError,
     StoreError,
@@ -389,8 +391,15 @@ def app_from_env() -> FastAPI:
     """uvicorn's factory (``penny-cache serve``): settings from ``PENNY_*`` variables;
     ``PENNY_CATALOGUE=package.module:NAME`` serves an application's catalogue."""
     reference = os.environ.get("PENNY_CATALOGUE", "").strip()
+    for line in Settings.unknown_variables(os.environ):
+        _log.warning("%s", line)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigurationError as exc:  # one line, not a traceback per worker
+        print(f"penny-cache: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return create_app(
-        Settings.from_env(os.environ),
+        settings,
         catalogue=load_catalogue(reference) if reference else None,
         multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )
