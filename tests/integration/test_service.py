@@ -236,3 +236,31 @@ def test_sql_down_is_503_and_not_ready(redis_url: str, namespace: str) -> None:
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
         assert client.get("/readyz").status_code == 503
+
+
+def test_readyz_is_not_ready_in_strict_mode_without_redis(sqlite_url: str, namespace: str) -> None:
+    """Used to happen: /readyz said ready (200, "degraded") with Redis gone whatever the
+    write mode, though in ``PENNY_WRITE_MODE=strict`` every update is then refused. Now
+    a strict worker without Redis is not ready (503), and ready again once Redis is."""
+    server = RedisServerProcess().start()
+    settings = Settings(
+        redis_url=server.url,
+        database_url=sqlite_url,
+        namespace=namespace,
+        write_mode="strict",
+        redis_cooldown=0.1,
+    )
+    try:
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/readyz").status_code == 200
+            server.kill()
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["redis"] is False and ready.json()["sql"] is True
+            server.start()
+            deadline = time.monotonic() + 10
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "never ready again"
+                time.sleep(0.02)
+    finally:
+        server.stop()
