@@ -11,9 +11,9 @@ Reading sums every field of the 16 hashes: one pipelined round of HGETALLs, neve
 
 Anyone holding the service's Redis credential can write these hashes, so a reader trusts
 nothing in them: a field that does not parse (not ``<process>|<known counter>``, not a
-non-negative integer below 2**53) is skipped and counted in ``counter_fields_invalid``, and
+non-negative integer below 2**53) is skipped and counted in ``stats_fields_invalid``, and
 a shard that is not a hash (a ``SET`` over it) is skipped and counted in
-``counter_keys_invalid``; one bad field must not fail the requests that show the totals.
+``stats_keys_invalid``; one bad field must not fail the requests that show the totals.
 A flush that fails (Redis down, a shard of the wrong type) is logged at most once per
 interval and retried on the next tick; ``SharedCounters.counting`` turns False while Redis
 keeps refusing them (readiness).
@@ -66,8 +66,8 @@ COUNTERS: Final = (
     "malformed_messages",
 )
 # what a read found unusable (totals keys beside the counters, never written to Redis)
-FIELDS_INVALID: Final = "counter_fields_invalid"
-KEYS_INVALID: Final = "counter_keys_invalid"
+FIELDS_INVALID: Final = "stats_fields_invalid"
+KEYS_INVALID: Final = "stats_keys_invalid"
 _SEEN: Final = "seen"
 _LOCK_FREE: Final = ("hits", "misses", "near_hits")
 _FIELD: Final = re.compile(r"[^|]{1,200}\|([a-z_]{1,40})")

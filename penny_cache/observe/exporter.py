@@ -67,11 +67,11 @@ COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
 # what the read skipped: gauges (the count of bad fields or keys present now)
 INVALID_HELP: Final[Mapping[str, tuple[str, str]]] = {
     FIELDS_INVALID: (
-        "penny_cache_counter_fields_invalid",
+        "penny_cache_stats_fields_invalid",
         "Fields of the shared counter hashes that did not parse (skipped, not summed).",
     ),
     KEYS_INVALID: (
-        "penny_cache_counter_keys_invalid",
+        "penny_cache_stats_keys_invalid",
         "Shared counter keys that are not hashes (skipped; their process cannot flush).",
     ),
 }

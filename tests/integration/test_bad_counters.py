@@ -84,7 +84,7 @@ def test_a_bad_counter_field_fails_no_request_and_no_scrape(
     counters raise, so every GET and PUT answered 500 (the PUT after committing), the
     exporter's /metrics answered 500 and /readyz said ready. Now each field that does not
     parse is skipped and counted: requests answer 200 with shared totals, the exporter
-    says ``penny_cache_up 1`` with ``penny_cache_counter_fields_invalid 5``, /readyz is
+    says ``penny_cache_up 1`` with ``penny_cache_stats_fields_invalid 5``, /readyz is
     ready (the process still counts)."""
     shard = KeySchema(namespace).all_counters()[3]
     redis.Redis.from_url(own_redis.url).hset(shard, mapping=BAD_FIELDS)
@@ -101,7 +101,7 @@ def test_a_bad_counter_field_fails_no_request_and_no_scrape(
         assert ready.status_code == 200 and ready.json()["counting"] is True
     metrics = _scrape(exporter)
     assert metrics["penny_cache_up"] == 1.0
-    assert metrics["penny_cache_counter_fields_invalid"] == len(BAD_FIELDS)
+    assert metrics["penny_cache_stats_fields_invalid"] == len(BAD_FIELDS)
     assert metrics["penny_cache_requests_total"] >= 3
 
 
@@ -116,7 +116,7 @@ def test_both_library_faces_and_the_drop_in_skip_bad_fields(
     with PersonalityCache.from_url(own_redis.url, namespace=namespace) as cache:
         stats = cache.get_stats()
         assert stats["shared"] is True and stats["hits"] == 7
-        assert stats["counter_fields_invalid"] == len(BAD_FIELDS)
+        assert stats["stats_fields_invalid"] == len(BAD_FIELDS)
 
     async def read() -> dict[str, object]:
         async with AsyncPersonalityCache.from_url(own_redis.url, namespace=namespace) as cache:
@@ -124,7 +124,7 @@ def test_both_library_faces_and_the_drop_in_skip_bad_fields(
 
     stats = asyncio.run(read())
     assert stats["shared"] is True and stats["hits"] == 7
-    assert stats["counter_fields_invalid"] == len(BAD_FIELDS)
+    assert stats["stats_fields_invalid"] == len(BAD_FIELDS)
     drop_in = PersonalityStateCache(redis_url=own_redis.url, namespace=namespace)
     assert drop_in.get_stats()["hits"] == 7
 
@@ -140,7 +140,7 @@ def test_a_counters_key_of_another_type_is_reported_and_retried(
     totals fail with WRONGTYPE. Now requests still answer 200; the process whose flushes
     Redis refuses logs it, keeps retrying, and /readyz says not ready (``counting``
     false) until the key is fixed, when it is ready again without a restart; the exporter
-    keeps answering (``penny_cache_up 1``) with ``penny_cache_counter_keys_invalid``.
+    keeps answering (``penny_cache_up 1``) with ``penny_cache_stats_keys_invalid``.
     The key is reported, not repaired: what is in it is not ours to throw away."""
     keys = KeySchema(namespace).all_counters()
     raw = redis.Redis.from_url(own_redis.url)
@@ -155,12 +155,12 @@ def test_a_counters_key_of_another_type_is_reported_and_retried(
         assert client.get("/readyz").json()["sql"] is True
         metrics = _scrape(exporter)
         assert metrics["penny_cache_up"] == 1.0
-        assert metrics["penny_cache_counter_keys_invalid"] == len(keys)
+        assert metrics["penny_cache_stats_keys_invalid"] == len(keys)
         raw.delete(*keys)
         _wait(lambda: client.get("/readyz").status_code == 200, "ready again")
         assert client.get("/personality/alice").status_code == 200
     _wait(lambda: _scrape(exporter).get("penny_cache_requests_total", 0) >= 1, "counted")
-    assert _scrape(exporter)["penny_cache_counter_keys_invalid"] == 0
+    assert _scrape(exporter)["penny_cache_stats_keys_invalid"] == 0
 
 
 def test_a_counters_key_of_another_type_on_the_library_faces(
@@ -178,7 +178,7 @@ def test_a_counters_key_of_another_type_on_the_library_faces(
         assert cache.get("nobody") is None
         assert cache.flush_stats() is False
         stats = cache.get_stats()
-        assert stats["shared"] is True and stats["counter_keys_invalid"] == len(keys)
+        assert stats["shared"] is True and stats["stats_keys_invalid"] == len(keys)
         assert cache.counting is True  # one refusal: not yet "cannot count"
         cache.flush_stats()
         cache.flush_stats()

@@ -121,7 +121,7 @@ def test_published_fields_are_retired_on_close(
         ("x|bogus", "1"),
         ("nopipe", "1"),
         ("|hits", "1"),
-        ("x|counter_fields_invalid", "1"),
+        ("x|stats_fields_invalid", "1"),
     ],
 )
 def test_a_field_that_does_not_parse_is_skipped_and_counted(field: str, value: str) -> None:
@@ -136,7 +136,7 @@ def test_a_counter_shard_of_another_type_is_skipped_and_counted(
     fake_redis: fakeredis.FakeRedis, namespace: str
 ) -> None:
     """A shard that is not a hash (``SET`` over it) does not fail the read: the other
-    shards sum, and ``counter_keys_invalid`` says how many were skipped."""
+    shards sum, and ``stats_keys_invalid`` says how many were skipped."""
     keys = KeySchema(namespace)
     fake_redis.hset(keys.all_counters()[0], "p|hits", "4")
     fake_redis.set(keys.all_counters()[1], "not a hash")
