@@ -81,11 +81,13 @@ def test_a_bad_counter_field_fails_no_request_and_no_scrape(
     exporter: str,
 ) -> None:
     """Used to happen: ``HSET '{penny:stats:3}:v1:counters' 'x|hits' abc`` made summing the
-    counters raise, so every GET and PUT answered 500 (the PUT after committing), the
-    exporter's /metrics answered 500 and /readyz said ready. Now each field that does not
-    parse is skipped and counted: requests answer 200 with shared totals, the exporter
-    says ``penny_cache_up 1`` with ``penny_cache_stats_fields_invalid 5``, /readyz is
-    ready (the process still counts)."""
+    counters raise: as filed, every GET and PUT answered 500 (the PUT after committing);
+    on the code this fix started from, the service's background read swallowed it, so
+    the answers' cache block stayed at zeros, ``shared`` false, for ever (a warning per
+    second per worker), and the exporter's /metrics answered 500. Now each field that
+    does not parse is skipped and counted: requests answer 200 with the shared totals,
+    the exporter says ``penny_cache_up 1`` with ``penny_cache_stats_fields_invalid 5``,
+    /readyz is ready (the process still counts)."""
     shard = KeySchema(namespace).all_counters()[3]
     redis.Redis.from_url(own_redis.url).hset(shard, mapping=BAD_FIELDS)
     with _app(own_redis.url, sqlite_url, namespace, clock) as client:
