@@ -51,6 +51,7 @@ PROCESS_METRICS: Final = frozenset(
         "penny_cache_invalidation_lag_seconds_sum",
         "penny_cache_near_flushes_total",
         "penny_cache_near_entries",
+        "penny_cache_stats_flush_failures_total",
     }
 )
 
@@ -90,7 +91,14 @@ class ProcessMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.stats_flush_failures = Counter(
+            "penny_cache_stats_flush_failures",
+            "Publications of this process's shared counters that failed (Redis down, or a "
+            "counters key of another type); each is retried at the next interval.",
+            registry=registry,
+        )
         self._flushes_seen = 0
+        self._flush_failures_seen = 0
         self.timers = {op: self.operation_seconds.labels(op) for op in OPERATIONS}
 
     def observe_near(self, entries: int, flushes: int) -> None:
@@ -99,6 +107,12 @@ class ProcessMetrics:
         if flushes > self._flushes_seen:
             self.near_flushes.inc(flushes - self._flushes_seen)
             self._flushes_seen = flushes
+
+    def observe_stats_flushes(self, failures: int) -> None:
+        """Catch the failed-flush counter up with the counters' own total."""
+        if failures > self._flush_failures_seen:
+            self.stats_flush_failures.inc(failures - self._flush_failures_seen)
+            self._flush_failures_seen = failures
 
 
 def for_worker(multiprocess_dir: str | None) -> tuple[ProcessMetrics, CollectorRegistry]:

@@ -392,6 +392,8 @@ class CachePolicy(DropInPolicy):
             self.recover()
         elif self._sync_backend.probe(force=bool(self._pending)):
             self.deliver_pending()
+        if self.metrics is not None:
+            self.metrics.observe_stats_flushes(self._counters.flush_failures_total)
         if self.metrics is not None and self._near is not None:
             self.metrics.observe_near(len(self._near), self._near.flushes)
 

@@ -140,7 +140,8 @@ def test_a_counters_key_of_another_type_is_reported_and_retried(
 ) -> None:
     """Used to happen: a ``SET`` (or a LIST) over a counters hash made every read of the
     totals fail with WRONGTYPE. Now requests still answer 200; the process whose flushes
-    Redis refuses logs it, keeps retrying, and /readyz says not ready (``counting``
+    Redis refuses logs it, counts it (``penny_cache_stats_flush_failures_total`` on its
+    /metrics), keeps retrying, and /readyz says not ready (``counting``
     false) until the key is fixed, when it is ready again without a restart; the exporter
     keeps answering (``penny_cache_up 1``) with ``penny_cache_stats_keys_invalid``.
     The key is reported, not repaired: what is in it is not ours to throw away."""
@@ -155,6 +156,12 @@ def test_a_counters_key_of_another_type_is_reported_and_retried(
         _wait(lambda: client.get("/readyz").status_code == 503, "not ready")
         assert client.get("/readyz").json()["counting"] is False
         assert client.get("/readyz").json()["sql"] is True
+        worker = {
+            s.name: s.value
+            for f in text_string_to_metric_families(client.get("/metrics").text)
+            for s in f.samples
+        }
+        assert worker["penny_cache_stats_flush_failures_total"] >= 3
         metrics = _scrape(exporter)
         assert metrics["penny_cache_up"] == 1.0
         assert metrics["penny_cache_stats_keys_invalid"] == len(keys)
