@@ -202,11 +202,6 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from penny_cache.app.launcher import serve
 
-    try:  # a URL SQLAlchemy cannot use fails here, once, not in every worker
-        PersonalityStore(settings.database_url).close()
-    except InvalidInputError as exc:
-        raise ConfigurationError(f"PENNY_DATABASE_URL: {exc}") from None
-
     port, workers = args.port or settings.http_port, args.workers or settings.http_workers
     return serve(settings, args.host, port, workers)
 

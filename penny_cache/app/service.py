@@ -314,10 +314,8 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.get("/readyz", responses={503: {"description": _NOT_READY}})
     async def readyz(request: Request) -> JSONResponse:
-        """Ready when this process can read, write and count as configured. Redis down is
-        "degraded" (reads go to SQL) in the available write mode, but not ready in the
-        strict one (every update would be refused); a process whose counter flushes
-        Redis keeps refusing (a shard of another type) cannot count, so it is not ready."""
+        """Ready when this process can read, write and count as configured: Redis down is
+        "degraded" in the available write mode (SQL answers), not ready in strict mode."""
         service = _service(request)
         sql_ok = await _sql_answers(service.tracker.store)
         redis_ok = await service.tracker.cache.ping()

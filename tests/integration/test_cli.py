@@ -135,10 +135,13 @@ def test_a_malformed_url_is_one_line_naming_the_variable(
     assert variable in lines[0]
 
 
-def test_serve_refuses_a_database_url_sqlalchemy_cannot_use() -> None:
-    """A URL of an unknown dialect is refused by ``serve`` before any worker starts, in
-    one line naming PENNY_DATABASE_URL (not a traceback from each worker)."""
-    result = run_cli("serve", PENNY_DATABASE_URL="nosuchdialect://x/y")
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_serve_refuses_a_database_url_sqlalchemy_cannot_use(command: str) -> None:
+    """A URL of an unknown dialect is refused by ``serve`` (and ``run``) before any worker
+    starts, in one line naming PENNY_DATABASE_URL (not a traceback from each worker)."""
+    result = run_cli(
+        command, PENNY_DATABASE_URL="nosuchdialect://x/y", PENNY_REDIS_URL="redis://127.0.0.1:1"
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "PENNY_DATABASE_URL" in lines[0], result.stderr
