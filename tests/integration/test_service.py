@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from penny_cache.app.embedded import RedisServerProcess
-from penny_cache.app.service import MAX_BODY_BYTES, STATS_MAX_AGE, create_app
+from penny_cache.app.service import MAX_BODY_BYTES, STATS_MAX_AGE, app_from_env, create_app
 from penny_cache.config import Settings
 from penny_cache.state import CATALOGUE
 from penny_cache.store.database import PersonalityStore
@@ -264,3 +264,21 @@ def test_readyz_is_not_ready_in_strict_mode_without_redis(sqlite_url: str, names
                 time.sleep(0.02)
     finally:
         server.stop()
+
+
+def test_the_app_factory_refuses_bad_settings_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn's factory (what each ``serve`` worker runs) used to raise the
+    ``ConfigurationError`` as a traceback per worker; now it prints one line naming the
+    variable and exits 2, and a misspelt ``PENNY_*`` name is warned about."""
+    monkeypatch.setenv("PENNY_DATABASE_URL", " ")
+    monkeypatch.setenv("PENNY_CACH_TTL", "5")
+    with pytest.raises(SystemExit) as exited:
+        app_from_env()
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [lines[-1]] and "PENNY_DATABASE_URL is set but empty" in lines[-1]
+    assert "did you mean PENNY_CACHE_TTL?" in caplog.text
