@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Iterable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from penny_cache.errors import ConfigurationError
+from penny_cache.settings_env import ENV_NAMES, env_values, unknown_variables
 
 __all__ = [
     "DEFAULT_REDIS_URL",
@@ -30,7 +31,7 @@ __all__ = [
 DEFAULT_REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 _NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _REDIS_SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
-_T = TypeVar("_T")
+_DATABASE_URL: Final = re.compile(r"[A-Za-z][A-Za-z0-9+._-]*://")
 WRITE_MODES: Final = ("available", "strict")
 
 
@@ -45,10 +46,15 @@ def validate_namespace(namespace: object, *, source: str = "namespace") -> str:
 
 def validate_redis_url(url: object, *, source: str = "redis url") -> str:
     """Reject URLs redis-py would misread, before any connection is tried."""
-    if not isinstance(url, str) or urlsplit(url).scheme not in _REDIS_SCHEMES:
+    try:
+        scheme = urlsplit(url).scheme if isinstance(url, str) else ""
+    except ValueError as exc:  # an unclosed IPv6 bracket
+        raise ConfigurationError(f"{source} is malformed ({exc}): {url!r}") from None
+    if not isinstance(url, str) or scheme not in _REDIS_SCHEMES:
         raise ConfigurationError(
             f"{source} must start with redis://, rediss:// or unix://, got {redact_url(url)!r}"
         )
+    _check_port(url, source)
     parts = urlsplit(url)
     database = parts.path.strip("/")
     if parts.scheme != "unix" and database and not database.isdigit():
@@ -59,7 +65,10 @@ def validate_redis_url(url: object, *, source: str = "redis url") -> str:
 def redact_url(url: object) -> str:
     """The URL with any password replaced by ``***``, for messages and logs."""
     text = str(url)
-    parts = urlsplit(text)
+    try:
+        parts = urlsplit(text)
+    except ValueError:
+        return "***@" + text.rsplit("@", maxsplit=1)[-1] if "@" in text else text
     if parts.password is None:
         return text
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
@@ -141,23 +150,51 @@ class Settings:
         _check_int(self.http_workers, "http_workers", 1, 256)
         _check_int(self.breaker_failures, "breaker_failures", 1, 1000)
         validate_namespace(self.namespace, source=_label("namespace"))
-        if not self.database_url.strip():
-            raise ConfigurationError("PENNY_DATABASE_URL must not be empty")
-        for name in _DURATIONS:
-            positive_seconds(getattr(self, name), _label(name))
+        _check_database_url(self.database_url)
+        for name, (low, high) in _DURATIONS.items():
+            _check_duration(getattr(self, name), name, low, high)
         validate_jitter(self.ttl_jitter, _label("ttl_jitter"))
         if self.near_cache_ttl is not None:
-            positive_seconds(self.near_cache_ttl, _label("near_cache_ttl"))
+            _check_duration(self.near_cache_ttl, "near_cache_ttl", 0, _NEAR_CACHE_TTL_MAX)
+        self._check_relations()
+        self._check_keys()
         size = self.near_cache_size
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 10_000_000:
             raise ConfigurationError(
                 f"{_label('near_cache_size')} must be 1..10000000, got {size!r}"
             )
-        if self.near_cache_ttl is not None and self.near_cache_ttl >= self.cache_ttl:
-            raise ConfigurationError(
-                f"{_label('near_cache_ttl')} ({self.near_cache_ttl}) must be below "
-                f"{_label('cache_ttl')} ({self.cache_ttl})"
-            )
+
+    def _check_relations(self) -> None:
+        for name in ("near_cache_ttl", "lease_ttl"):
+            value = getattr(self, name)
+            if value is not None and value >= self.cache_ttl:
+                raise ConfigurationError(
+                    f"{_label(name)} ({value}) must be below {_label('cache_ttl')} "
+                    f"({self.cache_ttl})"
+                )
+
+    def _check_keys(self) -> None:
+        """Secrets long enough to be keys; history kept a sane number of days."""
+        for name in ("value_key", "value_key_previous"):
+            key = getattr(self, name)
+            if key is not None and len(str(key).encode()) < _MIN_KEY_BYTES:
+                raise ConfigurationError(
+                    f"{_label(name)} must be at least {_MIN_KEY_BYTES} bytes "
+                    "(e.g. the output of `openssl rand -hex 32`)"
+                )
+        days = self.history_days
+        if days is not None:
+            low, high = _HISTORY_DAYS
+            if (
+                isinstance(days, bool)
+                or not isinstance(days, int | float)
+                or not math.isfinite(days)
+                or not low <= days <= high
+            ):
+                raise ConfigurationError(
+                    f"{_label('history_days')} must be {low}..{high} days "
+                    f"(unset: keep forever), got {days!r}"
+                )
 
     def _check_topology(self) -> None:
         if self.redis_sentinels and self.redis_cluster:
@@ -221,31 +258,15 @@ class Settings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from ``PENNY_*`` variables; unset ones keep their defaults."""
-        values: dict[str, object] = {}
-        for setting in fields(cls):
-            env_name = _ENV_NAMES[setting.name]
-            raw = _raw_value(environ, env_name)
-            if raw is None or raw.strip() == "":
-                continue
-            if setting.name not in _VERBATIM:  # a password may begin or end with a space
-                raw = raw.strip()
-            parse = _PARSERS.get(setting.name, str)
-            values[setting.name] = _parse(parse, raw, env_name)
-        return cls(**values)  # type: ignore[arg-type]
+        """Build settings from ``PENNY_*`` variables; unset ones keep their defaults, and
+        one set to nothing is an error (see ``penny_cache.settings_env``)."""
+        defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+        return cls(**env_values(environ, defaults))  # type: ignore[arg-type]
 
-
-def _raw_value(environ: Mapping[str, str], env_name: str) -> str | None:
-    """``NAME``, or the contents of the file ``NAME_FILE`` names (for secrets)."""
-    path = environ.get(f"{env_name}_FILE", "").strip()
-    if not path:
-        return environ.get(env_name)
-    if environ.get(env_name, "").strip():
-        raise ConfigurationError(f"set {env_name} or {env_name}_FILE, not both")
-    try:
-        return Path(path).read_text(encoding="utf-8").removesuffix("\n").removesuffix("\r")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{env_name}_FILE: cannot read {path!r}: {exc}") from None
+    @staticmethod
+    def unknown_variables(environ: Iterable[str]) -> list[str]:
+        """A warning line per ``PENNY_*`` name no setting reads, with "did you mean"."""
+        return unknown_variables(environ)
 
 
 def _check_int(value: object, name: str, low: int, high: int) -> None:
@@ -253,112 +274,47 @@ def _check_int(value: object, name: str, low: int, high: int) -> None:
         raise ConfigurationError(f"{_label(name)} must be an integer {low}..{high}, got {value!r}")
 
 
-def _parse_addresses(text: str) -> tuple[tuple[str, int], ...]:
-    """``"host:port,host:port"`` (IPv6 as ``[::1]:26379``)."""
-    addresses = []
-    for item in text.split(","):
-        host, sep, port = item.strip().rpartition(":")
-        if not sep or not host or not port.isdigit():
-            raise ValueError(item)
-        addresses.append((host.strip("[]"), int(port)))
-    return tuple(addresses)
-
-
-def _parse(parse: Callable[[str], _T], raw: str, env_name: str) -> _T:
-    try:
-        return parse(raw)
-    except ValueError:
-        raise ConfigurationError(f"{env_name} is not a valid value: {raw!r}") from None
-
-
-_ENV_NAMES: Final = {
-    "redis_url": "PENNY_REDIS_URL",
-    "database_url": "PENNY_DATABASE_URL",
-    "namespace": "PENNY_NAMESPACE",
-    "cache_ttl": "PENNY_CACHE_TTL",
-    "ttl_jitter": "PENNY_CACHE_TTL_JITTER",
-    "redis_timeout": "PENNY_REDIS_TIMEOUT",
-    "redis_cooldown": "PENNY_REDIS_COOLDOWN",
-    "stats_flush_interval": "PENNY_STATS_FLUSH_INTERVAL",
-    "error_log_interval": "PENNY_ERROR_LOG_INTERVAL",
-    "near_cache": "PENNY_NEAR_CACHE",
-    "near_cache_size": "PENNY_NEAR_CACHE_SIZE",
-    "near_cache_ttl": "PENNY_NEAR_CACHE_TTL",
-    "max_staleness": "PENNY_MAX_STALENESS",
-    "lease_ttl": "PENNY_LEASE_TTL",
-    "redis_username": "PENNY_REDIS_USERNAME",
-    "redis_password": "PENNY_REDIS_PASSWORD",
-    "redis_sentinels": "PENNY_REDIS_SENTINELS",
-    "redis_master_name": "PENNY_REDIS_MASTER_NAME",
-    "redis_cluster": "PENNY_REDIS_CLUSTER",
-    "http_port": "PENNY_HTTP_PORT",
-    "http_workers": "PENNY_HTTP_WORKERS",
-    "exporter_port": "PENNY_EXPORTER_PORT",
-    "breaker_failures": "PENNY_BREAKER_FAILURES",
-    "redis_tls_ca_file": "PENNY_REDIS_TLS_CA_FILE",
-    "redis_tls_cert_file": "PENNY_REDIS_TLS_CERT_FILE",
-    "redis_tls_key_file": "PENNY_REDIS_TLS_KEY_FILE",
-    "redis_tls_insecure": "PENNY_REDIS_TLS_INSECURE",
-    "serve_stale": "PENNY_SERVE_STALE",
-    "outbox_interval": "PENNY_OUTBOX_INTERVAL",
-    "outbox_grace": "PENNY_OUTBOX_GRACE",
-    "write_mode": "PENNY_WRITE_MODE",
-    "value_key": "PENNY_VALUE_KEY",
-    "value_key_previous": "PENNY_VALUE_KEY_PREVIOUS",
-    "log_id_key": "PENNY_LOG_ID_KEY",
-    "history_days": "PENNY_HISTORY_DAYS",
+# duration setting -> (lowest, highest) in seconds; the lowest is exclusive when 0
+_DURATIONS: Final[Mapping[str, tuple[float, float]]] = {
+    "cache_ttl": (0, 30 * 86400),  # a TTL Redis takes in ms; 1e300 failed every write
+    "redis_timeout": (0, 60),
+    "redis_cooldown": (0, 3600),
+    "stats_flush_interval": (0.05, 3600),  # 1e-9 busy-looped the flusher
+    "error_log_interval": (0, 86400),
+    "max_staleness": (0, 600),
+    "lease_ttl": (0, 60),  # readers wait on a lease: never on a dead loader for long
+    "outbox_interval": (0, 3600),
+    "outbox_grace": (0, 3600),
 }
-_VERBATIM: Final = frozenset(
-    {"redis_password", "redis_username", "value_key", "value_key_previous", "log_id_key"}
-)
-_DURATIONS: Final = (
-    "cache_ttl",
-    "redis_timeout",
-    "redis_cooldown",
-    "stats_flush_interval",
-    "error_log_interval",
-    "max_staleness",
-    "lease_ttl",
-    "outbox_interval",
-    "outbox_grace",
-)
+_NEAR_CACHE_TTL_MAX: Final = 86400.0
+_HISTORY_DAYS: Final = (1, 36500)
+_MIN_KEY_BYTES: Final = 32
+
+
+def _check_duration(value: object, name: str, low: float, high: float) -> None:
+    seconds = positive_seconds(value, _label(name))
+    if not low <= seconds <= high:
+        raise ConfigurationError(f"{_label(name)} must be {low:g}..{high:g} seconds, got {value!r}")
+
+
+def _check_database_url(url: object) -> None:
+    """What SQLAlchemy would refuse later, said at start and naming the variable (the
+    store itself parses it; this module knows no SQLAlchemy)."""
+    label = _label("database_url")
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigurationError(f"{label} must not be empty")
+    if not _DATABASE_URL.match(url):
+        raise ConfigurationError(f"{label} must look like dialect://..., got {redact_url(url)!r}")
+    _check_port(url, label)
+
+
+def _check_port(url: str, label: str) -> None:
+    try:
+        urlsplit(url).port  # noqa: B018 - raises on a port that is not a number
+    except ValueError as exc:
+        raise ConfigurationError(f"{label} is malformed ({exc}): {redact_url(url)!r}") from None
 
 
 def _label(field: str) -> str:
     """How an error names a setting: its variable, and the argument it comes from."""
-    return f"{_ENV_NAMES[field]} ({field})"
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in {"1", "true", "yes", "on"}:
-        return True
-    if lowered in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(text)
-
-
-_PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
-    "cache_ttl": float,
-    "ttl_jitter": float,
-    "redis_timeout": float,
-    "redis_cooldown": float,
-    "stats_flush_interval": float,
-    "error_log_interval": float,
-    "near_cache": _parse_bool,
-    "near_cache_size": int,
-    "near_cache_ttl": float,
-    "max_staleness": float,
-    "lease_ttl": float,
-    "redis_sentinels": _parse_addresses,
-    "redis_cluster": _parse_bool,
-    "http_port": int,
-    "http_workers": int,
-    "exporter_port": int,
-    "breaker_failures": int,
-    "redis_tls_insecure": _parse_bool,
-    "serve_stale": _parse_bool,
-    "outbox_interval": float,
-    "outbox_grace": float,
-    "history_days": float,
-}
+    return f"{ENV_NAMES[field]} ({field})"

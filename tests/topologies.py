@@ -116,11 +116,11 @@ class RedisClusterProcesses:
 class SentinelProcess:
     """One ``redis-server --sentinel`` watching ``master_name``."""
 
-    def __init__(self, master_name: str, master_port: int) -> None:
+    def __init__(self, master_name: str, master_port: int, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed")
-        self.port = free_port()
+        self.port = port or free_port()
         self._dir = tempfile.mkdtemp(prefix="penny-sentinel-")
         conf = Path(self._dir, "sentinel.conf")
         conf.write_text(
@@ -154,10 +154,12 @@ class SentinelGroup:
 
     master_name = "penny-test"
 
-    def __init__(self) -> None:
+    def __init__(self, sentinel_ports: tuple[int, ...] = ()) -> None:
+        """``sentinel_ports``: where the sentinels listen (free ports when empty)."""
         self.primary = RedisServerProcess()
         self.replica: RedisServerProcess | None = None
         self.sentinels: list[SentinelProcess] = []
+        self._sentinel_ports: tuple[int | None, ...] = sentinel_ports or (None, None, None)
 
     @property
     def url(self) -> str:
@@ -176,7 +178,10 @@ class SentinelGroup:
         replica_of = ("--replicaof", "127.0.0.1", str(self.primary.port))
         self.replica = RedisServerProcess(None, *replica_of).start()
         wait_until(self._replica_synced, READY_WITHIN, "the replica to sync")
-        self.sentinels = [SentinelProcess(self.master_name, self.primary.port) for _ in range(3)]
+        self.sentinels = [
+            SentinelProcess(self.master_name, self.primary.port, port)
+            for port in self._sentinel_ports
+        ]
         wait_until(self._sentinels_agree, READY_WITHIN, "sentinels to see each other")
         return self
 

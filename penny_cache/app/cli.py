@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -243,8 +244,11 @@ def _load_scripts(settings: Settings) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``penny-cache`` command."""
     args = _parser().parse_args(argv)
+    environ = dict(os.environ)
+    for line in Settings.unknown_variables(environ):
+        logging.getLogger("penny_cache.config").warning("%s", line)
     try:
-        return _dispatch(args, dict(os.environ))
+        return _dispatch(args, environ)
     except ConfigurationError as exc:
         print(f"penny-cache: configuration error: {exc}", file=sys.stderr)
         return 2

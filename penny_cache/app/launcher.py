@@ -31,6 +31,8 @@ from typing import Any, Final
 
 from penny_cache.app.embedded import embedded_redis, free_port
 from penny_cache.config import Settings, redact_url
+from penny_cache.errors import ConfigurationError, InvalidInputError
+from penny_cache.store.database import PersonalityStore
 
 __all__ = ["SERVER_STACK", "StackOptions", "run_stack", "serve", "server_options"]
 
@@ -51,6 +53,8 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
     """Run the HTTP service until interrupted (uvicorn, ``workers`` processes)."""
     import uvicorn
 
+    require_usable_database(settings.database_url)
+
     made_dir = None
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if given:
@@ -69,6 +73,15 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         if made_dir is not None:
             shutil.rmtree(made_dir, ignore_errors=True)
     return 0
+
+
+def require_usable_database(url: str) -> None:
+    """A URL SQLAlchemy cannot use (an unknown dialect) fails here, once, as one line,
+    instead of as a traceback in every worker. Nothing connects."""
+    try:
+        PersonalityStore(url).close()
+    except InvalidInputError as exc:
+        raise ConfigurationError(f"PENNY_DATABASE_URL: {exc}") from None
 
 
 def server_options(host: str, port: int, workers: int) -> dict[str, Any]:
@@ -148,6 +161,7 @@ def _run_stack(options: StackOptions, environ: dict[str, str]) -> int:
             env.setdefault("PENNY_REDIS_TIMEOUT", str(redis.timeout))
             print(f"redis            {redis.description}; set PENNY_REDIS_URL to use yours")
         settings = Settings.from_env(env)
+        require_usable_database(settings.database_url)
         stack = _Stack(
             settings,
             _port_or_free(options.host, settings.http_port),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -39,7 +40,10 @@ from penny_cache.app.schema import (
 )
 from penny_cache.catalogue import Catalogue, load_catalogue
 from penny_cache.config import Settings
-from penny_cache.errors import StoreError
+from penny_cache.errors import (
+    ConfigurationError,
+    StoreError,
+)
 from penny_cache.observe.metrics import for_worker
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
@@ -60,6 +64,10 @@ _ETAG_DOC: Final = {
         }
     }
 }
+_NOT_READY: Final = (
+    "not ready: the database is unreachable, Redis refuses this process's counters, or "
+    "(PENNY_WRITE_MODE=strict) Redis is unreachable"
+)
 _PERSONALITY: Final = "/personality/"
 _JSON: Final = (b"content-type", b"application/json")
 
@@ -105,6 +113,7 @@ class _Service:
     tracker: AsyncPersonalityTracker
     stats: _Stats
     registry: CollectorRegistry
+    write_mode: str = "available"
 
 
 def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
@@ -247,18 +256,19 @@ def _install_routes(app: FastAPI) -> None:
         """The process is alive (liveness: never depends on Redis or SQL)."""
         return {"status": "ok"}
 
-    @app.get(
-        "/readyz",
-        responses=responses(413, **{"503": {"description": "the database is unreachable"}}),
-    )
+    @app.get("/readyz", responses=responses(413, **{"503": {"description": _NOT_READY}}))
     async def readyz(request: Request) -> JSONResponse:
-        """Ready when SQL answers; Redis down is "degraded" (reads go to SQL), not dead."""
+        """Ready when this process can read, write and count as configured: Redis down is
+        "degraded" in the available write mode (SQL answers), not ready in strict mode."""
         service = _service(request)
         sql_ok = await _sql_answers(service.tracker.store)
         redis_ok = await service.tracker.cache.ping()
-        status = "ready" if sql_ok and redis_ok else "degraded" if sql_ok else "unavailable"
-        body = {"status": status, "sql": sql_ok, "redis": redis_ok}
-        return JSONResponse(body, status_code=200 if sql_ok else 503)
+        counting = service.tracker.cache.counting
+        strict = service.write_mode == "strict"
+        ready = sql_ok and counting and (redis_ok or not strict)
+        status = "unavailable" if not ready else "ready" if redis_ok else "degraded"
+        body = {"status": status, "sql": sql_ok, "redis": redis_ok, "counting": counting}
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     @app.get("/metrics", response_class=Response, responses=responses(413))
     async def metrics(request: Request) -> Response:
@@ -292,7 +302,7 @@ def create_app(
         store = PersonalityStore(settings.database_url, catalogue=catalogue)
         tracker = AsyncPersonalityTracker(store, cache, **settings.tracker_options())
         stats = _Stats(cache.get_stats, monotonic)
-        app.state.service = _Service(tracker, stats, registry)
+        app.state.service = _Service(tracker, stats, registry, settings.write_mode)
         try:
             stats.current()  # the first read, awaited here so the first answer has it
             await stats.settle()
@@ -323,8 +333,15 @@ def app_from_env() -> FastAPI:
     """uvicorn's factory (``penny-cache serve``): settings from ``PENNY_*`` variables;
     ``PENNY_CATALOGUE=package.module:NAME`` serves an application's catalogue."""
     reference = os.environ.get("PENNY_CATALOGUE", "").strip()
+    for line in Settings.unknown_variables(os.environ):
+        _log.warning("%s", line)
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigurationError as exc:  # one line, not a traceback per worker
+        print(f"penny-cache: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return create_app(
-        Settings.from_env(os.environ),
+        settings,
         catalogue=load_catalogue(reference) if reference else None,
         multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None,
     )

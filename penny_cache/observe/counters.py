@@ -8,6 +8,15 @@ repeated flush cannot double count, and after a Redis restart the next flush put
 live processes' totals back. A closing process folds its fields into ``retired|*``
 exactly once (guarded by a marker key), so the hash does not grow with restarts.
 Reading sums every field of the 16 hashes: one pipelined round of HGETALLs, never SCAN.
+
+Anyone holding the service's Redis credential can write these hashes, so a reader trusts
+nothing in them: a field that does not parse (not ``<process>|<known counter>``, not a
+non-negative integer below 2**53) is skipped and counted in ``stats_fields_invalid``, and
+a shard that is not a hash (a ``SET`` over it) is skipped and counted in
+``stats_keys_invalid``; one bad field must not fail the requests that show the totals.
+A flush that fails (Redis down, a shard of the wrong type) is logged at most once per
+interval and retried on the next tick; ``SharedCounters.counting`` turns False while Redis
+keeps refusing them (readiness).
 """
 
 from __future__ import annotations
@@ -21,15 +30,18 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from penny_cache import forks
-from penny_cache.errors import CacheError
+from penny_cache.errors import CacheError, CacheTimeoutError, CacheUnavailableError
 from penny_cache.keys import KeySchema
+from penny_cache.observe.ratelog import RateLimitedLog
 
 __all__ = [
     "COUNTERS",
+    "FIELDS_INVALID",
+    "KEYS_INVALID",
     "CounterBackend",
     "LocalCounters",
     "SharedCounters",
@@ -52,16 +64,24 @@ COUNTERS: Final = (
     "stale_served",
     "malformed_messages",
 )
+# what a read found unusable (totals keys beside the counters, never written to Redis)
+FIELDS_INVALID: Final = "stats_fields_invalid"
+KEYS_INVALID: Final = "stats_keys_invalid"
 _SEEN: Final = "seen"
 _LOCK_FREE: Final = ("hits", "misses", "near_hits")
+_NAMES: Final = frozenset(COUNTERS)
+_MAX_COUNT: Final = 2**53  # a count no process reaches; above it a value is forged
+_LOG_INTERVAL: Final = 60.0
+_REFUSALS_UNREADY: Final = 3  # consecutive flushes Redis refused: this process cannot count
 log = logging.getLogger("penny_cache.observe.counters")
+_bad_state_log = RateLimitedLog(log, _LOG_INTERVAL)
 
 
 class CounterBackend(Protocol):
     """What the counters need from Redis (``RedisBackend`` provides it)."""
 
     def write_fields(self, key: str, fields: Mapping[str, int | float | str]) -> None: ...
-    def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]: ...
+    def read_fields_many(self, keys: list[str]) -> Sequence[Mapping[str, str] | None]: ...
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
     ) -> bool: ...
@@ -107,21 +127,47 @@ def new_process_id() -> str:
 
 
 def sum_counters(fields: Mapping[str, str]) -> dict[str, int]:
-    """Sum ``<process>|<counter>`` fields over all processes (and the retired ones)."""
+    """Sum ``<process>|<counter>`` fields over all processes (and the retired ones);
+    fields that do not parse are skipped and counted under ``FIELDS_INVALID``."""
     totals = dict.fromkeys(COUNTERS, 0)
+    totals[FIELDS_INVALID] = 0
     for field, value in fields.items():
-        _, _, name = field.rpartition("|")
-        if name in totals:
-            totals[name] += int(value)
+        process, _, name = field.rpartition("|")
+        if name == _SEEN:
+            continue  # a timestamp, for people reading the hash
+        amount = _count(value) if name in _NAMES and 0 < len(process) <= 200 else None
+        if amount is None:
+            totals[FIELDS_INVALID] += 1
+        else:
+            totals[name] += amount
     return totals
 
 
+def _count(value: str) -> int | None:
+    """A counter's value, or None when it is not one a process could have written."""
+    if not (len(value) <= 16 and value.isascii() and value.isdigit()):
+        return None
+    amount = int(value)
+    return amount if amount <= _MAX_COUNT else None
+
+
 def shared_totals(backend: CounterBackend, keys: KeySchema) -> dict[str, int]:
-    """Every process's totals on the namespace: the sum over all counter shards."""
+    """Every process's totals on the namespace: the sum over all counter shards, with
+    ``FIELDS_INVALID`` and ``KEYS_INVALID`` saying what was skipped (and logged)."""
     totals = sum_counters({})
+    totals[KEYS_INVALID] = 0
     for fields in backend.read_fields_many(keys.all_counters()):
+        if fields is None:
+            totals[KEYS_INVALID] += 1
+            continue
         for name, value in sum_counters(fields).items():
             totals[name] += value
+    if totals[FIELDS_INVALID] or totals[KEYS_INVALID]:
+        _bad_state_log.warning(
+            "invalid",
+            f"the shared counters hold {totals[FIELDS_INVALID]} invalid fields and "
+            f"{totals[KEYS_INVALID]} keys that are not hashes (skipped; see the runbook)",
+        )
     return totals
 
 
@@ -148,6 +194,9 @@ class SharedCounters:
         self._thread: threading.Thread | None = None
         self._published: dict[str, int] | None = None
         self._closed = False
+        self.flush_failures = 0  # consecutive failed flushes (0: the last one landed)
+        self.flush_failures_total = 0
+        self._refusals = 0  # of those, the ones Redis answered with an error
         self.process_id = new_process_id()
         forks.track(self)
 
@@ -192,12 +241,33 @@ class SharedCounters:
                 f"{self.process_id}|{name}": value for name, value in totals.items()
             }
             fields[f"{self.process_id}|{_SEEN}"] = round(self._wall_clock(), 3)
+            key = self._keys.counters(self.process_id)
             try:
-                self._backend.write_fields(self._keys.counters(self.process_id), fields)
-            except CacheError:
+                self._backend.write_fields(key, fields)
+            except CacheError as exc:
+                self._flush_failed(key, exc)
                 return False
             self._published = totals
+            self.flush_failures = self._refusals = 0
             return True
+
+    def _flush_failed(self, key: str, exc: CacheError) -> None:
+        """Counted and logged (once per interval); the next tick retries with absolutes,
+        so nothing is lost while the totals stay in memory."""
+        self.flush_failures += 1
+        self.flush_failures_total += 1
+        if not isinstance(exc, CacheUnavailableError | CacheTimeoutError):
+            self._refusals += 1
+        _bad_state_log.warning(
+            "flush", f"could not write this process's counters to {key} ({exc}); retrying"
+        )
+
+    @property
+    def counting(self) -> bool:
+        """False once Redis has refused several flushes in a row (a shard of another type:
+        it answers, but this process's counts go nowhere). Redis out of reach is not this:
+        that is the breaker's and the readiness probe's Redis check, not a broken count."""
+        return self._refusals < _REFUSALS_UNREADY
 
     def totals(self) -> dict[str, int]:
         """All processes' totals from Redis, this process's own counts included.

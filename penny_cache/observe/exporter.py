@@ -4,11 +4,13 @@ One exporter per namespace publishes what every worker counted (the workers' own
 ``/metrics`` can only say what one process knows). Each scrape is one pipelined round of
 ``HGETALL`` over the 16 counter hashes, never a SCAN; no label carries a user id, so the
 series count does not grow with users. When Redis cannot be read the scrape still answers, with
-``penny_cache_up 0`` and no counter samples (a gap, not a fake zero).
+``penny_cache_up 0`` and no counter samples (a gap, not a fake zero); so it does when
+reading fails in any other way (a scrape is never a 500), the failure logged once a minute.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final
@@ -16,11 +18,13 @@ from typing import Any, Final
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
 from prometheus_client.registry import Collector
 
-from penny_cache.errors import CacheError
+from penny_cache.observe.counters import FIELDS_INVALID, KEYS_INVALID
+from penny_cache.observe.ratelog import RateLimitedLog
 
 __all__ = [
     "COUNTER_HELP",
     "EXPORTED_METRICS",
+    "INVALID_HELP",
     "RedisCountersCollector",
 ]
 
@@ -60,6 +64,20 @@ COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
 }
 
 
+# what the read skipped: gauges (the count of bad fields or keys present now)
+INVALID_HELP: Final[Mapping[str, tuple[str, str]]] = {
+    FIELDS_INVALID: (
+        "penny_cache_stats_fields_invalid",
+        "Fields of the shared counter hashes that did not parse (skipped, not summed).",
+    ),
+    KEYS_INVALID: (
+        "penny_cache_stats_keys_invalid",
+        "Shared counter keys that are not hashes (skipped; their process cannot flush).",
+    ),
+}
+_log = logging.getLogger("penny_cache.observe.exporter")
+
+
 # Every metric name this exporter can publish: dashboards and alerts are tested against it.
 EXPORTED_METRICS: Final = frozenset(
     {
@@ -69,6 +87,7 @@ EXPORTED_METRICS: Final = frozenset(
         "penny_cache_requests_total",
         "penny_cache_hits_total",
         *(f"{name}_total" for name, _ in COUNTER_HELP.values()),
+        *(name for name, _ in INVALID_HELP.values()),
     }
 )
 
@@ -87,13 +106,11 @@ class RedisCountersCollector(Collector):
         self._namespace = namespace
         self._version = version
         self._clock = clock
+        self._errors = RateLimitedLog(_log, 60.0, clock)
 
     def collect(self) -> Iterator[Any]:
         started = self._clock()
-        try:
-            totals: Mapping[str, int] | None = self._read_totals()
-        except CacheError:
-            totals = None
+        totals = self._read()
         labels = ["namespace"]
         values = [self._namespace]
         up = GaugeMetricFamily(
@@ -114,9 +131,18 @@ class RedisCountersCollector(Collector):
         duration.add_metric(values, self._clock() - started)
         yield duration
 
+    def _read(self) -> Mapping[str, int] | None:
+        """The totals, or None when they cannot be read: Redis down, or anything else a
+        bad state in Redis may raise (the scrape answers ``penny_cache_up 0``)."""
+        try:
+            return self._read_totals()
+        except Exception as exc:  # a scrape must answer whatever happened
+            self._errors.warning("read", f"reading the shared counters failed: {exc!r}")
+            return None
+
     def _counters(
         self, totals: Mapping[str, int], labels: list[str], values: list[str]
-    ) -> Iterable[CounterMetricFamily]:
+    ) -> Iterable[CounterMetricFamily | GaugeMetricFamily]:
         requests = CounterMetricFamily(
             "penny_cache_requests", "Lookups (hits + misses), all processes.", labels=labels
         )
@@ -134,3 +160,7 @@ class RedisCountersCollector(Collector):
             family = CounterMetricFamily(name, help_text, labels=labels)
             family.add_metric(values, totals[counter])
             yield family
+        for key, (name, help_text) in INVALID_HELP.items():
+            gauge = GaugeMetricFamily(name, help_text, labels=labels)
+            gauge.add_metric(values, totals.get(key, 0))
+            yield gauge

@@ -56,6 +56,7 @@ PROCESS_METRICS: Final = frozenset(
         "penny_cache_outbox_skipped_total",
         "penny_cache_outbox_backoff_rows",
         "penny_cache_history_deleted_total",
+        "penny_cache_stats_flush_failures_total",
     }
 )
 
@@ -96,7 +97,14 @@ class ProcessMetrics:
             multiprocess_mode="livesum",
         )
         self._add_outbox_metrics(registry)
+        self.stats_flush_failures = Counter(
+            "penny_cache_stats_flush_failures",
+            "Publications of this process's shared counters that failed (Redis down, or a "
+            "counters key of another type); each is retried at the next interval.",
+            registry=registry,
+        )
         self._flushes_seen = 0
+        self._flush_failures_seen = 0
         self.timers = {op: self.operation_seconds.labels(op) for op in OPERATIONS}
 
     def observe_near(self, entries: int, flushes: int) -> None:
@@ -142,6 +150,12 @@ class ProcessMetrics:
         self.outbox_failures.inc(failures)
         self.outbox_skipped.inc(skipped)
         self.outbox_backoff_rows.set(backoff)
+
+    def observe_stats_flushes(self, failures: int) -> None:
+        """Catch the failed-flush counter up with the counters' own total."""
+        if failures > self._flush_failures_seen:
+            self.stats_flush_failures.inc(failures - self._flush_failures_seen)
+            self._flush_failures_seen = failures
 
 
 def for_worker(multiprocess_dir: str | None) -> tuple[ProcessMetrics, CollectorRegistry]:

@@ -376,6 +376,11 @@ class CachePolicy(DropInPolicy):
         """Publish this process's counters now; False if Redis could not be written."""
         return self._counters.flush()
 
+    @property
+    def counting(self) -> bool:
+        """False when Redis keeps refusing this process's counter flushes (readiness)."""
+        return self._counters.counting
+
     def _on_listener_event(self, event: str) -> None:
         counter = _LISTENER_COUNTERS.get(event)
         if counter is not None:
@@ -389,6 +394,8 @@ class CachePolicy(DropInPolicy):
             self.recover()
         elif self._sync_backend.probe(force=bool(self._pending)):
             self.deliver_pending()
+        if self.metrics is not None:
+            self.metrics.observe_stats_flushes(self._counters.flush_failures_total)
         if self.metrics is not None and self._near is not None:
             self.metrics.observe_near(len(self._near), self._near.flushes)
 

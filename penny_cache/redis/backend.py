@@ -120,7 +120,7 @@ class RedisBackend(_Transport):
             pipe = client.pipeline(transaction=False)
             for call in step.calls:
                 getattr(pipe, call.method)(*call.args, **call.kwargs)
-            return pipe.execute()
+            return pipe.execute(raise_on_error=step.raise_on_error)
         # ResetPool: idle connections only: yanking one another thread is using breaks
         # redis-py mid-call (found under failover: a TypeError from its socket check)
         return client.connection_pool.disconnect(inuse_connections=False)
@@ -148,11 +148,18 @@ class RedisBackend(_Transport):
     def write_fields(self, key: str, fields: Mapping[str, int | float | str]) -> None:
         self._guarded(Call("hset", (key,), {"mapping": fields}))
 
-    def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]:
-        """HGETALL of each key, pipelined (one round trip per node)."""
+    def read_fields_many(self, keys: list[str]) -> list[dict[str, str] | None]:
+        """HGETALL of each key, pipelined (one round trip per node); None for a key Redis
+        refused to read as a hash (another type: reported by the caller, never fatal).
+        Bytes that are not UTF-8 are replaced, so they fail the caller's parse instead."""
         calls = tuple(Call("hgetall", (key,)) for key in keys)
-        raws = cast("list[dict[bytes, bytes]]", self._guarded(Pipeline(calls)))
-        return [{k.decode(): v.decode() for k, v in raw.items()} for raw in raws]
+        raws = cast("list[Any]", self._guarded(Pipeline(calls, raise_on_error=False)))
+        return [
+            {k.decode(errors="replace"): v.decode(errors="replace") for k, v in raw.items()}
+            if isinstance(raw, dict)
+            else None
+            for raw in raws
+        ]
 
     def delete_keys(self, keys: list[str]) -> None:
         """UNLINK each key (pipelined, one key per call: they may be in different slots)."""
@@ -267,7 +274,7 @@ class AsyncRedisBackend(_Transport):
             pipe = client.pipeline(transaction=False)
             for call in step.calls:
                 getattr(pipe, call.method)(*call.args, **call.kwargs)
-            return await pipe.execute()
+            return await pipe.execute(raise_on_error=step.raise_on_error)
         return await client.connection_pool.disconnect(inuse_connections=False)
 
     async def ping(self) -> bool:

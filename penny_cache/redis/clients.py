@@ -26,6 +26,7 @@ from penny_cache.config import Settings
 __all__ = [
     "FAST_FAILURE",
     "RETRY_SHARE",
+    "LazyCluster",
     "SubscriberFactory",
     "async_client",
     "client_options",
@@ -138,9 +139,53 @@ def sync_client(settings: Settings) -> Any:
             settings.redis_master_name, connection_class=_sentinel_connection(settings), **options
         )
     if topology == "cluster":
-        options.pop("retry")
-        return RedisCluster.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), **options)
+        return LazyCluster(settings)
     return redis.Redis.from_url(settings.redis_url, **options)
+
+
+def _cluster(settings: Settings) -> RedisCluster:
+    """redis-py's sync Cluster client: it connects in its constructor (to read the slots),
+    so only ``LazyCluster`` and the subscriber factory call this, at first use."""
+    options = client_options(settings.redis_timeout) | _credentials(settings)
+    options.pop("retry")
+    return RedisCluster.from_url(settings.redis_url, retry=Retry(NoBackoff(), 1), **options)
+
+
+class LazyCluster:
+    """A ``RedisCluster`` made on first use, not at construction.
+
+    redis-py's sync Cluster client reads the slot map in its constructor, so with the
+    seed nodes unreachable a worker used to die at start instead of answering from SQL
+    like on a standalone Redis. Here construction never connects: the first command
+    (under the backend's breaker) builds the client, a failure raises redis-py's
+    ``RedisClusterException`` to the boundary (``CacheUnavailableError``), and the next
+    admitted call tries again, so the cache starts using Redis once a seed answers.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._client: RedisCluster | None = None
+
+    def client(self) -> RedisCluster:
+        """The Cluster client, built now if no earlier attempt succeeded."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = _cluster(self._settings)
+                client = self._client
+        return client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client(), name)
+
+    def close(self) -> None:
+        """Close the client if one was built (nothing to close otherwise)."""
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
 
 def async_client(settings: Settings, max_connections: int) -> Any:
@@ -224,10 +269,10 @@ class _ClusterSubscribers:
     def __call__(self, channel: str, socket_timeout: float) -> redis.Redis:
         with self._lock:
             if self._topology is None:
-                self._topology = sync_client(self._settings)
+                self._topology = _cluster(self._settings)
             else:
                 self._topology.nodes_manager.initialize()
-            node = self._topology.get_node_from_key(channel)
+            node = self._topology.get_node_from_key(channel)  # type: ignore[no-untyped-call]
         options = _subscriber_options(self._settings, socket_timeout)
         if self._settings.redis_tls:
             options["ssl"] = True

@@ -83,9 +83,12 @@ class Scan(NamedTuple):
 
 
 class Pipeline(NamedTuple):
-    """Several calls in one round trip (no transaction): their answers, as a list."""
+    """Several calls in one round trip (no transaction): their answers, as a list.
+    ``raise_on_error=False``: a command Redis refused (WRONGTYPE) answers its exception
+    in place, so one bad key does not fail the others."""
 
     calls: tuple[Call, ...]
+    raise_on_error: bool = True
 
 
 class ResetPool(NamedTuple):

@@ -13,7 +13,6 @@ import time
 from typing import Any
 
 import pytest
-from redis.exceptions import RedisClusterException
 
 from penny_cache.app.embedded import free_port
 from penny_cache.config import Settings
@@ -118,25 +117,12 @@ def _topology(name: str, port: int) -> Settings:
     return Settings(redis_url=url, redis_timeout=DEADLINE, **options[name])
 
 
-_EAGER_CLUSTER = pytest.mark.xfail(
-    raises=RedisClusterException,
-    strict=True,
-    reason=(
-        "bug: clients.sync_client builds RedisCluster eagerly (it connects to read the "
-        "slots), so wiring.sync_backend, and with it PersonalityCache.from_settings and "
-        "AsyncPersonalityCache.from_settings, raise redis-py's RedisClusterException when "
-        "no seed node answers, instead of building and failing calls as "
-        "CacheUnavailableError like the asyncio client does"
-    ),
-)
-
-
 @pytest.mark.parametrize(
     ("api", "topology"),
     [
         ("sync", "standalone"),
         ("sync", "sentinel"),
-        pytest.param("sync", "cluster", marks=_EAGER_CLUSTER),
+        ("sync", "cluster"),
         ("async", "standalone"),
         ("async", "sentinel"),
         ("async", "cluster"),
@@ -147,7 +133,9 @@ def test_redis_down_costs_one_bounded_failure_on_every_topology(api: str, topolo
     (connections open on first use), and its first call raises
     ``CacheUnavailableError``/``CacheTimeoutError`` within the deadline, retry included.
     (Behind Sentinel a call used to take 3-4 s: redis-py's default retries ran inside
-    every master lookup.)"""
+    every master lookup. On a Cluster the sync client used to connect in its
+    constructor, so building the backend raised ``RedisClusterException`` and a worker
+    died at start; ``clients.LazyCluster`` builds it on first use.)"""
     settings = _topology(topology, free_port())
     started = time.monotonic()
     if api == "sync":

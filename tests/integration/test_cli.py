@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -111,3 +112,60 @@ def test_bad_settings_fail_at_start_naming_the_variable(variable: str, value: st
     result = run_cli("stats", **{variable: value})
     assert result.returncode == 2
     assert variable in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "run", "exporter", "check", "stats"])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PENNY_REDIS_URL", "redis://host:notaport"),
+        ("PENNY_REDIS_URL", "redis://[::1"),
+        ("PENNY_DATABASE_URL", "postgresql://db:notaport/x"),
+    ],
+)
+def test_a_malformed_url_is_one_line_naming_the_variable(
+    command: str, variable: str, value: str
+) -> None:
+    """Used to happen: a malformed PENNY_REDIS_URL printed a traceback. Now every command
+    exits non-zero with one line on stderr that names the variable."""
+    result = run_cli(command, **{variable: value})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+
+
+@pytest.mark.parametrize("command", ["serve", "run"])
+def test_serve_refuses_a_database_url_sqlalchemy_cannot_use(command: str) -> None:
+    """A URL of an unknown dialect is refused by ``serve`` (and ``run``) before any worker
+    starts, in one line naming PENNY_DATABASE_URL (not a traceback from each worker)."""
+    result = run_cli(
+        command, PENNY_DATABASE_URL="nosuchdialect://x/y", PENNY_REDIS_URL="redis://127.0.0.1:1"
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PENNY_DATABASE_URL" in lines[0], result.stderr
+
+
+def test_an_empty_database_url_file_refuses_to_start(tmp_path: Path) -> None:
+    """Used to happen: an empty PENNY_DATABASE_URL_FILE (or PENNY_DATABASE_URL="") made
+    the service use ./penny.db, say ready and lose the writes with the pod. Now the
+    command refuses to start, naming the variable."""
+    empty = tmp_path / "database_url"
+    empty.write_text("\n")
+    for env in ({"PENNY_DATABASE_URL_FILE": str(empty)}, {"PENNY_DATABASE_URL": ""}):
+        result = run_cli("serve", **env)
+        assert result.returncode == 2
+        assert "PENNY_DATABASE_URL" in result.stderr and "empty" in result.stderr
+        assert not (tmp_path / "penny.db").exists()
+
+
+def test_a_misspelt_variable_is_warned_about_at_start(sqlite_url: str) -> None:
+    """Used to happen: ``PENNY_CACH_TTL`` was ignored without a word. Now the CLI warns
+    at start and suggests the setting it probably meant."""
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    result = run_cli(
+        "check", PENNY_REDIS_URL=dead, PENNY_DATABASE_URL=sqlite_url, PENNY_CACH_TTL="5"
+    )
+    assert "PENNY_CACH_TTL" in result.stderr
+    assert "did you mean PENNY_CACHE_TTL?" in result.stderr

@@ -29,7 +29,9 @@ def real_cache(redis_url: str, namespace: str) -> Iterator[PersonalityCache]:
 
 def test_entries_expire_on_the_server(redis_url: str, namespace: str) -> None:
     """An entry written with a 50 ms TTL is a miss once Redis expires it."""
-    with PersonalityCache.from_url(redis_url, namespace=namespace, ttl=0.05) as cache:
+    with PersonalityCache.from_url(
+        redis_url, namespace=namespace, ttl=0.05, lease_ttl=0.01
+    ) as cache:
         cache.set("alice", default_state("alice", datetime(2026, 1, 1, tzinfo=UTC)))
         assert cache.get("alice") is not None
         wait_until(lambda: cache.get("alice") is None, 5.0, "the entry to expire")

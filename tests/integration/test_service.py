@@ -10,7 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from penny_cache.app.embedded import RedisServerProcess
-from penny_cache.app.service import MAX_BODY_BYTES, STATS_MAX_AGE, create_app
+from penny_cache.app.service import MAX_BODY_BYTES, STATS_MAX_AGE, app_from_env, create_app
 from penny_cache.config import Settings
 from penny_cache.state import CATALOGUE
 from penny_cache.store.database import PersonalityStore
@@ -150,7 +150,12 @@ def test_health_readiness_metrics_and_openapi(client: TestClient) -> None:
     """/healthz is ok, /readyz reports SQL and Redis up, /metrics serves the per-process
     histograms after a request, and the OpenAPI schema lists both personality routes."""
     assert client.get("/healthz").json() == {"status": "ok"}
-    assert client.get("/readyz").json() == {"status": "ready", "sql": True, "redis": True}
+    assert client.get("/readyz").json() == {
+        "status": "ready",
+        "sql": True,
+        "redis": True,
+        "counting": True,
+    }
     client.get("/personality/carol")
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
@@ -191,7 +196,12 @@ def test_redis_down_is_degraded_not_dead(sqlite_url: str, namespace: str, clock:
             assert client.get("/personality/alice").json()["version"] == 1
             ready = client.get("/readyz")
             assert ready.status_code == 200
-            assert ready.json() == {"status": "degraded", "sql": True, "redis": False}
+            assert ready.json() == {
+                "status": "degraded",
+                "sql": True,
+                "redis": False,
+                "counting": True,
+            }
             clock.advance(STATS_MAX_AGE)
             _cache_block_until(client, "/personality/alice", lambda block: not block["shared"])
     finally:
@@ -226,3 +236,49 @@ def test_sql_down_is_503_and_not_ready(redis_url: str, namespace: str) -> None:
         assert response.status_code == 503
         assert response.headers["Retry-After"] == "1"
         assert client.get("/readyz").status_code == 503
+
+
+def test_readyz_is_not_ready_in_strict_mode_without_redis(sqlite_url: str, namespace: str) -> None:
+    """Used to happen: /readyz said ready (200, "degraded") with Redis gone whatever the
+    write mode, though in ``PENNY_WRITE_MODE=strict`` every update is then refused. Now
+    a strict worker without Redis is not ready (503), and ready again once Redis is."""
+    server = RedisServerProcess().start()
+    settings = Settings(
+        redis_url=server.url,
+        database_url=sqlite_url,
+        namespace=namespace,
+        write_mode="strict",
+        redis_cooldown=0.1,
+    )
+    try:
+        with TestClient(create_app(settings)) as client:
+            assert client.get("/readyz").status_code == 200
+            server.kill()
+            ready = client.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json()["redis"] is False and ready.json()["sql"] is True
+            server.start()
+            deadline = time.monotonic() + 10
+            while client.get("/readyz").status_code != 200:
+                assert time.monotonic() < deadline, "never ready again"
+                time.sleep(0.02)
+    finally:
+        server.stop()
+
+
+def test_the_app_factory_refuses_bad_settings_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """uvicorn's factory (what each ``serve`` worker runs) used to raise the
+    ``ConfigurationError`` as a traceback per worker; now it prints one line naming the
+    variable and exits 2, and a misspelt ``PENNY_*`` name is warned about."""
+    monkeypatch.setenv("PENNY_DATABASE_URL", " ")
+    monkeypatch.setenv("PENNY_CACH_TTL", "5")
+    with pytest.raises(SystemExit) as exited:
+        app_from_env()
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [lines[-1]] and "PENNY_DATABASE_URL is set but empty" in lines[-1]
+    assert "did you mean PENNY_CACHE_TTL?" in caplog.text

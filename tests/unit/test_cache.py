@@ -211,7 +211,7 @@ class _DownBackend(RedisBackend):
     def get(self, key: str) -> bytes | None:
         raise CacheUnavailableError("down")
 
-    def read_fields_many(self, keys: list[str]) -> list[dict[str, str]]:
+    def read_fields_many(self, keys: list[str]) -> list[dict[str, str] | None]:
         raise CacheUnavailableError("down")
 
 

@@ -118,7 +118,7 @@ def test_every_variable_is_parsed() -> None:
 
 def test_the_password_never_appears_in_the_repr() -> None:
     """A Settings printed or logged does not show the Redis password."""
-    assert "s3cret" not in repr(Settings.from_env(ALL_VARIABLES | {"PENNY_REDIS_CLUSTER": ""}))
+    assert "s3cret" not in repr(Settings.from_env(ALL_VARIABLES | {"PENNY_REDIS_CLUSTER": "off"}))
 
 
 def test_secrets_come_from_files(tmp_path: Path) -> None:
@@ -193,9 +193,12 @@ def test_every_field_has_a_variable() -> None:
 
 @pytest.mark.parametrize("name", list(ALL_VARIABLES))
 @pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
-def test_blank_values_keep_defaults(name: str, blank: str) -> None:
-    """A set-but-blank variable is treated as unset."""
-    assert Settings.from_env({name: blank}) == Settings()
+def test_blank_values_are_errors_naming_the_variable(name: str, blank: str) -> None:
+    """Used to happen: a set-but-blank variable was taken as unset, so
+    ``PENNY_DATABASE_URL=""`` (a secret that rendered empty) made the service write to
+    ``./penny.db``. Now it is an error naming the variable and the default it refused."""
+    with pytest.raises(ConfigurationError, match=f"{name} is set but empty; unset it"):
+        Settings.from_env({name: blank})
 
 
 @pytest.mark.parametrize(
@@ -309,3 +312,107 @@ def test_write_mode_defaults_to_available_and_names_the_choices() -> None:
     assert Settings.from_env({"PENNY_WRITE_MODE": " strict "}).write_mode == "strict"
     with pytest.raises(ConfigurationError, match=r"PENNY_WRITE_MODE.*'available' or 'strict'"):
         Settings(write_mode="eventual")
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("PENNY_CACHE_TTL", "1e300"),
+        ("PENNY_CACHE_TTL", "2592001"),
+        ("PENNY_STATS_FLUSH_INTERVAL", "1e-9"),
+        ("PENNY_STATS_FLUSH_INTERVAL", "3601"),
+        ("PENNY_LEASE_TTL", "1e9"),
+        ("PENNY_LEASE_TTL", "61"),
+        ("PENNY_REDIS_TIMEOUT", "61"),
+        ("PENNY_REDIS_COOLDOWN", "3601"),
+        ("PENNY_ERROR_LOG_INTERVAL", "86401"),
+        ("PENNY_MAX_STALENESS", "601"),
+        ("PENNY_OUTBOX_INTERVAL", "3601"),
+        ("PENNY_OUTBOX_GRACE", "3601"),
+        ("PENNY_HISTORY_DAYS", "0"),
+        ("PENNY_HISTORY_DAYS", "36501"),
+        ("PENNY_HISTORY_DAYS", "nan"),
+        ("PENNY_VALUE_KEY", "short"),
+        ("PENNY_VALUE_KEY_PREVIOUS", "x" * 31),
+    ],
+)
+def test_every_numeric_setting_has_a_range(variable: str, value: str) -> None:
+    """Used to happen: only a lower bound was checked, so ``PENNY_CACHE_TTL=1e300``
+    started and then failed every write, ``PENNY_STATS_FLUSH_INTERVAL=1e-9`` busy-looped
+    and ``PENNY_LEASE_TTL=1e9`` would make readers wait on a dead loader. Now a value
+    outside the stated range is refused at start, naming the variable."""
+    with pytest.raises(ConfigurationError, match=variable):
+        Settings.from_env({variable: value})
+
+
+def test_the_edges_of_the_ranges_are_accepted() -> None:
+    """The bounds the README states are inclusive where it says so."""
+    settings = Settings.from_env(
+        {
+            "PENNY_CACHE_TTL": "2592000",
+            "PENNY_STATS_FLUSH_INTERVAL": "0.05",
+            "PENNY_LEASE_TTL": "60",
+            "PENNY_REDIS_TIMEOUT": "60",
+            "PENNY_HISTORY_DAYS": "36500",
+            "PENNY_VALUE_KEY": "k" * 32,
+        }
+    )
+    assert settings.cache_ttl == 2592000 and settings.history_days == 36500
+
+
+def test_a_lease_must_end_before_the_entry() -> None:
+    """A lease at least as long as the cache TTL would outlive what it protects."""
+    with pytest.raises(ConfigurationError, match="PENNY_LEASE_TTL"):
+        Settings(cache_ttl=1.0, lease_ttl=1.0)
+
+
+@pytest.mark.parametrize("content", ["", "\n", "\r\n", "  \n"])
+def test_an_empty_file_is_an_error_not_the_default(tmp_path: Path, content: str) -> None:
+    """Used to happen: ``PENNY_DATABASE_URL_FILE`` naming an empty file (what the
+    Kubernetes and compose files mount) was taken as unset, so the service wrote to
+    ./penny.db. Now it is an error naming the variable and the file."""
+    secret = tmp_path / "database_url"
+    secret.write_text(content)
+    with pytest.raises(ConfigurationError, match=r"PENNY_DATABASE_URL_FILE names .* empty"):
+        Settings.from_env({"PENNY_DATABASE_URL_FILE": str(secret)})
+    with pytest.raises(ConfigurationError, match="PENNY_DATABASE_URL_FILE is set but empty"):
+        Settings.from_env({"PENNY_DATABASE_URL_FILE": " "})
+
+
+@pytest.mark.parametrize(
+    ("field", "url"),
+    [
+        ("redis_url", "redis://host:notaport"),
+        ("redis_url", "redis://[::1"),
+        ("redis_url", "redis://host:99999"),
+        ("database_url", "not a url"),
+        ("database_url", "postgresql://host:notaport/db"),
+        ("database_url", "postgresql://[::1/db"),
+    ],
+)
+def test_a_malformed_url_is_a_configuration_error(field: str, url: str) -> None:
+    """Used to happen: a malformed URL got as far as redis-py or SQLAlchemy and came out
+    as a traceback. Now it is a ``ConfigurationError`` naming the variable."""
+    with pytest.raises(ConfigurationError, match=r"PENNY_(REDIS|DATABASE)_URL"):
+        Settings(**{field: url})  # type: ignore[arg-type]
+
+
+def test_unknown_penny_variables_are_reported_with_a_suggestion() -> None:
+    """Used to happen: a misspelt ``PENNY_*`` name was ignored silently. Now each name
+    that nothing reads is reported, with the nearest known name; settings, their
+    ``_FILE`` forms and the project's other variables are known."""
+    environ = {
+        "PENNY_CACHE_TTL": "60",
+        "PENNY_DATABASE_URL_FILE": "/run/secrets/db",
+        "PENNY_REQUIRE_SERVICES": "1",
+        "PENNY_TEST_DATABASE_URL": "x",
+        "PENNY_CATALOGUE": "a.b:C",
+        "PENNY_REDIS_TLS_CA_FILE_FILE": "/x",
+        "PENNY_CACH_TTL": "5",
+        "PENNY_ZZZ": "1",
+        "HOME": "/root",
+    }
+    lines = Settings.unknown_variables(environ)
+    assert len(lines) == 2
+    assert "PENNY_CACH_TTL" in lines[0] and "did you mean PENNY_CACHE_TTL?" in lines[0]
+    assert "PENNY_ZZZ" in lines[1] and "did you mean" not in lines[1]

@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from penny_cache import config
+from penny_cache import settings_env
 from tests.conftest import unavailable
 from tests.integration.test_prometheus_rules import RULE_FILES
 
@@ -52,7 +52,7 @@ EXPORTER_PORT = 9464
 EXPORTER_JOB = "penny-cache-exporter"  # the job PennyCacheExporterDown watches
 VOLATILE_POLICIES = frozenset({"volatile-lru", "volatile-lfu", "volatile-ttl"})
 SECRET_SETTINGS = frozenset({"PENNY_DATABASE_URL", "PENNY_REDIS_PASSWORD"})
-KNOWN_ENV_NAMES = frozenset(config._ENV_NAMES.values())
+KNOWN_ENV_NAMES = frozenset(settings_env.ENV_NAMES.values())
 PENNY_NAME = re.compile(r"\bPENNY_[A-Z0-9_]+\b")
 # A full release: major.minor.patch; PostgreSQL (since 10) numbers releases major.minor.
 VERSION_TAG = re.compile(r"\d+\.\d+\.\d+")

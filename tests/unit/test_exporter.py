@@ -69,3 +69,18 @@ def test_exported_metrics_lists_exactly_what_a_scrape_shows() -> None:
     text = generate_latest(registry_for(lambda: TOTALS)).decode()
     names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
     assert names == set(EXPORTED_METRICS)
+
+
+def test_any_collection_error_answers_up_zero_not_a_failed_scrape() -> None:
+    """Used to happen: an error other than ``CacheError`` while reading the totals (a
+    ``ValueError`` from a counter field ``abc``) escaped ``collect``, so /metrics answered
+    500. Now any error gives ``penny_cache_up 0`` and no counter samples."""
+
+    def broken() -> Mapping[str, int]:
+        raise ValueError("invalid literal for int() with base 10: 'abc'")
+
+    registry = registry_for(broken)
+    ns = {"namespace": "penny"}
+    assert registry.get_sample_value("penny_cache_up", ns) == 0.0
+    assert registry.get_sample_value("penny_cache_requests_total", ns) is None
+    assert b"penny_cache_up" in generate_latest(registry)

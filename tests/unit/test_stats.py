@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import fakeredis
+import pytest
 
 from penny_cache.keys import KeySchema
-from penny_cache.observe.counters import SharedCounters, sum_counters
+from penny_cache.observe.counters import (
+    FIELDS_INVALID,
+    KEYS_INVALID,
+    SharedCounters,
+    shared_totals,
+    sum_counters,
+)
 from penny_cache.redis.backend import RedisBackend
 
 
@@ -100,3 +107,39 @@ def test_published_fields_are_retired_on_close(
     keys = fake_redis.hkeys(KeySchema(namespace).counters(c.process_id))
     fields = [k.decode() if isinstance(k, bytes) else k for k in keys]
     assert fields and all(f.startswith("retired|") for f in fields)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("x|hits", "abc"),
+        ("x|hits", "-5"),
+        ("x|hits", "1.5"),
+        ("x|hits", "9" * 30),
+        ("x|hits", str(2**53 + 1)),
+        ("x|hits", "\ufffd"),
+        ("x|bogus", "1"),
+        ("nopipe", "1"),
+        ("|hits", "1"),
+        ("x|stats_fields_invalid", "1"),
+    ],
+)
+def test_a_field_that_does_not_parse_is_skipped_and_counted(field: str, value: str) -> None:
+    """Used to happen: ``int('abc')`` raised out of the sum, failing every reader of the
+    totals. Now the field is skipped, the valid ones still sum, and the skip is counted."""
+    totals = sum_counters({"p|hits": "2", field: value})
+    assert totals["hits"] == 2
+    assert totals[FIELDS_INVALID] == 1
+
+
+def test_a_counter_shard_of_another_type_is_skipped_and_counted(
+    fake_redis: fakeredis.FakeRedis, namespace: str
+) -> None:
+    """A shard that is not a hash (``SET`` over it) does not fail the read: the other
+    shards sum, and ``stats_keys_invalid`` says how many were skipped."""
+    keys = KeySchema(namespace)
+    fake_redis.hset(keys.all_counters()[0], "p|hits", "4")
+    fake_redis.set(keys.all_counters()[1], "not a hash")
+    totals = shared_totals(RedisBackend(fake_redis), keys)
+    assert totals["hits"] == 4
+    assert totals[KEYS_INVALID] == 1
