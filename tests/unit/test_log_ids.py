@@ -52,14 +52,17 @@ def test_log_ids_differ_between_keys_and_are_stable_for_one() -> None:
     assert first(EMAIL) != first("bob@example.com")
 
 
+VALUE_KEY = "v" * 32
+
+
 def test_the_key_comes_from_settings() -> None:
     """PENNY_LOG_ID_KEY decides; without it a key derived from PENNY_VALUE_KEY (not the
     value key itself); without either, this process's random key."""
     assert LogIds.for_settings(Settings(log_id_key="k1")) == LogIds(b"k1")
-    assert LogIds.for_settings(Settings(log_id_key="k1", value_key="v")) == LogIds(b"k1")
-    derived = LogIds.for_settings(Settings(value_key="v"))
-    assert derived == LogIds.for_settings(Settings(value_key="v"))
-    assert derived not in (LogIds(b"v"), LogIds.per_process())
+    assert LogIds.for_settings(Settings(log_id_key="k1", value_key=VALUE_KEY)) == LogIds(b"k1")
+    derived = LogIds.for_settings(Settings(value_key=VALUE_KEY))
+    assert derived == LogIds.for_settings(Settings(value_key=VALUE_KEY))
+    assert derived not in (LogIds(VALUE_KEY.encode()), LogIds.per_process())
     assert LogIds.for_settings(Settings()) == LogIds.per_process()
     assert "k1" not in repr(LogIds(b"k1"))
 
