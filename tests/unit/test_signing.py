@@ -7,6 +7,8 @@ of the properties; ``tests/integration/test_signing_real.py`` shows them on a re
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from datetime import UTC, datetime
 
 import pytest
@@ -146,3 +148,15 @@ def test_an_unsigned_listener_reads_a_tagged_message_as_its_user() -> None:
 def test_the_signer_never_shows_its_key() -> None:
     """A signer in a log line or a traceback names the key id, never the key."""
     assert KEY not in repr(Signer(KEY, OLD)) and OLD not in repr(Signer(KEY, OLD))
+
+
+@pytest.mark.parametrize("secret", [KEY, "k" * 64, "a-key-longer-than-one-block-" * 4])
+def test_the_precomputed_mac_is_hmac_sha256(secret: str) -> None:
+    """The signer keeps HMAC's two padded-key states instead of calling ``hmac.digest``
+    (which rebuilds them on every call, doubling a verify's cost): the MAC must still be
+    exactly HMAC-SHA256, for keys shorter than, equal to and longer than a block."""
+    key = KEYS.state("alice")
+    body = encode_state(STATE)
+    sealed = Signer(secret).seal(key, body)
+    data = b"penny-cache entry v1\x00penny\x00" + key.encode() + b"\x00" + body
+    assert sealed[-64:] == hmac.new(secret.encode(), data, hashlib.sha256).hexdigest().encode()
