@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -225,6 +226,44 @@ def test_a_forged_invalidation_message_flushes_instead_of_invalidating_one_user(
     finally:
         for cache in (signed, control, writer):
             cache.close()
+
+
+async def _eventually(predicate: Callable[[], object], what: str) -> None:
+    deadline = time.monotonic() + 10
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+def test_a_forged_message_flushes_the_asyncio_caches_near_cache(
+    redis_url: str, namespace: str, raw: redis.Redis
+) -> None:
+    """As above for ``AsyncPersonalityCache`` (the HTTP service's): an unsigned message
+    naming alice flushes bob's near-cache copy too, and is counted."""
+
+    async def scenario() -> None:
+        cache = AsyncPersonalityCache.from_url(redis_url, namespace=namespace, value_key=KEY)
+        near = cache.near
+        assert near is not None
+        try:
+            for user in ("alice", "bob"):
+                await cache.set(user, default_state(user, AT))
+            await cache.get("alice")  # starts the listener
+            await _eventually(lambda: cache.near_trusted, "the listener to vouch")
+            deadline = time.monotonic() + 10
+            while not (near.lookup("alice") and near.lookup("bob")):  # re-read after a flush
+                assert time.monotonic() < deadline, "alice and bob never both near"
+                await cache.get("alice")
+                await cache.get("bob")
+            seq = int(raw.incr(cache.keys.sequence()))
+            raw.publish(cache.keys.channel(), format_message(seq, 2, encode_user_id("alice")))
+            await _eventually(lambda: near.lookup("bob") is None, "the flush")
+            await _eventually(lambda: cache.local_stats()["integrity_failures"] == 1, "the count")
+        finally:
+            await cache.aclose()
+
+    asyncio.run(scenario())
 
 
 def test_rotation_keeps_entries_of_the_previous_key(

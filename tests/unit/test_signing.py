@@ -10,14 +10,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
-from penny_cache.codec import encode_state, encode_tombstone, is_tombstone
+from penny_cache.codec import Entry, encode_state, encode_tombstone, is_tombstone
 from penny_cache.config import Settings
 from penny_cache.errors import CacheIntegrityError
-from penny_cache.keys import KeySchema, encode_user_id
+from penny_cache.keys import KeySchema, encode_user_id, invalidation_shard, shard_channel
+from penny_cache.policy.ops import CacheOp, DropPublish, InvalidatePublish, Tombstone, WritePublish
 from penny_cache.redis import scripts
+from penny_cache.redis.commands import Call, ClusterCommands, Commands, Eval
 from penny_cache.redis.listener import Message, format_message, parse_message
 from penny_cache.signing import SIGNATURE_BYTES, UNSIGNED, Signer
 from penny_cache.state import default_state
@@ -160,3 +163,43 @@ def test_the_precomputed_mac_is_hmac_sha256(secret: str) -> None:
     sealed = Signer(secret).seal(key, body)
     data = b"penny-cache entry v1\x00penny\x00" + key.encode() + b"\x00" + body
     assert sealed[-64:] == hmac.new(secret.encode(), data, hashlib.sha256).hexdigest().encode()
+
+
+def _publish_args(commands: Commands, op: CacheOp) -> list[list[Any]]:
+    """The argument lists of every script or call a publishing plan sends."""
+    plan, sent, answer = commands.plan(op), [], None
+    try:
+        while True:
+            step = plan.send(answer)
+            assert isinstance(step, Call | Eval), step
+            sent.append(list(step.args))
+            answer = [1, 1] if isinstance(step, Eval) and "PUBLISH" in step.script.name else 1
+    except StopIteration:
+        return sent
+
+
+@pytest.mark.parametrize("cluster", [False, True], ids=["standalone", "cluster"])
+def test_every_publisher_tags_the_user_and_a_cluster_shards_by_the_bare_user(
+    cluster: bool,
+) -> None:
+    """The publishers (``Commands``, ``ClusterCommands``) add the tag to every message that
+    names a user, over the version that message announces. On a Cluster the shard is still
+    chosen by the bare user, so a user's messages stay on one channel with or without a
+    key (the listener of that shard checks the tag)."""
+    signer = Signer(KEY)
+    commands = ClusterCommands(signer=signer) if cluster else Commands(signer=signer)
+    user, channel = encode_user_id("alice"), KEYS.channel()
+    entry = Entry(KEYS.state("alice"), 3, b"{}", 1000)
+    cases: list[tuple[CacheOp, str]] = [
+        (WritePublish(entry, KEYS.sequence(), channel, user), "3"),
+        (Tombstone(entry, KEYS.sequence(), channel, user), "3"),
+        (InvalidatePublish(KEYS.state("alice"), KEYS.sequence(), channel, user), "*"),
+        (DropPublish(KEYS.state("alice"), channel, user), "*"),
+    ]
+    for op, version in cases:
+        sent = [arg for args in _publish_args(commands, op) for arg in args]
+        tagged = signer.tag(version, user)
+        assert any(isinstance(a, str) and a.endswith(tagged) for a in sent), (op, sent)
+        if cluster:
+            shard = shard_channel(channel, invalidation_shard(user))
+            assert shard in sent, (op, sent)
