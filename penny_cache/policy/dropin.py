@@ -67,10 +67,8 @@ class DropInPolicy(WritePolicy):
         found, value = False, None
         if payload is not None:
             try:
-                found, value = (
-                    True,
-                    decode(self._signer.open(self._keys.legacy(user_id), payload), user_id),
-                )
+                payload = self._signer.open(self._keys.legacy(user_id), payload)
+                found, value = True, decode(payload, user_id)
             except CacheDecodeError as exc:
                 found = False
                 yield from self._undecodable(user_id, exc)
