@@ -157,7 +157,7 @@ class DimensionSpec:
         number = float(value)  # type: ignore[arg-type]
         if not math.isfinite(number) or not self.minimum <= number <= self.maximum:
             raise _InvalidValue(f"{self.name} must be in {bounds}, got {value!r}")
-        return number
+        return number + 0.0  # -0.0 is stored as 0.0: one zero, one encoding
 
     def holds(self, value: object) -> bool:
         """Whether ``value`` is valid for this dimension (no exception, for hot paths)."""

@@ -216,6 +216,7 @@ class Settings:
             "outbox_grace": self.outbox_grace,
             "serve_stale": self.serve_stale,
             "write_mode": self.write_mode,
+            "history_days": self.history_days,
         }
 
     @classmethod

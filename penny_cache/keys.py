@@ -33,13 +33,15 @@ user's ticket and the index of entries in step atomically, so they must be in on
 from __future__ import annotations
 
 import hashlib
+import hmac
+import secrets
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Final
 from urllib.parse import quote, unquote
 
-from penny_cache.config import validate_namespace
+from penny_cache.config import Settings, validate_namespace
 from penny_cache.errors import ConfigurationError
 from penny_cache.state import validate_user_id
 
@@ -49,10 +51,10 @@ __all__ = [
     "KEY_SCHEMA",
     "UNBOUND_SCOPE",
     "KeySchema",
+    "LogIds",
     "decode_user_id",
     "encode_user_id",
     "invalidation_shard",
-    "log_id",
     "shard_channel",
     "shard_sequence",
 ]
@@ -76,10 +78,42 @@ def _encode_user_id(user_id: str) -> str:
     return quote(validate_user_id(user_id), safe=_SAFE)
 
 
-def log_id(user_id: str) -> str:
-    """How logs name a user: a short hash, never the id itself (ids may be
-    personal data; the hash still lets an operator match lines about one user)."""
-    return "user#" + hashlib.blake2s(user_id.encode("utf-8", "replace"), digest_size=6).hexdigest()
+# Used when no key is configured: log ids then match only within this process.
+_PROCESS_LOG_KEY: Final = secrets.token_bytes(32)
+_LOG_ID_BYTES: Final = 6
+
+
+@dataclass(frozen=True, slots=True)
+class LogIds:
+    """How logs name a user: a keyed hash (HMAC-SHA256, 48 bits), never the id itself.
+
+    Ids may be personal data and are often guessable (an email): an unkeyed hash of one
+    is recovered by hashing candidates, so the hash is keyed with a per-deployment secret.
+    The same key gives the same log id in every process, so an operator can still follow
+    one user across workers' lines. Built from settings by ``for_settings`` and passed to
+    whatever writes log lines."""
+
+    key: bytes = field(repr=False)
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> LogIds:
+        """``log_id_key`` if set; else one derived from ``value_key`` (a secret the
+        deployment already shares); else this process's random key."""
+        if settings.log_id_key:
+            return cls(settings.log_id_key.encode())
+        if settings.value_key:
+            secret = settings.value_key.encode()
+            return cls(hmac.new(secret, b"penny_cache log ids", hashlib.sha256).digest())
+        return cls.per_process()
+
+    @classmethod
+    def per_process(cls) -> LogIds:
+        """Log ids that match only within this process (no key configured)."""
+        return cls(_PROCESS_LOG_KEY)
+
+    def __call__(self, user_id: str) -> str:
+        digest = hmac.new(self.key, user_id.encode("utf-8", "replace"), hashlib.sha256)
+        return "user#" + digest.digest()[:_LOG_ID_BYTES].hex()
 
 
 def invalidation_shard(encoded_user: str) -> int:

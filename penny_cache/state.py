@@ -8,7 +8,6 @@ so a value read back from Redis is validated exactly like one built in code.
 from __future__ import annotations
 
 import math
-import unicodedata
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from functools import lru_cache
@@ -26,11 +25,8 @@ from penny_cache.catalogue import (
     ValueType,
     is_dimension_name,
 )
-from penny_cache.errors import (
-    InvalidStateError,
-    InvalidUserIdError,
-    InvalidValueError,
-)
+from penny_cache.errors import InvalidStateError, InvalidUserIdError, InvalidValueError
+from penny_cache.user_ids import MAX_USER_ID_BYTES, validate_user_id
 
 __all__ = [
     "CATALOGUE",
@@ -58,38 +54,12 @@ __all__ = [
 
 UnitInterval = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
-MAX_USER_ID_BYTES: Final = 256
 DEFAULT_CONFIDENCE: Final = 0.3
 
 # The default catalogue's mapping (name -> DimensionSpec), kept under its old name.
 CATALOGUE: Final[Mapping[str, DimensionSpec]] = PENNY.specs
 # When a dimension never written was "last updated": the Unix epoch, in UTC.
 EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def validate_user_id(user_id: object) -> str:
-    """Return ``user_id`` if it is safe to key a cache entry and a SQL row with.
-
-    Memoised for strings: every read validates its id, and ids repeat.
-    """
-    if not isinstance(user_id, str):
-        raise InvalidUserIdError(f"user id must be a string, got {type(user_id).__name__}")
-    return _valid_user_id(user_id)
-
-
-@lru_cache(maxsize=65536)
-def _valid_user_id(user_id: str) -> str:
-    if not user_id:
-        raise InvalidUserIdError("user id must not be empty")
-    try:
-        size = len(user_id.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise InvalidUserIdError("user id is not valid UTF-8 (lone surrogate)") from None
-    if size > MAX_USER_ID_BYTES:
-        raise InvalidUserIdError(f"user id is {size} bytes; the limit is {MAX_USER_ID_BYTES}")
-    if any(unicodedata.category(ch) == "Cc" for ch in user_id):
-        raise InvalidUserIdError("user id must not contain control characters")
-    return user_id
 
 
 def validate_dimension_name(dimension: object, catalogue: Catalogue = PENNY) -> str:
@@ -114,7 +84,7 @@ def validate_confidence(confidence: object) -> float | None:
         return None
     if not _is_real(confidence) or not 0.0 <= float(confidence) <= 1.0:  # type: ignore[arg-type]
         raise InvalidValueError(f"confidence must be a number in [0, 1], got {confidence!r}")
-    return float(confidence)  # type: ignore[arg-type]
+    return float(confidence) + 0.0  # type: ignore[arg-type]  # -0.0 is stored as 0.0
 
 
 def validate_confidence_change(change: object) -> float:

@@ -95,6 +95,7 @@ class TrackerPolicy:
         outbox_grace: float = 1.0,
         serve_stale: bool = False,
         write_mode: str = "available",
+        history_days: float | None = None,
     ) -> None:
         """``outbox_interval``: seconds between outbox sweeps (None: no sweeper here);
         ``outbox_grace``: how old an undelivered version must be before it is replayed;
@@ -102,7 +103,8 @@ class TrackerPolicy:
         state (counted as ``stale_served``) instead of raising. Writes always raise.
         ``write_mode``: ``"strict"`` refuses (``CacheUnavailableError``, nothing
         committed) an update whose old version cannot first be made unusable in Redis
-        (see ``policy.strict``); ``"available"`` commits it anyway."""
+        (see ``policy.strict``); ``"available"`` commits it anyway. ``history_days``:
+        the outbox sweeper also deletes older history rows (None: kept forever)."""
         self._strict = validate_write_mode(write_mode) == "strict"
         self._store = store
         self._view = conformer(store.catalogue)  # states as the store's catalogue shows them
@@ -119,6 +121,8 @@ class TrackerPolicy:
                 cache.publish_committed,
                 interval=outbox_interval,
                 grace=outbox_grace,
+                history_days=history_days,
+                metrics=cache.metrics,
             )
             # a tracker dropped without close() gives its share back when collected
             self._release_outbox = weakref.finalize(self, SWEEPERS.release, self._outbox)

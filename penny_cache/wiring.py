@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from penny_cache.config import Settings
 from penny_cache.errors import ConfigurationError
-from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, shard_channel
+from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, LogIds, shard_channel
 from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.policy.near import NearCache
 from penny_cache.policy.ports import Listener, ListenerFactory, ListenerHooks
@@ -147,6 +147,7 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
         "listener": _listener_factory(sync, settings),
         "lease_ttl": settings.lease_ttl,
         "signer": Signer.from_settings(settings),
+        "log_ids": LogIds.for_settings(settings),
     }
 
 

@@ -7,6 +7,9 @@ penny-cache exporter [--host H] [--port P]                  Prometheus /metrics,
 penny-cache serve [--host H] [--port P] [--workers N]       the HTTP service (uvicorn workers)
 penny-cache run [--workers N] [--duration S]                the `make run` stack: service,
                                                             exporter, embedded Redis, self-check
+penny-cache history-sweep [--days D]                        delete history older than D days
+penny-cache after-restore --yes                             drop every cache entry after a
+                                                            database restore (runbook)
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from penny_cache.app.demo import DemoConfig, format_report, run_demo
 from penny_cache.app.embedded import embedded_redis
+from penny_cache.app.maintenance import after_restore, history_sweep
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings, redact_url
 from penny_cache.errors import CacheError, ConfigurationError, InvalidInputError, StoreError
@@ -76,10 +80,26 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="0.0.0.0", help="address to listen on")  # noqa: S104
     serve.add_argument("--port", type=_port, help="default: PENNY_HTTP_PORT or 8000")
     serve.add_argument("--workers", type=_positive_int, help="default: PENNY_HTTP_WORKERS or 2")
+    _maintenance_parsers(sub)
     run = sub.add_parser("run", help="the make-run stack: service, exporter, Redis, self-check")
     run.add_argument("--workers", type=_positive_int, default=4)
     run.add_argument("--duration", type=_positive_float, help="seconds (default: until Ctrl-C)")
     return parser
+
+
+def _maintenance_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    sweep = sub.add_parser(
+        "history-sweep",
+        help="DELETE history rows older than --days (default PENNY_HISTORY_DAYS), for cron",
+    )
+    sweep.add_argument("--days", type=_positive_float, help="default: PENNY_HISTORY_DAYS")
+    sweep.add_argument("--batch", type=_positive_int, default=1000, help="rows per transaction")
+    restore = sub.add_parser(
+        "after-restore",
+        help="after a database restore: drop every cache entry of the namespace "
+        "(see docs/runbooks/DatabaseRestored.md)",
+    )
+    restore.add_argument("--yes", action="store_true", help="confirm: the command refuses without")
 
 
 def _port(text: str) -> int:
@@ -194,6 +214,8 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
         "exporter": _exporter,
         "load-scripts": lambda _args, settings: _load_scripts(settings),
         "check": lambda _args, settings: _check(settings),
+        "history-sweep": lambda args, settings: history_sweep(settings, args.days, args.batch),
+        "after-restore": lambda args, settings: after_restore(settings, args.yes),
     }
     return commands[args.command](args, settings)
 

@@ -17,7 +17,15 @@ from typing import Annotated, Any, Final
 
 import msgspec
 from fastapi import Path, Query
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from penny_cache.state import PersonalityState
 from penny_cache.tracking import MAX_CONTEXT_CHARS
@@ -30,6 +38,7 @@ __all__ = [
     "MinVersion",
     "PersonalityView",
     "Problem",
+    "ServerProblem",
     "UserId",
     "acceptable_user_id",
     "cache_block",
@@ -38,10 +47,21 @@ __all__ = [
 ]
 
 
-# What the API accepts as a user id, stated in the OpenAPI schema: no control characters
-# and at most 64 characters (so at most 256 UTF-8 bytes, the library's limit).
+# What the API accepts as a user id, stated in the OpenAPI schema: at most 64 characters
+# (so at most 256 UTF-8 bytes, the library's limit), none of them a control or format
+# character (Cc, Cf: zero-width, bidi overrides), a noncharacter or U+FFFD. The library
+# (``state.validate_user_id``) also refuses ids not in NFC, which no pattern can say.
 _MAX_USER_ID_CHARS: Final = 64
-_USER_ID_CHARS: Final = r"[^\x00-\x1f\x7f-\x9f]+"
+_FORMAT_CHARS: Final = (
+    r"\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b-\u200f"
+    r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    r"\U00013430-\U0001343f\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001"
+    r"\U000e0020-\U000e007f"
+)
+_NONCHARACTERS: Final = r"\ufdd0-\ufdef\ufffd-\uffff" + "".join(
+    rf"\U{plane:04x}fffe\U{plane:04x}ffff" for plane in range(1, 17)
+)
+_USER_ID_CHARS: Final = rf"[^\x00-\x1f\x7f-\x9f{_FORMAT_CHARS}{_NONCHARACTERS}]+"
 _USER_ID: Final = re.compile(_USER_ID_CHARS)  # fullmatch: Python's $ allows a final \n
 UserId = Annotated[
     str,
@@ -49,7 +69,8 @@ UserId = Annotated[
         min_length=1,
         max_length=_MAX_USER_ID_CHARS,
         pattern=f"^{_USER_ID_CHARS}$",
-        description="the user's id: 1-64 characters, no control characters",
+        description="the user's id: 1-64 characters in Unicode NFC, no control or format "
+        "characters, noncharacters or U+FFFD (refused: 422, never normalised)",
     ),
 ]
 MinVersion = Annotated[
@@ -76,12 +97,26 @@ def plain_min_version(query: bytes) -> int | None:
 
 
 def acceptable_user_id(user_id: str) -> bool:
-    """What ``UserId`` accepts (and no ``/``: the route's segment)."""
-    return (
-        len(user_id) <= _MAX_USER_ID_CHARS
-        and "/" not in user_id
-        and _USER_ID.fullmatch(user_id) is not None
-    )
+    """What ``UserId`` accepts (and no ``/``: the route's segment). The near-hit path
+    calls it on every GET: an ASCII id (the common case) is checked without the regex,
+    whose class of ranges costs several microseconds on a 64-character id."""
+    if len(user_id) > _MAX_USER_ID_CHARS or "/" in user_id:
+        return False
+    if user_id.isascii():  # only ASCII's control characters are refused, not space
+        return bool(user_id) and user_id.isprintable()
+    return _USER_ID.fullmatch(user_id) is not None
+
+
+def _json_number(value: object) -> object:
+    """As strict as ``value``: a JSON number only (true is not 1.0, "0.5" is not 0.5)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"must be a JSON number in [0, 1], not {type(value).__name__}")
+    return value
+
+
+_Confidence = Annotated[
+    float, Field(ge=0, le=1, allow_inf_nan=False), BeforeValidator(_json_number)
+]
 
 
 class DimensionUpdate(BaseModel):
@@ -92,8 +127,8 @@ class DimensionUpdate(BaseModel):
         description="a number in the dimension's range ([0, 1] for Penny's) for a "
         "continuous dimension, else one of its options"
     )
-    confidence: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
-        default=None, description="the new confidence; omitted: unchanged"
+    confidence: _Confidence | None = Field(
+        default=None, description="the new confidence, a JSON number; omitted: unchanged"
     )
     context: Annotated[str, Field(max_length=MAX_CONTEXT_CHARS)] | None = Field(
         default=None, description="what triggered the change (kept in the history)"
@@ -133,6 +168,13 @@ class PersonalityView(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class ServerProblem(BaseModel):
+    """A 500: what to quote when reporting it (the server's log line carries the id)."""
+
+    detail: str
+    error_id: str = Field(description="short random hex, also in the server's log line")
 
 
 # -- the encoder: the same fields, in the same order, as the pydantic models ------------

@@ -1,16 +1,17 @@
-"""The Penny personality HTTP service (FastAPI): the only module that knows HTTP.
+"""The Penny personality HTTP service (FastAPI): its routes, wiring and middleware.
 
 Each uvicorn worker process builds its own tracker (async cache + SQL store) at start, so
 workers share state only through Redis: one cache, one hit rate, one invalidation
-channel. Errors are mapped here, once: bad input is a 4xx naming what is wrong, an
-unreachable database a 503; Redis trouble never reaches a response (SQL answers).
+channel. Errors are mapped once, in ``penny_cache.app.problems``: bad input is a 4xx
+naming what is wrong, an unreachable database a 503 naming nothing else, any other
+failure a 500 with an error id; Redis trouble never reaches a response (SQL answers)
+except an update strict mode refuses.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import os
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,18 +20,17 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from fastapi import FastAPI, Request, Response
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker, __version__
+from penny_cache.app.problems import MAX_BODY_BYTES, install_error_handlers, problem, responses
 from penny_cache.app.schema import (
     NO_SHARED_TOTALS,
     CacheBlock,
     DimensionUpdate,
     MinVersion,
     PersonalityView,
-    Problem,
     UserId,
     acceptable_user_id,
     cache_block,
@@ -39,20 +39,13 @@ from penny_cache.app.schema import (
 )
 from penny_cache.catalogue import Catalogue, load_catalogue
 from penny_cache.config import Settings
-from penny_cache.errors import (
-    CacheError,
-    InvalidInputError,
-    StoreConflictError,
-    StoreError,
-    UnknownDimensionError,
-)
+from penny_cache.errors import StoreError
 from penny_cache.observe.metrics import for_worker
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 
 __all__ = ["MAX_BODY_BYTES", "STATS_MAX_AGE", "app_from_env", "create_app"]
 
-MAX_BODY_BYTES: Final = 16 * 1024
 STATS_MAX_AGE: Final = 1.0  # seconds between a worker's reads of the shared totals
 
 _log = logging.getLogger(__name__)
@@ -66,12 +59,6 @@ _ETAG_DOC: Final = {
             "schema": {"type": "string"},
         }
     }
-}
-_REFUSED_DOC: Final = {
-    "model": Problem,
-    "description": "the database is unavailable, or (PENNY_WRITE_MODE=strict) Redis could "
-    "not make the old version unusable first: nothing was committed; retry after "
-    "Retry-After seconds",
 }
 _PERSONALITY: Final = "/personality/"
 _JSON: Final = (b"content-type", b"application/json")
@@ -126,50 +113,6 @@ def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
     return Response(body, media_type="application/json", headers=headers or None)
 
 
-def _problem(status: int, detail: str, **headers: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
-
-
-def _install_error_handlers(app: FastAPI, retry_after: float) -> None:
-    """``retry_after``: the Redis breaker's cooldown, for updates strict mode refused."""
-
-    async def unknown_dimension(_: Request, exc: Exception) -> Response:
-        return _problem(404, str(exc))
-
-    async def invalid(_: Request, exc: Exception) -> Response:
-        return _problem(422, str(exc))
-
-    async def conflict(_: Request, exc: Exception) -> Response:
-        return _problem(409, str(exc))
-
-    async def store_down(_: Request, exc: Exception) -> Response:
-        return _problem(503, f"the database is unavailable: {exc}", **{"Retry-After": "1"})
-
-    async def cache_refused(_: Request, exc: Exception) -> Response:
-        # only strict write mode lets Redis trouble reach a caller: the update was refused
-        seconds = str(max(1, math.ceil(retry_after)))
-        return _problem(503, str(exc), **{"Retry-After": seconds})
-
-    async def malformed(_: Request, exc: Exception) -> Response:
-        # Never echo the input back: it may hold NaN (not JSON) or be huge.
-        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-        parts = [_where(error.get("loc", ())) + str(error.get("msg", "")) for error in errors]
-        return _problem(422, "; ".join(parts) or "invalid request")
-
-    app.add_exception_handler(RequestValidationError, malformed)
-    app.add_exception_handler(UnknownDimensionError, unknown_dimension)
-    app.add_exception_handler(InvalidInputError, invalid)
-    app.add_exception_handler(StoreConflictError, conflict)
-    app.add_exception_handler(StoreError, store_down)
-    app.add_exception_handler(CacheError, cache_refused)
-
-
-def _where(location: Any) -> str:
-    """``("body", "value")`` as ``"body.value: "``."""
-    path = ".".join(str(part) for part in location)
-    return f"{path}: " if path else ""
-
-
 class _BodyLimitAndWorker:
     """ASGI middleware: refuse bodies over ``MAX_BODY_BYTES`` (413) whether or not they
     declare a Content-Length (a chunked body is counted as it arrives, buffered, and
@@ -196,7 +139,7 @@ class _BodyLimitAndWorker:
         buffered = await self._read_limited(scope, receive)
         if buffered is None:
             detail = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
-            await _problem(413, detail)(scope, receive, named)
+            await problem(413, detail)(scope, receive, named)
             return
         if not buffered and await _near_hit(scope, named):
             return
@@ -265,13 +208,12 @@ def _service(request: Request) -> _Service:
 
 
 def _install_routes(app: FastAPI) -> None:
-    errors: dict[int | str, dict[str, Any]] = {
-        404: {"model": Problem},
-        422: {"model": Problem},
-        503: {"model": Problem},
-    }
+    # What each operation can answer (tests/integration/test_service_contract.py provokes
+    # every status on every route and checks it is listed). A GET reads SQL, which may
+    # be unavailable (503) or fail (500); every route can meet the body limit (413).
+    read = responses(413, 422, 500, 503)
 
-    @app.get("/personality/{user_id}", response_model=PersonalityView, responses=errors)
+    @app.get("/personality/{user_id}", response_model=PersonalityView, responses=read)
     async def get_personality(
         user_id: UserId, request: Request, min_version: MinVersion = None
     ) -> Response:
@@ -285,7 +227,7 @@ def _install_routes(app: FastAPI) -> None:
     @app.put(
         "/personality/{user_id}/dimensions/{name}",
         response_model=PersonalityView,
-        responses={**errors, 200: _ETAG_DOC, 409: errors[404], 503: _REFUSED_DOC},
+        responses=responses(404, 409, 413, 422, 500, 503, **{"200": _ETAG_DOC}),
     )
     async def put_dimension(
         user_id: UserId, name: str, update: DimensionUpdate, request: Request
@@ -300,12 +242,15 @@ def _install_routes(app: FastAPI) -> None:
         )
         return _answer(state, service.stats, ETag=f'"{state.version}"')
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=responses(413))
     async def healthz() -> dict[str, str]:
         """The process is alive (liveness: never depends on Redis or SQL)."""
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={503: {"description": "the database is unreachable"}})
+    @app.get(
+        "/readyz",
+        responses=responses(413, **{"503": {"description": "the database is unreachable"}}),
+    )
     async def readyz(request: Request) -> JSONResponse:
         """Ready when SQL answers; Redis down is "degraded" (reads go to SQL), not dead."""
         service = _service(request)
@@ -315,7 +260,7 @@ def _install_routes(app: FastAPI) -> None:
         body = {"status": status, "sql": sql_ok, "redis": redis_ok}
         return JSONResponse(body, status_code=200 if sql_ok else 503)
 
-    @app.get("/metrics", response_class=Response)
+    @app.get("/metrics", response_class=Response, responses=responses(413))
     async def metrics(request: Request) -> Response:
         """This worker's (or, in multiprocess mode, all workers') Prometheus metrics."""
         payload = generate_latest(_service(request).registry)
@@ -368,7 +313,7 @@ def create_app(
         description="Per-user personality state, cached in Redis and shared by every worker.",
         lifespan=lifespan,
     )
-    _install_error_handlers(app, settings.redis_cooldown)
+    install_error_handlers(app, settings.redis_cooldown, log_interval=settings.error_log_interval)
     app.add_middleware(_BodyLimitAndWorker)
     _install_routes(app)
     return app

@@ -51,6 +51,11 @@ PROCESS_METRICS: Final = frozenset(
         "penny_cache_invalidation_lag_seconds_sum",
         "penny_cache_near_flushes_total",
         "penny_cache_near_entries",
+        "penny_cache_outbox_replayed_total",
+        "penny_cache_outbox_failures_total",
+        "penny_cache_outbox_skipped_total",
+        "penny_cache_outbox_backoff_rows",
+        "penny_cache_history_deleted_total",
     }
 )
 
@@ -90,6 +95,7 @@ class ProcessMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self._add_outbox_metrics(registry)
         self._flushes_seen = 0
         self.timers = {op: self.operation_seconds.labels(op) for op in OPERATIONS}
 
@@ -99,6 +105,43 @@ class ProcessMetrics:
         if flushes > self._flushes_seen:
             self.near_flushes.inc(flushes - self._flushes_seen)
             self._flushes_seen = flushes
+
+    def _add_outbox_metrics(self, registry: CollectorRegistry | None) -> None:
+        self.outbox_replayed = Counter(
+            "penny_cache_outbox_replayed",
+            "Committed versions this process's outbox sweeper published for a writer "
+            "that did not confirm its write-through.",
+            registry=registry,
+        )
+        self.outbox_failures = Counter(
+            "penny_cache_outbox_failures",
+            "Outbox replays that did not reach Redis (the row backs off and is retried).",
+            registry=registry,
+        )
+        self.outbox_skipped = Counter(
+            "penny_cache_outbox_skipped",
+            "Times a sweep passed over an outbox row in backoff to reach the rows after it.",
+            registry=registry,
+        )
+        self.outbox_backoff_rows = Gauge(
+            "penny_cache_outbox_backoff_rows",
+            "Outbox rows this process will not retry before their backoff ends.",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.history_deleted = Counter(
+            "penny_cache_history_deleted",
+            "History rows older than PENNY_HISTORY_DAYS this process deleted.",
+            registry=registry,
+        )
+
+    def observe_outbox(self, replayed: int, failures: int, skipped: int, backoff: int) -> None:
+        """After a sweep: what this pass replayed, failed and skipped, and the rows
+        now in backoff."""
+        self.outbox_replayed.inc(replayed)
+        self.outbox_failures.inc(failures)
+        self.outbox_skipped.inc(skipped)
+        self.outbox_backoff_rows.set(backoff)
 
 
 def for_worker(multiprocess_dir: str | None) -> tuple[ProcessMetrics, CollectorRegistry]:

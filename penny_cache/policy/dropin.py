@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
 from penny_cache.errors import CacheDecodeError, CacheError, CacheIntegrityError
-from penny_cache.keys import encode_user_id, log_id
+from penny_cache.keys import LogIds, encode_user_id
 from penny_cache.observe.counters import LocalCounters
 from penny_cache.policy.flows import Flow
 from penny_cache.policy.ops import CountIndexed, DeleteIndexed, GetTicket, SetTicketed
@@ -42,6 +42,7 @@ class DropInPolicy(WritePolicy):
     lock-free counters here), set by ``CachePolicy.__init__``."""
 
     _local_counters: LocalCounters
+    _log_ids: LogIds
 
     def _drop_in_keys(self, user_id: str) -> tuple[str, str, str, str]:
         keys = self._keys
@@ -85,7 +86,7 @@ class DropInPolicy(WritePolicy):
         self._errors.warning(
             "decode",
             f"{'a miss on' if kept else 'dropping'} an undecodable drop-in entry of "
-            f"{log_id(user_id)}: {exc}",
+            f"{self._log_ids(user_id)}: {exc}",
         )
         if not kept:
             yield from self._quiet(DeleteIndexed(*self._drop_in_keys(user_id)))

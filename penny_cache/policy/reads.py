@@ -26,7 +26,7 @@ from penny_cache.errors import (
     CacheIntegrityError,
     StoreMismatchError,
 )
-from penny_cache.keys import UNBOUND_SCOPE, KeySchema, log_id
+from penny_cache.keys import UNBOUND_SCOPE, KeySchema, LogIds
 from penny_cache.observe.counters import SharedCounters, stats_view
 from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.observe.ratelog import RateLimitedLog
@@ -71,6 +71,7 @@ class CachePolicy(DropInPolicy):
         lease_ttl: float = 0.25,
         metrics: ProcessMetrics | None = None,
         signer: Signer = UNSIGNED,
+        log_ids: LogIds | None = None,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -94,6 +95,7 @@ class CachePolicy(DropInPolicy):
         )
         self._local_counters = self._counters.local  # reset in place after a fork
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
+        self._log_ids = log_ids or LogIds.per_process()
         self._pending: dict[str, PersonalityState] = {}
         self._tokens = itertools.count()
         self._pending_lock = threading.Lock()
@@ -308,7 +310,7 @@ class CachePolicy(DropInPolicy):
             if isinstance(exc, CacheIntegrityError):
                 self._counters.incr("integrity_failures")
             self._errors.warning(
-                "decode", f"dropping an undecodable cache entry of {log_id(user_id)}: {exc}"
+                "decode", f"dropping an undecodable cache entry of {self._log_ids(user_id)}: {exc}"
             )
             return _UNREADABLE
 

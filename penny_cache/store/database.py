@@ -21,7 +21,6 @@ from contextlib import contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple, Self
 
-import msgspec
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection, Row
@@ -42,9 +41,9 @@ from penny_cache.state import (
     apply_update,
     default_state,
 )
-from penny_cache.store import outbox_rows
+from penny_cache.store import history_rows, outbox_rows
 from penny_cache.store.engines import ENGINES, WRITE, make_engine
-from penny_cache.store.schema import dimensions, history, meta, metadata, users
+from penny_cache.store.schema import dimensions, meta, metadata, users
 
 __all__ = ["EPOCH", "BeforeCommit", "PersonalityStore"]
 
@@ -105,6 +104,7 @@ class PersonalityStore:
         self._clock = clock
         self._schema_lock = threading.Lock()
         self._identity: str | None = None
+        self._history_indexed = False
 
     @property
     def catalogue(self) -> Catalogue:
@@ -229,25 +229,45 @@ class PersonalityStore:
     ) -> list[EvolutionRecord]:
         """Committed changes of the last ``days`` days, oldest first."""
         self._ensure_schema()
-        since = self._clock() - timedelta(days=days)
-        query = (
-            sa.select(history)
-            .where(history.c.user_id == user_id, history.c.timestamp >= since)
-            .order_by(history.c.version)
-        )
-        if dimension is not None:
-            query = query.where(history.c.dimension == dimension)
+        start = self._clock() - timedelta(days=days)
         with _translated(), self._engine.connect() as conn:
-            rows = conn.execute(query).all()
-        return [_record(row) for row in rows]
+            return history_rows.since(conn, user_id, dimension, start)
+
+    def sweep_history(self, days: float, *, batch: int = 1000, max_batches: int = 0) -> int:
+        """Delete history rows older than ``days`` days (``PENNY_HISTORY_DAYS``), in
+        transactions of at most ``batch`` rows, at most ``max_batches`` of them (0: until
+        none is left); the number deleted. State rows are never touched. Idempotent:
+        processes sweeping at once only share the work."""
+        before = self._clock() - timedelta(days=history_rows.valid_days(days))
+        self._ensure_schema()
+        deleted = batches = 0
+        with _translated():
+            if not self._history_indexed:
+                with self._write() as conn:
+                    history_rows.ensure_time_index(conn)
+                self._history_indexed = True
+            while not max_batches or batches < max_batches:
+                with self._write() as conn:
+                    removed = history_rows.delete_batch(conn, before, batch)
+                deleted, batches = deleted + removed, batches + 1
+                if removed < batch:
+                    break
+        return deleted
 
     def outbox_due(self, grace: float, limit: int = 100) -> list[tuple[str, int]]:
         """Committed versions older than ``grace`` seconds whose delivery to the cache
         was not confirmed: (user, version), oldest first."""
+        rows = self.outbox_page(self._clock() - timedelta(seconds=grace), None, limit)
+        return [(row.user_id, row.version) for row in rows]
+
+    def outbox_page(
+        self, older_than: datetime, after: outbox_rows.DueRow | None, limit: int
+    ) -> list[outbox_rows.DueRow]:
+        """Unconfirmed rows dated before ``older_than``, oldest first, resuming after
+        ``after`` (a sweep's scan past rows in backoff)."""
         self._ensure_schema()
-        older_than = self._clock() - timedelta(seconds=grace)
         with _translated(), self._engine.connect() as conn, conn.begin():
-            return outbox_rows.due_rows(conn, older_than, limit)
+            return outbox_rows.due_page(conn, older_than, after, limit)
 
     def now(self) -> datetime:
         """This store's clock (UTC): the outbox dates confirmations with it."""
@@ -352,18 +372,9 @@ def _record_history(
     conn: Connection, change: _Change, current: PersonalityState, new: PersonalityState
 ) -> None:
     name = change.dimension
-    conn.execute(
-        sa.insert(history).values(
-            user_id=new.user_id,
-            dimension=name,
-            old_value=_json(current.dimensions[name].value),
-            new_value=_json(change.value),
-            confidence_change=_recorded_change(change, current, new),
-            trigger_context=change.context,
-            timestamp=new.updated_at,
-            version=new.version,
-        )
-    )
+    recorded = _recorded_change(change, current, new)
+    values = (current.dimensions[name].value, change.value, recorded, change.context)
+    history_rows.record(conn, new.user_id, name, values, (new.updated_at, new.version))
 
 
 def _recorded_change(change: _Change, old: PersonalityState, new: PersonalityState) -> float:
@@ -372,23 +383,6 @@ def _recorded_change(change: _Change, old: PersonalityState, new: PersonalitySta
         return change.confidence_change
     name = change.dimension
     return new.dimensions[name].confidence - old.dimensions[name].confidence
-
-
-def _json(value: DimensionValue) -> str:
-    return msgspec.json.encode(value).decode()
-
-
-def _record(row: Row[Any]) -> EvolutionRecord:
-    return EvolutionRecord(
-        user_id=row.user_id,
-        dimension=row.dimension,
-        old_value=msgspec.json.decode(row.old_value),
-        new_value=msgspec.json.decode(row.new_value),
-        confidence_change=row.confidence_change,
-        trigger_context=row.trigger_context,
-        timestamp=row.timestamp,
-        version=row.version,
-    )
 
 
 @contextmanager

@@ -40,8 +40,10 @@ os.register_at_fork(after_in_child=_dispose_in_child)
 
 
 def make_engine(url: str, *, echo: bool = False) -> Engine:
-    """A pre-pinging engine; SQLite gets WAL and writers that lock at BEGIN."""
-    engine = sa.create_engine(url, echo=echo, pool_pre_ping=True)
+    """A pre-pinging engine; SQLite gets WAL and writers that lock at BEGIN. Its errors
+    never quote bound parameters (a user's id and ``context``): the full exception goes
+    to the server's log, which names users only by ``keys.LogIds``."""
+    engine = sa.create_engine(url, echo=echo, pool_pre_ping=True, hide_parameters=True)
     if engine.dialect.name == "sqlite":
         _serialise_sqlite_writers(engine)
     return engine

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection
 
 from penny_cache.store.schema import outbox
 
-__all__ = ["Delivery", "delete_delivered", "due_rows", "record"]
+__all__ = ["Delivery", "DueRow", "delete_delivered", "due_page", "record"]
 
 
 def record(conn: Connection, user_id: str, version: int, now: datetime) -> None:
@@ -44,15 +44,35 @@ def record(conn: Connection, user_id: str, version: int, now: datetime) -> None:
         conn.execute(sa.insert(outbox).values(values))
 
 
-def due_rows(conn: Connection, older_than: datetime, limit: int) -> list[tuple[str, int]]:
-    """Rows older than ``older_than``, oldest first: their writers did not confirm."""
-    query = (
-        sa.select(outbox.c.user_id, outbox.c.version)
-        .where(outbox.c.created_at < older_than)
-        .order_by(outbox.c.created_at)
-        .limit(limit)
+class DueRow(NamedTuple):
+    """An outbox row a sweep may replay; ``(created_at, user_id)`` is its place in the
+    scan order (a page resumes after it)."""
+
+    user_id: str
+    version: int
+    created_at: datetime
+
+
+def due_page(
+    conn: Connection, older_than: datetime, after: DueRow | None, limit: int
+) -> list[DueRow]:
+    """Up to ``limit`` rows older than ``older_than``, oldest first, after ``after``: a
+    sweep pages past rows it will not retry yet instead of stopping at the first page
+    (100 rows failing every time used to hide every later row)."""
+    query = sa.select(outbox.c.user_id, outbox.c.version, outbox.c.created_at).where(
+        outbox.c.created_at < older_than
     )
-    return [(str(row.user_id), int(row.version)) for row in conn.execute(query)]
+    if after is not None:
+        query = query.where(
+            sa.or_(
+                outbox.c.created_at > after.created_at,
+                sa.and_(outbox.c.created_at == after.created_at, outbox.c.user_id > after.user_id),
+            )
+        )
+    query = query.order_by(outbox.c.created_at, outbox.c.user_id).limit(limit)
+    return [
+        DueRow(str(row.user_id), int(row.version), row.created_at) for row in conn.execute(query)
+    ]
 
 
 class Delivery(NamedTuple):

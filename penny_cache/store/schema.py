@@ -8,7 +8,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 
-__all__ = ["UTCDateTime", "dimensions", "history", "meta", "metadata", "outbox", "users"]
+__all__ = [
+    "UTCDateTime",
+    "dimensions",
+    "history",
+    "history_time_index",
+    "meta",
+    "metadata",
+    "outbox",
+    "users",
+]
 
 _USER_ID_CHARS = 256  # a valid id is at most 256 UTF-8 bytes, so at most 256 characters
 
@@ -84,6 +93,11 @@ history = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Index("ix_penny_history_user_time", "user_id", "timestamp"),
 )
+
+# The retention sweep's (``PENNY_HISTORY_DAYS``): without it, each sweep of a table with
+# nothing to delete reads every row. Tables made before it existed get it from the
+# sweep itself (``history_rows.ensure_time_index``).
+history_time_index = sa.Index("ix_penny_history_time", history.c.timestamp)
 
 # The transactional outbox: written in the update's transaction, so a committed version
 # whose write-through never happened (the process died right after COMMIT) is still

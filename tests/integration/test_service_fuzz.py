@@ -3,6 +3,7 @@ match the schema, and nothing written for a refused request."""
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 import schemathesis
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis import Case
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
@@ -74,6 +75,9 @@ def _fuzz(operation: Any, history_rows: Any) -> None:
     @given(case=operation.as_strategy())
     @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
     def check(case: Case[Any]) -> None:
+        # No pattern can say "in Unicode NFC": an id that is not is rightly refused (422)
+        # although the schema's pattern allows it, so such cases are not generated.
+        assume(unicodedata.is_normalized("NFC", (case.path_parameters or {}).get("user_id", "")))
         before = history_rows()
         response = case.call_and_validate(excluded_checks=lenient)
         assert response.status_code < 500

@@ -23,6 +23,7 @@ from penny_cache.codec import (
 )
 from penny_cache.errors import CacheDecodeError, CacheIntegrityError, InvalidStateError
 from penny_cache.state import CATALOGUE, PersonalityState, apply_update, default_state
+from tests.user_ids import valid_user_ids
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -49,9 +50,7 @@ def envelope(**overrides: Any) -> bytes:
 @st.composite
 def states(draw: st.DrawFn) -> PersonalityState:
     """States reached from the defaults by a few random valid updates."""
-    user = draw(
-        st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=64)
-    )
+    user = draw(valid_user_ids)
     state = default_state(user, draw(st.datetimes(timezones=st.just(UTC))))
     for _ in range(draw(st.integers(0, 5))):
         name = draw(st.sampled_from(list(CATALOGUE)))

@@ -8,7 +8,6 @@ from typing import cast
 
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from penny_cache.errors import ConfigurationError, InvalidUserIdError
 from penny_cache.keys import (
@@ -24,11 +23,9 @@ from penny_cache.keys import (
     shard_sequence,
 )
 from penny_cache.state import MAX_USER_ID_BYTES
+from tests.user_ids import valid_user_ids
 
 GLOB_AND_BRACES = set("*?[]{}")
-valid_user_ids = st.text(
-    alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=64
-)
 AWKWARD_IDS = [
     "alice",
     "user:*?[]{}",

@@ -8,7 +8,8 @@ way are not edges, or every module would reach the root ``__init__`` and so ever
 
 The layers, lowest first (a module may import its own layer and the ones below it)::
 
-    vocabulary  config, errors, catalogue, state, codec, keys, forks, values, signing (root)
+    vocabulary  config, errors, catalogue, state, user_ids, codec, keys, forks, values,
+                signing (root modules)
     observe     penny_cache/observe/
     policy      penny_cache/policy/
     transport   penny_cache/redis/ | penny_cache/store/   (side by side: never each other)
@@ -38,7 +39,18 @@ from penny_cache import _moved
 from tests.package_walk import ROOT, is_package, modules
 
 VOCABULARY: Final = frozenset(
-    {"config", "errors", "catalogue", "state", "codec", "keys", "forks", "values", "signing"}
+    {
+        "config",
+        "errors",
+        "catalogue",
+        "state",
+        "user_ids",
+        "codec",
+        "keys",
+        "forks",
+        "values",
+        "signing",
+    }
 )
 FACES: Final = frozenset(
     {

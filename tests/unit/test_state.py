@@ -32,6 +32,7 @@ from penny_cache.state import (
     validate_dimension_value,
     validate_user_id,
 )
+from tests.user_ids import valid_user_ids
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 T1 = datetime(2026, 1, 2, 8, 30, tzinfo=UTC)
@@ -55,10 +56,6 @@ CATEGORICAL = {
 
 # Hypothesis strategies --------------------------------------------------------------------
 
-# At most 64 code points of at most 4 UTF-8 bytes each: always within the 256-byte limit.
-valid_user_ids = st.text(
-    alphabet=st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=64
-)
 utc_datetimes = st.datetimes(timezones=st.just(UTC))
 unit_floats = st.floats(min_value=0.0, max_value=1.0)
 
