@@ -51,6 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.bench_stats --json bench/results_stats.json
 	$(BIN)/python -m bench.bench_strict --json bench/results_strict.json
 	$(BIN)/python -m bench.bench_bound --json bench/results_bound.json
+	$(BIN)/python -m bench.bench_sign --json bench/results_sign.json
 	@# the same workload on PostgreSQL when PENNY_BENCH_DATABASE_URL names a server
 	@if [ -n "$$PENNY_BENCH_DATABASE_URL" ]; then \
 	    $(BIN)/python -m bench.bench_workload --json bench/results_workload_postgres.json; fi
@@ -64,6 +65,7 @@ bench-quick: $(STAMP)
 	$(BIN)/python -m bench.bench_stats --quick
 	$(BIN)/python -m bench.bench_strict --quick
 	$(BIN)/python -m bench.bench_bound --quick
+	$(BIN)/python -m bench.bench_sign --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

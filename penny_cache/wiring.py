@@ -29,6 +29,7 @@ from penny_cache.redis.clients import (
 )
 from penny_cache.redis.commands import ClusterCommands, Commands
 from penny_cache.redis.listener import InvalidationListener, ListenerGroup
+from penny_cache.signing import Signer
 
 __all__ = [
     "Parts",
@@ -111,13 +112,14 @@ def commands_for(settings: Settings) -> Commands:
     """What the topology sends. Behind Sentinel a write that tells other processes about a
     change counts as done only once a replica has it (WAIT: a failover must not bring
     back the version it replaced); a Cluster announces on sharded channels."""
+    signer = Signer.from_settings(settings)
     if settings.redis_topology == "cluster":
-        return ClusterCommands()
+        return ClusterCommands(signer=signer)
     if settings.redis_topology == "sentinel":
         # below the read timeout, so WAIT answers before the read gives up
         wait_ms = max(1, int(socket_timeout(settings.redis_timeout) * 800))
-        return Commands(wait_replicas=1, wait_timeout_ms=wait_ms)
-    return Commands()
+        return Commands(wait_replicas=1, wait_timeout_ms=wait_ms, signer=signer)
+    return Commands(signer=signer)
 
 
 def async_backend(
@@ -144,6 +146,7 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
         "near": near,
         "listener": _listener_factory(sync, settings),
         "lease_ttl": settings.lease_ttl,
+        "signer": Signer.from_settings(settings),
         "log_ids": LogIds.for_settings(settings),
     }
 
@@ -151,6 +154,7 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
 def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFactory:
     """One listener on the namespace's channel; on a Cluster, one per sharded channel."""
     socket_timeout = max(settings.max_staleness, 0.5)
+    signer = Signer.from_settings(settings)
     probe = None
     if settings.redis_topology == "sentinel":
         sequence_key = KeySchema(settings.namespace).sequence()
@@ -172,6 +176,7 @@ def _listener_factory(backend: RedisBackend, settings: Settings) -> ListenerFact
                 sharded=sharded,
                 sequence_probe=probe,
                 recover=hooks.recover,
+                signer=signer,
             )
 
         if settings.redis_topology != "cluster":

@@ -63,6 +63,7 @@ COUNTERS: Final = (
     "sequence_gaps",
     "stale_served",
     "malformed_messages",
+    "integrity_failures",
 )
 # what a read found unusable (totals keys beside the counters, never written to Redis)
 FIELDS_INVALID: Final = "stats_fields_invalid"

@@ -57,6 +57,10 @@ COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
         "penny_cache_malformed_messages",
         "Messages on the invalidation channel that did not parse.",
     ),
+    "integrity_failures": (
+        "penny_cache_integrity_failures",
+        "Entries and messages that failed authentication (PENNY_VALUE_KEY): dropped.",
+    ),
     "stale_served": (
         "penny_cache_stale_served",
         "Reads answered with a last known state because SQL was down (fail-safe mode).",

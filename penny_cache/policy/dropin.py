@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final, NamedTuple
 
-from penny_cache.errors import CacheDecodeError, CacheError
+from penny_cache.errors import CacheDecodeError, CacheError, CacheIntegrityError
 from penny_cache.keys import LogIds, encode_user_id
 from penny_cache.observe.counters import LocalCounters
 from penny_cache.policy.flows import Flow
@@ -68,6 +68,7 @@ class DropInPolicy(WritePolicy):
         found, value = False, None
         if payload is not None:
             try:
+                payload = self._signer.open(self._keys.legacy(user_id), payload)
                 found, value = True, decode(payload, user_id)
             except CacheDecodeError as exc:
                 found = False
@@ -79,6 +80,8 @@ class DropInPolicy(WritePolicy):
         """Count and log it; drop the entry unless it is only this process that cannot
         rebuild its class (the others that can would lose a valid entry)."""
         self._counters.incr("decode_errors")
+        if isinstance(exc, CacheIntegrityError):
+            self._counters.incr("integrity_failures")
         kept = isinstance(exc, ClassNotLoadedError)
         self._errors.warning(
             "decode",
@@ -93,7 +96,9 @@ class DropInPolicy(WritePolicy):
         else only if nothing wrote or invalidated the key since the miss that handed the
         ticket out (a refused fill counts in ``fills_refused``). False if not written."""
         ttl_ms = max(1, int(self._ttl * 1000))
-        op = SetTicketed(*self._drop_in_keys(user_id), payload, ttl_ms, ticket)
+        key, ticket_key, index_key, member = self._drop_in_keys(user_id)
+        payload = self._signer.seal(key, payload)
+        op = SetTicketed(key, ticket_key, index_key, member, payload, ttl_ms, ticket)
         written = yield from self._quiet(op, default=False)
         if written:
             self._counters.incr("sets")

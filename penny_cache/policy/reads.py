@@ -20,7 +20,12 @@ from typing import Any, TypeVar
 
 from penny_cache.codec import decode_state, is_tombstone
 from penny_cache.config import positive_seconds, validate_jitter
-from penny_cache.errors import CacheDecodeError, CacheError, StoreMismatchError
+from penny_cache.errors import (
+    CacheDecodeError,
+    CacheError,
+    CacheIntegrityError,
+    StoreMismatchError,
+)
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, LogIds
 from penny_cache.observe.counters import SharedCounters, stats_view
 from penny_cache.observe.metrics import ProcessMetrics
@@ -31,6 +36,7 @@ from penny_cache.policy.near import NearCache, Ticket
 from penny_cache.policy.ops import Delete, Fill, Get, TryLease
 from penny_cache.policy.ports import Listener, ListenerFactory, ListenerHooks, SyncTransport
 from penny_cache.policy.recovery import Recovery
+from penny_cache.signing import UNSIGNED, Signer
 from penny_cache.state import PersonalityState
 
 __all__ = ["CachePolicy"]
@@ -43,6 +49,7 @@ _LISTENER_COUNTERS = {
     "reconnect": "listener_reconnects",
     "gap": "sequence_gaps",
     "malformed": "malformed_messages",
+    "forged": "integrity_failures",
 }
 
 
@@ -63,11 +70,13 @@ class CachePolicy(DropInPolicy):
         listener: ListenerFactory | None = None,
         lease_ttl: float = 0.25,
         metrics: ProcessMetrics | None = None,
+        signer: Signer = UNSIGNED,
         log_ids: LogIds | None = None,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys = KeySchema(namespace)
+        self._signer = signer
         self._ttl = positive_seconds(ttl, "ttl")
         self._jitter = validate_jitter(ttl_jitter, "ttl_jitter")
         self._lease_ms = int(positive_seconds(lease_ttl, "lease_ttl") * 1000)
@@ -278,22 +287,28 @@ class CachePolicy(DropInPolicy):
         except CacheError as exc:
             self._redis_failed("get", exc)
             payload = None
-        value = None if payload is None else self._decode(payload, user_id, decode)
+        value = None if payload is None else self._decode(payload, user_id, decode, key)
         if value is _UNREADABLE:
             yield from self._quiet(Delete(key))
             value = None
         self.count_lookup(hit=value is not None)
         return value
 
-    def _decode(self, payload: bytes, user_id: str, decode: Callable[[bytes, str], _V]) -> Any:
+    def _decode(
+        self, payload: bytes, user_id: str, decode: Callable[[bytes, str], _V], key: str
+    ) -> Any:
         """The value, None for a strict-mode tombstone (a miss that must stay), or
-        ``_UNREADABLE`` (counted and logged; the caller deletes it)."""
-        if is_tombstone(payload):
-            return None
+        ``_UNREADABLE`` (counted and logged; the caller deletes it). With a value key
+        an entry that does not verify is unreadable, a tombstone included."""
         try:
+            payload = self._signer.open(key, payload)
+            if is_tombstone(payload):
+                return None
             return decode(payload, user_id)
         except CacheDecodeError as exc:
             self._counters.incr("decode_errors")
+            if isinstance(exc, CacheIntegrityError):
+                self._counters.incr("integrity_failures")
             self._errors.warning(
                 "decode", f"dropping an undecodable cache entry of {self._log_ids(user_id)}: {exc}"
             )
@@ -302,8 +317,11 @@ class CachePolicy(DropInPolicy):
     def peek_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         """Read Redis without counting a lookup (a loader waiting on another's lease)."""
         try:
-            payload = yield Get(self._keys.state(user_id))
-            return decode_state(payload, user_id) if payload is not None else None
+            key = self._keys.state(user_id)
+            payload = yield Get(key)
+            if payload is None:
+                return None
+            return decode_state(self._signer.open(key, payload), user_id)
         except CacheError:
             return None
 
@@ -328,7 +346,7 @@ class CachePolicy(DropInPolicy):
             token = ""
         state = None
         if isinstance(result, bytes):
-            state = self._decode(result, user_id, decode_state)
+            state = self._decode(result, user_id, decode_state, key)
             if state is _UNREADABLE:
                 yield from self._quiet(Delete(key))
                 state = None

@@ -21,6 +21,7 @@ from penny_cache.keys import KeySchema, encode_user_id
 from penny_cache.policy.near import NearCache
 from penny_cache.policy.ops import Tombstone
 from penny_cache.policy.ports import SyncTransport
+from penny_cache.signing import Signer
 
 __all__ = ["StrictWrites"]
 
@@ -32,13 +33,15 @@ class StrictWrites:
     _near: NearCache | None
     _sync_backend: SyncTransport
     _ttl: float
+    _signer: Signer
 
     def seal(self, user_id: str, version: int) -> None:
         """Make ``user_id``'s entries older than ``version`` unusable in Redis and in
         every near cache, or raise ``CacheUnavailableError`` (the caller must not commit).
         The tombstone lives as long as an entry (the cache TTL)."""
         ttl_ms = max(1, int(self._ttl * 1000))
-        entry = Entry(self._keys.state(user_id), version, encode_tombstone(version), ttl_ms)
+        key = self._keys.state(user_id)
+        entry = Entry(key, version, self._signer.seal(key, encode_tombstone(version)), ttl_ms)
         op = Tombstone(entry, self._keys.sequence(), self._keys.channel(), encode_user_id(user_id))
         try:
             self._sync_backend.run(op)

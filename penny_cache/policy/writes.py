@@ -30,6 +30,7 @@ from penny_cache.policy.ops import (
 from penny_cache.policy.ports import SyncTransport
 from penny_cache.policy.recovery import Recovery
 from penny_cache.policy.strict import StrictWrites
+from penny_cache.signing import Signer
 from penny_cache.state import PersonalityState
 
 __all__ = ["WritePolicy"]
@@ -55,6 +56,7 @@ class WritePolicy(StrictWrites):
     _ttl: float
     _jitter: float
     _rand: Callable[[], float]
+    _signer: Signer
 
     # -- writes ---------------------------------------------------------------------------
 
@@ -159,7 +161,8 @@ class WritePolicy(StrictWrites):
             raise InvalidStateError(f"expected a PersonalityState of user {user_id!r}")
         spread = 1.0 - self._jitter * self._rand()
         ttl_ms = max(1, int(self._ttl * spread * 1000))
-        return Entry(self._keys.state(user_id), state.version, encode_state(state), ttl_ms)
+        key = self._keys.state(user_id)
+        return Entry(key, state.version, self._signer.seal(key, encode_state(state)), ttl_ms)
 
     def invalidate_flow(self, user_id: str) -> Flow[bool]:
         """Drop ``user_id``'s entry here, in Redis and in every near cache; False if Redis

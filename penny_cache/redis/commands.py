@@ -6,8 +6,10 @@ script runs (``Eval``) and key scans (``Scan``), receives each answer and return
 operation's result. ``penny_cache.redis.backend`` drives a plan with plain calls or with
 ``await``; that is all a transport does. Behind Sentinel a plan that announces a change
 also waits for a replica (``WAIT``), so a failover cannot bring back the replaced version.
-``ClusterCommands`` changes only the publishing plans (sharded channels); the
-breaker and the retry rule wrap every plan once, in ``ErrorBoundary.guarded``.
+With a value key, every message that names a user carries its tag, added here, where
+each message's version is known (``penny_cache.signing.Signer.tag``).
+``ClusterCommands`` changes only the publishing plans (sharded channels); the breaker and
+the retry rule wrap every plan once, in ``ErrorBoundary.guarded``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from penny_cache.policy.ops import (
 )
 from penny_cache.redis import scripts
 from penny_cache.redis.scripts import Script
+from penny_cache.signing import UNSIGNED, Signer
 
 __all__ = [
     "SCAN_BATCH",
@@ -107,9 +110,12 @@ def entry_args(entry: Entry) -> list[Any]:
 class Commands:
     """The plans of a standalone or Sentinel-managed Redis."""
 
-    def __init__(self, *, wait_replicas: int = 0, wait_timeout_ms: int = 100) -> None:
+    def __init__(
+        self, *, wait_replicas: int = 0, wait_timeout_ms: int = 100, signer: Signer = UNSIGNED
+    ) -> None:
         self.wait_replicas = wait_replicas
         self.wait_timeout_ms = wait_timeout_ms
+        self.signer = signer
 
     def plan(self, op: CacheOp) -> Plan:  # noqa: C901, PLR0911, PLR0912 - one case per op
         """The plan that carries out ``op``."""
@@ -170,24 +176,28 @@ class Commands:
                 assert_never(op)
 
     def write_publish(self, op: WritePublish) -> Plan:
-        args = [*entry_args(op.entry), op.channel, op.encoded_user]
+        user = self.signer.tag(str(op.entry.version), op.encoded_user)
+        args = [*entry_args(op.entry), op.channel, user]
         written, _seq = yield Eval(scripts.WRITE_PUBLISH, [op.entry.key, op.seq_key], args)
         yield from self.replicated()
         return bool(written)
 
     def tombstone(self, op: Tombstone) -> Plan:
-        args = [*entry_args(op.entry), op.channel, op.encoded_user]
+        user = self.signer.tag(str(op.entry.version), op.encoded_user)
+        args = [*entry_args(op.entry), op.channel, user]
         keys = [op.entry.key, op.seq_key]
         written, _seq = yield Eval(scripts.TOMBSTONE_PUBLISH, keys, args)
         yield from self.replicated()
         return bool(written)
 
     def drop_publish(self, op: DropPublish) -> Plan:
-        yield Eval(scripts.DROP_PUBLISH, [op.key], [op.channel, op.encoded_user])
+        user = self.signer.tag(_ANY_VERSION, op.encoded_user)
+        yield Eval(scripts.DROP_PUBLISH, [op.key], [op.channel, user])
         yield from self.replicated()
 
     def invalidate_publish(self, op: InvalidatePublish) -> Plan:
-        keys, args = [op.key, op.seq_key], [op.channel, op.encoded_user]
+        user = self.signer.tag(_ANY_VERSION, op.encoded_user)
+        keys, args = [op.key, op.seq_key], [op.channel, user]
         yield Eval(scripts.INVALIDATE_PUBLISH, keys, args)
         yield from self.replicated()
 
@@ -211,9 +221,9 @@ def _text(value: bytes | str | None) -> str:
     return value.decode() if isinstance(value, bytes) else (value or "")
 
 
-def _shard_publish(channel: str, encoded_user: str, version: str) -> Eval:
+def _shard_publish(channel: str, encoded_user: str, version: str, signer: Signer) -> Eval:
     shard = invalidation_shard(encoded_user) if encoded_user else 0
-    args = [shard_channel(channel, shard), version, encoded_user]
+    args = [shard_channel(channel, shard), version, signer.tag(version, encoded_user)]
     return Eval(scripts.SHARD_PUBLISH, [shard_sequence(channel, shard)], args)
 
 
@@ -230,25 +240,25 @@ class ClusterCommands(Commands):
         # be in the entry's slot; the entry key itself is (the token '' never matches).
         entry = op.entry
         written = yield Eval(scripts.FILL, [entry.key, entry.key], [*entry_args(entry), ""])
-        yield _shard_publish(op.channel, op.encoded_user, str(entry.version))
+        yield _shard_publish(op.channel, op.encoded_user, str(entry.version), self.signer)
         return bool(written)
 
     def tombstone(self, op: Tombstone) -> Plan:
         entry = op.entry
         written = yield Eval(scripts.TOMBSTONE, [entry.key], entry_args(entry))
-        yield _shard_publish(op.channel, op.encoded_user, str(entry.version))
+        yield _shard_publish(op.channel, op.encoded_user, str(entry.version), self.signer)
         return bool(written)
 
     def drop_publish(self, op: DropPublish) -> Plan:
         # no sequence key (it may be what Redis refuses): 0 makes every listener flush
         shard = invalidation_shard(op.encoded_user)
-        message = f"0|{_ANY_VERSION}|0|{op.encoded_user}"
+        message = f"0|{_ANY_VERSION}|0|{self.signer.tag(_ANY_VERSION, op.encoded_user)}"
         yield Call("unlink", (op.key,))
         yield Call("spublish", (shard_channel(op.channel, shard), message))
 
     def invalidate_publish(self, op: InvalidatePublish) -> Plan:
         yield Call("unlink", (op.key,))
-        yield _shard_publish(op.channel, op.encoded_user, _ANY_VERSION)
+        yield _shard_publish(op.channel, op.encoded_user, _ANY_VERSION, self.signer)
 
     def publish_flush(self, op: PublishFlush) -> Plan:
         for shard in range(INVALIDATION_SHARDS):

@@ -19,7 +19,8 @@ it can prove it has seen everything:
 * a PONG that ends a lapse proves nothing about updates acknowledged while Redis was out
   of reach (never published): trust returns only once ``recover`` has delivered them
   (this process's queued write-throughs, then the outbox's unconfirmed versions);
-* a message that does not parse (or is forged) flushes, which is always safe;
+* a message that does not parse (or is forged) flushes, which is always safe; with a
+  value key (``signing.Signer``), so does one whose tag is missing or does not verify;
 * behind Sentinel, a subscription can be alive and deaf: on a primary that was paused,
   lost its role, and answers PINGs again. There each PING carries the primary's current
   sequence number (read through the request connections, which follow the sentinels); a
@@ -45,10 +46,11 @@ import redis
 from redis.client import PubSub
 from redis.exceptions import RedisClusterException
 
-from penny_cache.errors import CacheError
+from penny_cache.errors import CacheError, CacheIntegrityError
 from penny_cache.keys import decode_user_id
 from penny_cache.observe.ratelog import RateLimitedLog
 from penny_cache.policy.near import NearCache
+from penny_cache.signing import UNSIGNED, Signer
 from penny_cache.state import validate_user_id
 
 __all__ = ["InvalidationListener", "ListenerGroup", "Message", "format_message", "parse_message"]
@@ -74,8 +76,9 @@ def format_message(seq: int, version: int | str, encoded_user: str, published_us
     return f"{seq}|{version}|{published_us}|{encoded_user}".encode()
 
 
-def parse_message(data: bytes) -> Message:
-    """Parse a message, or raise ``ValueError`` for anything malformed or forged."""
+def parse_message(data: bytes, signer: Signer = UNSIGNED) -> Message:
+    """Parse a message, or raise ``ValueError`` for anything malformed or forged
+    (``CacheIntegrityError`` for a user's message that ``signer`` does not verify)."""
     seq_text, version_text, published_text, user_text = data.decode("ascii").split("|", 3)
     if not seq_text.isdigit() or not published_text.isdigit():
         raise ValueError("bad sequence number or publish time")
@@ -84,7 +87,7 @@ def parse_message(data: bytes) -> Message:
         if user_text:
             raise ValueError("flush carries no user")
         return Message(seq, None, None, published_us)
-    user_id = validate_user_id(decode_user_id(user_text))
+    user_id = validate_user_id(decode_user_id(signer.untag(version_text, user_text)))
     if version_text == ANY_VERSION:
         return Message(seq, user_id, None, published_us)
     if not version_text.isdigit():
@@ -121,9 +124,11 @@ class InvalidationListener:
         sharded: bool = False,
         sequence_probe: Callable[[], int] | None = None,
         recover: Callable[[], bool] = lambda: True,
+        signer: Signer = UNSIGNED,
     ) -> None:
         """``recover``: called when a PONG ends a lapse of trust (see ``_on_pong``)."""
         self._client_factory = client_factory
+        self._signer = signer
         self._recover = recover
         self.proven = False  # trust was granted once: a lapse from here on is a lost proof
         self._channel = channel
@@ -302,9 +307,11 @@ class InvalidationListener:
 
     def _apply(self, data: bytes) -> None:
         try:
-            message = parse_message(data)
-        except (ValueError, UnicodeDecodeError):
+            message = parse_message(data, self._signer)
+        except (ValueError, UnicodeDecodeError, CacheIntegrityError) as exc:
             self._on_event("malformed")
+            if isinstance(exc, CacheIntegrityError):
+                self._on_event("forged")
             self._near.flush()
             return
         expected = None if self._last_seq is None else self._last_seq + 1

@@ -58,7 +58,15 @@ end
 
 # A strict-mode tombstone (``codec.encode_tombstone``) holds a version and no state: it
 # refuses everything below its version, and the committed version itself replaces it.
+# With a value key its marker sits in front of the 73-byte signature (``signing``).
 _CAS: Final = """
+local function is_tombstone(current)
+  local tail = string.sub(current, -14)
+  if tail ~= '"tombstone":1}' and string.sub(current, -73, -73) == '~' then
+    tail = string.sub(current, -87, -74)
+  end
+  return tail == '"tombstone":1}'
+end
 local function stored_version(current, prefix)
   if current and string.sub(current, 1, #prefix) == prefix then
     return tonumber(string.match(current, '^(%d+),', #prefix + 1))
@@ -69,8 +77,7 @@ local function cas(key, version, payload, ttl_ms, prefix)
   local current = redis.call('GET', key)
   local stored = stored_version(current, prefix)
   if stored and stored >= tonumber(version) then
-    local tomb = string.sub(current, -14) == '"tombstone":1}'
-    if not (tomb and stored == tonumber(version)) then
+    if not (is_tombstone(current) and stored == tonumber(version)) then
       return 0
     end
   end

@@ -101,3 +101,13 @@ def test_quick_bound_benchmark_reports_every_path_and_the_sweep_rates(tmp_path: 
     assert len(report["reads_ns_per_call"]) == 5
     assert all(ns > 0 for ns in report["reads_ns_per_call"].values())
     assert report["outbox_sql_statements_per_second"]["old default interval (5 s)"] > 0
+
+
+def test_quick_sign_benchmark_reports_both_hits_and_their_ratio(tmp_path: Path) -> None:
+    """The value-key benchmark's quick run exits 0, times the Redis hit with and without
+    ``PENNY_VALUE_KEY`` (its own check: every timed read a hit, no integrity failure), and
+    reports their ratio and the HMAC's own cost."""
+    report = run_quick("bench_sign", tmp_path)
+    assert set(report["operations"]) == {"unsigned", "signed"}
+    assert report["ratios"]["signed_vs_unsigned_hit"] > 0
+    assert report["crypto"]["signed_bytes"] - report["crypto"]["envelope_bytes"] == 73

@@ -9,6 +9,7 @@ no fault and while the slots of a hot user's entry and of its invalidation chann
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 import time
 from collections.abc import Iterator
@@ -21,9 +22,11 @@ from redis.crc import key_slot
 from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker
 from penny_cache.app.embedded import wait_until
 from penny_cache.cache import PersonalityCache
+from penny_cache.codec import encode_state
 from penny_cache.config import Settings
 from penny_cache.keys import INVALIDATION_SHARDS, KeySchema, encode_user_id, invalidation_shard
 from penny_cache.keys import shard_channel as sharded
+from penny_cache.signing import Signer
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
 from tests.integration.test_coherence import USERS, FaultLoop, assert_coherent, run_history
@@ -187,3 +190,41 @@ def test_history_is_coherent_while_slots_migrate(
     print(f"\n[cluster, slots moving] {run.summary()}")
     assert len(run.faults) >= 3
     assert_coherent(run)
+
+
+def test_signed_entries_and_messages_on_a_cluster(
+    cluster: RedisClusterProcesses, sqlite_url: str, namespace: str
+) -> None:
+    """With ``PENNY_VALUE_KEY`` on a Cluster, the write-through (two steps there: the
+    entry's slot, then the user's sharded channel) is signed and tagged: the reader's
+    listener applies the update as a precise invalidation (no message judged forged or
+    malformed) and the entry on its node verifies."""
+    settings = dataclasses.replace(
+        _settings(cluster, sqlite_url, namespace), value_key="cluster-test-value-key-0123456789"
+    )
+    store = PersonalityStore(sqlite_url)
+    writer, reader = (PersonalityCache.from_settings(settings) for _ in range(2))
+    try:
+        write, read = PersonalityTracker(store, writer), PersonalityTracker(store, reader)
+        assert read.get_current_personality_state("ann").version == 0
+        wait_until(lambda: reader.near_trusted, 10, "the reader's listeners")
+        version = write.update_personality_dimension("ann", "technical_depth_preference", 1.0)
+        wait_until(
+            lambda: read.get_current_personality_state("ann").version == version.version,
+            2,
+            "the update to reach the reader",
+        )
+        stats = reader.local_stats()
+        assert (stats["integrity_failures"], stats["malformed_messages"]) == (0, 0), stats
+        key = writer.keys.state("ann")
+        client = redis.RedisCluster.from_url(cluster.url)
+        try:
+            stored = client.get(key)
+        finally:
+            client.close()
+        assert isinstance(stored, bytes)
+        assert Signer.from_settings(settings).open(key, stored) == encode_state(version)
+    finally:
+        writer.close()
+        reader.close()
+        store.close()

@@ -9,7 +9,7 @@ way are not edges, or every module would reach the root ``__init__`` and so ever
 The layers, lowest first (a module may import its own layer and the ones below it)::
 
     vocabulary  config, settings_env, errors, catalogue, state, user_ids, codec, keys, forks,
-                values (root modules)
+                values, signing (root modules)
     observe     penny_cache/observe/
     policy      penny_cache/policy/
     transport   penny_cache/redis/ | penny_cache/store/   (side by side: never each other)
@@ -50,6 +50,7 @@ VOCABULARY: Final = frozenset(
         "keys",
         "forks",
         "values",
+        "signing",
     }
 )
 FACES: Final = frozenset(
