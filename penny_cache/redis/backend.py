@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from penny_cache.config import Settings
 from penny_cache.policy.flows import adrive, drive
-from penny_cache.policy.ops import CacheOp, Get
+from penny_cache.policy.ops import CacheOp, Dropped, Get
 from penny_cache.redis import scripts
 from penny_cache.redis.boundary import ErrorBoundary, boundary_options
 from penny_cache.redis.clients import (
@@ -44,6 +44,7 @@ from penny_cache.redis.commands import (
     ResetPool,
     Scan,
     Step,
+    read_answer,
 )
 
 __all__ = ["AsyncRedisBackend", "RedisBackend"]
@@ -125,18 +126,20 @@ class RedisBackend(_Transport):
         # redis-py mid-call (found under failover: a TypeError from its socket check)
         return client.connection_pool.disconnect(inuse_connections=False)
 
-    def get(self, key: str) -> bytes | None:
-        """``run(Get(key))`` with the boundary inlined: a Redis hit costs one call."""
+    def get(self, key: str) -> bytes | Dropped | None:
+        """``run(Get(key))`` with the boundary inlined: a Redis hit costs one call (the
+        guarded read, ``scripts.GET_GUARDED``)."""
         breaker = self._breaker
         if not breaker.healthy:
-            return cast("bytes | None", drive(self._plan(Get(key)), self._send))
+            return cast("bytes | Dropped | None", drive(self._plan(Get(key)), self._send))
         started = self._monotonic()
+        step = Eval(scripts.GET_GUARDED, [key], [])
         try:
-            return cast("bytes | None", self._client.get(key))
+            return cast("bytes | Dropped | None", read_answer(self._send(step)))
         except Exception as exc:  # anything redis-py raises (see _translate)
             if not self._may_retry(exc, started):
                 raise self._translate(exc) from exc
-            return cast("bytes | None", self._guarded(Call("get", (key,))))
+            return cast("bytes | Dropped | None", read_answer(self._guarded(step)))
 
     # -- the counters', listener's and tools' operations (sync only) ------------------------
 

@@ -24,12 +24,16 @@ from penny_cache.policy.ops import (
     CountMatching,
     Delete,
     DeleteIndexed,
+    Dropped,
     DropPublish,
     Fill,
     Get,
     GetTicket,
+    Held,
+    Inspect,
     InvalidatePublish,
     PublishFlush,
+    ReplacePublish,
     Set,
     SetTicketed,
     Tombstone,
@@ -52,12 +56,14 @@ __all__ = [
     "Scan",
     "Step",
     "entry_args",
+    "read_answer",
 ]
 
 SCAN_BATCH: Final = 500
 _PREFIX: Final = version_prefix()
 _FLUSH: Final = "flush"
 _ANY_VERSION: Final = "*"
+_DROPPED: Final = {-1: Dropped("oversized"), -2: Dropped("wrong type")}
 
 
 class Call(NamedTuple):
@@ -101,6 +107,21 @@ def entry_args(entry: Entry) -> list[Any]:
     return [entry.version, entry.payload, entry.ttl_ms, _PREFIX]
 
 
+def read_answer(raw: Any) -> Any:
+    """A guarded read's answer (``lua.GUARD``) as the policy takes it: bytes, None, a
+    ``Dropped``, or (from LEASE) the lease's True/False."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return _DROPPED[raw] if raw < 0 else bool(raw)
+    return raw
+
+
+def _held(raw: Any) -> Held | None:
+    if not raw:
+        return None
+    digits, tomb, found = raw
+    return Held(int(digits), bool(tomb), found)
+
+
 class Commands:
     """The plans of a standalone or Sentinel-managed Redis."""
 
@@ -112,7 +133,7 @@ class Commands:
         """The plan that carries out ``op``."""
         match op:
             case Get(key):
-                return (yield Call("get", (key,)))
+                return read_answer((yield Eval(scripts.GET_GUARDED, [key], [])))
             case Set(key, payload, ttl_ms):
                 return (yield Call("set", (key, payload), {"px": ttl_ms}))
             case Fill(entry, lease_key, token):
@@ -129,8 +150,11 @@ class Commands:
             case PublishFlush():
                 return (yield from self.publish_flush(op))
             case TryLease(key, lease_key, token, ttl_ms):
-                result = yield Eval(scripts.LEASE, [key, lease_key], [token, ttl_ms])
-                return result if isinstance(result, bytes) else bool(result)
+                return read_answer((yield Eval(scripts.LEASE, [key, lease_key], [token, ttl_ms])))
+            case Inspect(key):
+                return _held((yield Eval(scripts.INSPECT, [key], [_PREFIX])))
+            case ReplacePublish():
+                return (yield from self.replace_publish(op))
             case Delete(key):
                 return bool((yield Call("unlink", (key,))))
             case UnlinkMatching(pattern):
@@ -153,7 +177,7 @@ class Commands:
             case GetTicket(key, ticket_key, index_key, member, token, ttl_ms):
                 keys = [key, ticket_key, index_key]
                 entry, ticket = yield Eval(scripts.GET_TICKET, keys, [member, token, ttl_ms])
-                return entry, _text(ticket)
+                return read_answer(entry), _text(ticket)
             case SetTicketed(key, ticket_key, index_key, member, payload, ttl_ms, ticket):
                 keys = [key, ticket_key, index_key]
                 args = [member, payload, ttl_ms, ticket]
@@ -169,6 +193,13 @@ class Commands:
     def write_publish(self, op: WritePublish) -> Plan:
         args = [*entry_args(op.entry), op.channel, op.encoded_user]
         written, _seq = yield Eval(scripts.WRITE_PUBLISH, [op.entry.key, op.seq_key], args)
+        yield from self.replicated()
+        return bool(written)
+
+    def replace_publish(self, op: ReplacePublish) -> Plan:
+        entry = op.entry
+        args = [op.found, entry.payload, entry.ttl_ms, op.channel, op.encoded_user]
+        written, _seq = yield Eval(scripts.REPLACE_PUBLISH, [entry.key, op.seq_key], args)
         yield from self.replicated()
         return bool(written)
 
@@ -228,6 +259,13 @@ class ClusterCommands(Commands):
         entry = op.entry
         written = yield Eval(scripts.FILL, [entry.key, entry.key], [*entry_args(entry), ""])
         yield _shard_publish(op.channel, op.encoded_user, str(entry.version))
+        return bool(written)
+
+    def replace_publish(self, op: ReplacePublish) -> Plan:
+        entry = op.entry
+        args = [op.found, entry.payload, entry.ttl_ms]
+        written = yield Eval(scripts.REPLACE, [entry.key], args)
+        yield _shard_publish(op.channel, op.encoded_user, _ANY_VERSION)
         return bool(written)
 
     def tombstone(self, op: Tombstone) -> Plan:
