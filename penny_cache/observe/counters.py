@@ -51,6 +51,7 @@ COUNTERS: Final = (
     "sequence_gaps",
     "stale_served",
     "malformed_messages",
+    "version_ahead",
 )
 _SEEN: Final = "seen"
 _LOCK_FREE: Final = ("hits", "misses", "near_hits")
