@@ -27,7 +27,7 @@ _INDEX: Final = """
 local function index_call(command, key, ...)
   local answer = redis.pcall(command, key, ...)
   if type(answer) == 'table' and answer.err then
-    redis.call('DEL', key)
+    redis.call('UNLINK', key)
     answer = redis.call(command, key, ...)
   end
   return answer
@@ -53,7 +53,7 @@ end
 index_call('ZREM', KEYS[3], ARGV[1])
 local ticket = redis.pcall('GET', KEYS[2])
 if type(ticket) == 'table' then
-  redis.call('DEL', KEYS[2])
+  redis.call('UNLINK', KEYS[2])
   ticket = false
 end
 if not ticket then
@@ -79,7 +79,7 @@ if ARGV[4] ~= '' and redis.pcall('GET', KEYS[2]) ~= ARGV[4] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])
+redis.call('UNLINK', KEYS[2])
 index_call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
 return 1
 """,
@@ -94,7 +94,7 @@ DELETE_INDEXED: Final = Script(
 -- ARGV[1]  index member
 -- returns  1 when the entry existed, else 0
 local existed = redis.call('UNLINK', KEYS[1])
-redis.call('DEL', KEYS[2])
+redis.call('UNLINK', KEYS[2])
 index_call('ZREM', KEYS[3], ARGV[1])
 return existed
 """,

@@ -115,7 +115,7 @@ if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
 if type(redis.pcall('GET', KEYS[2])) == 'table' then
-  redis.call('DEL', KEYS[2])
+  redis.call('UNLINK', KEYS[2])
   if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
     return 1
   end
