@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import pytest
@@ -105,7 +106,7 @@ def test_a_forged_future_version_is_replaced_by_the_next_update(
         assert updated.version == 4
         assert decode_state(_bytes(raw.get(key)), "ann").version == 4
         for name, tracker in (("writer", writer), ("reader", reader)):
-            _serves(lambda t=tracker: t.get_current_personality_state("ann").version, 4, name)
+            _serves(_version_read(tracker), 4, name)
         assert writer.cache.local_stats()["version_ahead"] == (1 if forged == AHEAD else 0)
     finally:
         _close(writer, reader)
@@ -169,7 +170,7 @@ def test_a_duplicate_version_key_is_malformed_and_replaced(
         writer.update_personality_dimension("ann", DIM, 0.4)
         assert decode_state(_bytes(raw.get(key)), "ann").version == 4
         for name, tracker in (("writer", writer), ("reader", reader)):
-            _serves(lambda t=tracker: t.get_current_personality_state("ann").version, 4, name)
+            _serves(_version_read(tracker), 4, name)
     finally:
         _close(writer, reader)
 
@@ -240,7 +241,15 @@ def test_two_http_workers_serve_sql_after_a_forged_version(
         raw.set(cache.keys.state("ann"), encode_state(_at(state, AHEAD)))
         assert first.put(path, json={"value": 0.4}).json()["version"] == 4
         for name, client in (("first", first), ("second", second)):
-            _serves(lambda c=client: c.get("/personality/ann").json()["version"], 4, name)
+            _serves(partial(_http_version, client), 4, name)
+
+
+def _version_read(tracker: PersonalityTracker) -> Callable[[], int]:
+    return lambda: tracker.get_current_personality_state("ann").version
+
+
+def _http_version(client: TestClient) -> int:
+    return int(client.get("/personality/ann").json()["version"])
 
 
 def _stored_version(client: redis.Redis, tracker: PersonalityTracker) -> int:
