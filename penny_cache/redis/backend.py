@@ -23,6 +23,7 @@ import redis.asyncio as aredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from penny_cache.codec import MAX_ENTRY_BYTES
 from penny_cache.config import Settings
 from penny_cache.policy.flows import adrive, drive
 from penny_cache.policy.ops import CacheOp, Dropped, Get
@@ -44,7 +45,6 @@ from penny_cache.redis.commands import (
     ResetPool,
     Scan,
     Step,
-    read_answer,
 )
 
 __all__ = ["AsyncRedisBackend", "RedisBackend"]
@@ -128,18 +128,22 @@ class RedisBackend(_Transport):
 
     def get(self, key: str) -> bytes | Dropped | None:
         """``run(Get(key))`` with the boundary inlined: a Redis hit costs one call (the
-        guarded read, ``scripts.GET_GUARDED``)."""
+        bounded read of ``Commands.get``); an entry over the cap, a key of another type
+        (an error reply) or a retry takes the plan."""
         breaker = self._breaker
-        if not breaker.healthy:
-            return cast("bytes | Dropped | None", drive(self._plan(Get(key)), self._send))
-        started = self._monotonic()
-        step = Eval(scripts.GET_GUARDED, [key], [])
-        try:
-            return cast("bytes | Dropped | None", read_answer(self._send(step)))
-        except Exception as exc:  # anything redis-py raises (see _translate)
-            if not self._may_retry(exc, started):
-                raise self._translate(exc) from exc
-            return cast("bytes | Dropped | None", read_answer(self._guarded(step)))
+        raw: Any = None
+        if breaker.healthy:
+            started = self._monotonic()
+            try:
+                raw = self._client.getrange(key, 0, MAX_ENTRY_BYTES)
+            except redis.ResponseError:
+                pass  # WRONGTYPE: the plan unlinks the key
+            except Exception as exc:  # anything else redis-py raises (see _translate)
+                if not self._may_retry(exc, started):
+                    raise self._translate(exc) from exc
+            if isinstance(raw, bytes) and len(raw) <= MAX_ENTRY_BYTES:
+                return raw or None
+        return cast("bytes | Dropped | None", drive(self._plan(Get(key)), self._send))
 
     # -- the counters', listener's and tools' operations (sync only) ------------------------
 

@@ -6,8 +6,9 @@ An entry key may hold anything whoever can write to Redis put there: a value far
 that reads an entry goes through ``GUARD`` or ``VERSION``: the size and the type are
 checked on the server (``STRLEN``, which is O(1) and answers WRONGTYPE for a key of
 another type) before a byte of the value leaves Redis, and a bad entry is unlinked
-there. So one bad key costs its own user a miss, never a transfer that times out and
-trips the breaker every user shares, nor a WRONGTYPE reply on every read.
+there. A plain read needs no script: ``commands.Commands.get`` reads with ``GETRANGE``
+bounded by the cap. So one bad key costs its own user a miss, never a transfer that
+times out and trips the breaker every user shares, nor a WRONGTYPE reply on every read.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ The transports run them with EVALSHA and reloads on NOSCRIPT, so a restarted Red
 The version compare-and-set is one Lua function (``_CAS``) shared by the scripts that
 write entries; an entry whose version cannot be read (``lua.VERSION``: not a string,
 over the cap, a version that is not plain digits of bounded length) is overwritten (a
-read would drop it anyway). Every read of an entry is guarded (``lua.GUARD``). The
-drop-in's scripts are in ``penny_cache.redis.dropin_scripts``.
+read would drop it anyway). Every script that reads an entry guards it (``lua.GUARD``;
+a plain read is ``commands.Commands.get``). The drop-in's scripts are in
+``penny_cache.redis.dropin_scripts``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ __all__ = [
     "DELETE_INDEXED",
     "DROP_PUBLISH",
     "FILL",
-    "GET_GUARDED",
     "GET_TICKET",
     "INSPECT",
     "INVALIDATE_PUBLISH",
@@ -121,18 +121,6 @@ if type(redis.pcall('GET', KEYS[2])) == 'table' then
   end
 end
 return 0
-""",
-)
-
-GET_GUARDED: Final = Script(
-    "GET_GUARDED",
-    GUARD
-    + """
--- Every read of an entry: its size and type checked before its bytes leave Redis.
--- KEYS[1]  entry key
--- returns  the entry, false when there is none, -1 (over the cap) or -2 (not a string)
---          when it was unlinked here
-return guarded_get(KEYS[1])
 """,
 )
 
@@ -375,7 +363,6 @@ ALL_SCRIPTS: Final = (
     SET_TICKETED,
     DELETE_INDEXED,
     COUNT_INDEXED,
-    GET_GUARDED,
     INSPECT,
     REPLACE,
     REPLACE_PUBLISH,

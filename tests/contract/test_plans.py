@@ -37,7 +37,8 @@ def _answer(step: Step) -> Any:
         pairs = (scripts.WRITE_PUBLISH, scripts.TOMBSTONE_PUBLISH, scripts.REPLACE_PUBLISH)
         return [1, 1] if step.script in pairs else 1
     assert isinstance(step, Call), f"a cache operation's plan sent {step!r}"
-    return {"get": b"x", "set": True, "unlink": 1, "wait": 1, "spublish": 1}[step.method]
+    answers = {"get": b"x", "getrange": b"x", "set": True, "unlink": 1, "wait": 1, "spublish": 1}
+    return answers[step.method]
 
 
 def _drive(plan: Plan) -> tuple[list[Step], Any]:
