@@ -11,7 +11,8 @@ A key of the wrong type is repaired where it is met, never answered with WRONGTY
 entry over the cap or of another type is unlinked (``lua.GUARD``), a ticket key of
 another type is dropped (a fresh ticket is handed out), and an index of another type is
 dropped and begun again (the index is the namespace's: without this one bad key failed
-every drop-in read; the size then counts only entries written since).
+every drop-in read; the size then counts only entries written since). A ticket key
+longer than any token (``TICKET_CAP``) is dropped too: it would be sent on every miss.
 """
 
 from __future__ import annotations
@@ -20,7 +21,11 @@ from typing import Final
 
 from penny_cache.redis.lua import GUARD, NOW_MS, Script
 
-__all__ = ["COUNT_INDEXED", "DELETE_INDEXED", "GET_TICKET", "SET_TICKETED"]
+__all__ = ["COUNT_INDEXED", "DELETE_INDEXED", "GET_TICKET", "SET_TICKETED", "TICKET_CAP"]
+
+# Tickets are short tokens (a process prefix and a counter); a ticket key holding more
+# was not made here, and sending it back on every miss would be a transfer per read.
+TICKET_CAP: Final = 256
 
 # zrem/zadd on the index, dropping an index of another type first
 _INDEX: Final = """
@@ -38,6 +43,9 @@ GET_TICKET: Final = Script(
     "GET_TICKET",
     GUARD
     + _INDEX
+    + f"""
+local TICKET_CAP = {TICKET_CAP}
+"""
     + """
 -- The drop-in's read: the entry, or on a miss the key's current fill ticket.
 -- KEYS[1]  entry key      KEYS[2]  ticket key      KEYS[3]  index (all in one slot)
@@ -51,10 +59,12 @@ if type(current) == 'string' then
   return {current, ''}
 end
 index_call('ZREM', KEYS[3], ARGV[1])
-local ticket = redis.pcall('GET', KEYS[2])
-if type(ticket) == 'table' then
-  redis.call('UNLINK', KEYS[2])
-  ticket = false
+local ticket = false
+local size = redis.pcall('STRLEN', KEYS[2])
+if type(size) == 'table' or size > TICKET_CAP then
+  redis.call('UNLINK', KEYS[2])  -- not a ticket we made: never sent back
+elseif size > 0 then
+  ticket = redis.call('GET', KEYS[2])
 end
 if not ticket then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])

@@ -155,3 +155,14 @@ class GuardContract:
         assert harness.run(GetTicket(*args, "tok2", TTL_MS)) == (b"v", "")
         _wrong_type(harness, keys.legacy_index())
         assert harness.run(SetTicketed(*args, b"w", TTL_MS, "")) is True
+
+    def test_get_ticket_never_sends_back_a_ticket_it_did_not_make(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """A ticket key holding far more than a token (1 MB) used to be sent back on
+        every miss of that user; now it is dropped and the caller's token becomes the
+        ticket."""
+        harness.raw.set(keys.legacy_ticket(USER), b"t" * (1 << 20))
+        args = (keys.legacy(USER), keys.legacy_ticket(USER), keys.legacy_index(), USER)
+        assert harness.run(GetTicket(*args, "tok", TTL_MS)) == (None, "tok")
+        assert harness.raw.get(keys.legacy_ticket(USER)) == b"tok"
