@@ -166,3 +166,18 @@ class GuardContract:
         args = (keys.legacy(USER), keys.legacy_ticket(USER), keys.legacy_index(), USER)
         assert harness.run(GetTicket(*args, "tok", TTL_MS)) == (None, "tok")
         assert harness.raw.get(keys.legacy_ticket(USER)) == b"tok"
+
+    def test_tombstone_overwrites_an_entry_of_the_wrong_type(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """Strict mode's tombstone over a HASH used to be WRONGTYPE (the update refused);
+        now the HASH is replaced by the tombstone."""
+        from penny_cache.codec import encode_tombstone
+        from penny_cache.policy.ops import Tombstone
+
+        harness.raw.delete(keys.state(USER))
+        harness.raw.hset(keys.state(USER), "f", "x")
+        entry = Entry(keys.state(USER), 4, encode_tombstone(4), TTL_MS)
+        op = Tombstone(entry, keys.sequence(), keys.channel(), encode_user_id(USER))
+        assert harness.run(op) is True
+        assert harness.raw.get(keys.state(USER)) == encode_tombstone(4)

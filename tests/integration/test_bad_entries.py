@@ -205,6 +205,35 @@ def test_a_wrong_type_entry_or_lease_is_repaired_for_its_user(
     assert _breaker(cache).opened == 0
 
 
+def test_the_asyncio_tracker_repairs_a_wrong_type_entry(
+    tracker: PersonalityTracker, raw: redis.Redis, redis_url: str, namespace: str
+) -> None:
+    """The asyncio face (the HTTP service's) over a LIST entry and a LIST lease: a read
+    answered from SQL that refills the entry, then an update written through over a
+    LIST again; no Redis error counted, the breaker closed."""
+    entry, lease = tracker.cache.keys.state("ann"), tracker.cache.keys.lease("ann")
+
+    async def scenario() -> tuple[int, int, int, int]:
+        cache = AsyncPersonalityCache.from_url(
+            redis_url, namespace=namespace, near_cache=False, stats_flush_interval=None
+        )
+        other = AsyncPersonalityTracker(tracker.store, cache, outbox_interval=None)
+        for key in (entry, lease):
+            raw.delete(key)
+            raw.rpush(key, "x")
+        read = (await other.get_current_personality_state("ann")).version
+        raw.delete(entry)
+        raw.rpush(entry, "x")
+        written = (await other.update_personality_dimension("ann", DIM, 0.9)).version
+        errors, opened = cache.local_stats()["redis_errors"], _breaker(cache).opened
+        other.close()
+        await cache.aclose()
+        return read, written, errors, opened
+
+    assert asyncio.run(scenario()) == (1, 2, 0, 0)
+    assert decode_state(_bytes(raw.get(entry)), "ann").version == 2
+
+
 def test_wrong_type_drop_in_keys_are_repaired_and_block_nobody(
     raw: redis.Redis, redis_url: str, namespace: str
 ) -> None:
