@@ -8,7 +8,12 @@ value)::
 
 Anything that does not decode as the current schema, or names another user than the
 key it came from, raises ``CacheDecodeError`` (or its subclass ``CacheIntegrityError``);
-the cache treats both as a miss and deletes the entry.
+the cache treats both as a miss and deletes the entry. So does an entry whose version,
+as the Lua scripts read it from the prefix (digits only, no leading zero, at most
+``MAX_VERSION_DIGITS``), is not the version msgspec decodes: JSON allows a key twice,
+Lua reads the first ``"version"`` and msgspec keeps the last, and an entry the two read
+differently used to be served with one version while refusing writes with the other.
+Nesting too deep for the decoder (``RecursionError``) is undecodable like the rest.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from penny_cache.state import PersonalityState, builtin_hook
 __all__ = [
     "ENVELOPE_SCHEMA",
     "MAX_ENTRY_BYTES",
+    "MAX_VERSION_DIGITS",
     "Entry",
     "decode_mapping",
     "decode_state",
@@ -31,11 +37,14 @@ __all__ = [
     "encode_state",
     "encode_tombstone",
     "is_tombstone",
+    "prefix_version",
     "version_prefix",
 ]
 
 ENVELOPE_SCHEMA: Final = 1
 MAX_ENTRY_BYTES: Final = 64 * 1024
+# A Lua number (a double) holds every integer of 15 digits exactly; no SQL row gets near.
+MAX_VERSION_DIGITS: Final = 15
 
 
 class Entry(NamedTuple):
@@ -118,6 +127,7 @@ def _encode(envelope: msgspec.Struct) -> bytes:
 def decode_state(payload: bytes, user_id: str) -> PersonalityState:
     """Decode an entry read under ``user_id``'s key, or raise ``CacheDecodeError``."""
     envelope = _decode(_state_decoder, payload)
+    _check_prefix(payload, envelope.version)
     if envelope.user != user_id or envelope.state.user_id != user_id:
         raise CacheIntegrityError("entry belongs to another user than its key")
     if envelope.version != envelope.state.version:
@@ -138,17 +148,35 @@ def _decode(decoder: msgspec.json.Decoder[_E], payload: bytes) -> _E:
         raise CacheDecodeError("entry exceeds the size cap")
     try:
         envelope = decoder.decode(payload)
-    except (msgspec.DecodeError, InvalidStateError, ValueError) as exc:
+    except (msgspec.DecodeError, InvalidStateError, ValueError, RecursionError) as exc:
         raise CacheDecodeError(_describe_failure(payload, exc)) from exc
     if envelope.schema != ENVELOPE_SCHEMA:
         raise CacheDecodeError(f"entry has schema {envelope.schema}, expected {ENVELOPE_SCHEMA}")
     return envelope
 
 
+def prefix_version(payload: bytes) -> int | None:
+    """The version the Lua scripts read from ``payload``'s prefix (``lua.VERSION``), or
+    None where they read none (they overwrite such an entry)."""
+    if not payload.startswith(_PREFIX_BYTES):
+        return None
+    digits, comma, _ = payload[len(_PREFIX_BYTES) : len(_PREFIX_BYTES) + 17].partition(b",")
+    if not comma or not digits.isdigit() or len(digits) > MAX_VERSION_DIGITS:
+        return None
+    if len(digits) > 1 and digits.startswith(b"0"):
+        return None
+    return int(digits)
+
+
+def _check_prefix(payload: bytes, version: int) -> None:
+    if prefix_version(payload) != version:
+        raise CacheDecodeError("the version the scripts read is not the envelope's version")
+
+
 def _describe_failure(payload: bytes, exc: Exception) -> str:
     try:
         schema = _header_decoder.decode(payload).schema
-    except (msgspec.DecodeError, ValueError):
+    except (msgspec.DecodeError, ValueError, RecursionError):
         return f"undecodable entry: {type(exc).__name__}"
     if schema != ENVELOPE_SCHEMA:
         return f"entry has schema {schema}, expected {ENVELOPE_SCHEMA}"

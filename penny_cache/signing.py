@@ -32,12 +32,14 @@ import hashlib
 import hmac
 from typing import Final
 
+from penny_cache.codec import MAX_ENTRY_BYTES
 from penny_cache.config import Settings
 from penny_cache.errors import CacheIntegrityError
 
 __all__ = [
     "KEY_ID_CHARS",
     "MAC_CHARS",
+    "MAX_STORED_BYTES",
     "SIGNATURE_BYTES",
     "SIGNATURE_MARK",
     "UNSIGNED",
@@ -49,6 +51,9 @@ SIGNATURE_MARK: Final = b"~"
 KEY_ID_CHARS: Final = 8
 MAC_CHARS: Final = 64
 SIGNATURE_BYTES: Final = len(SIGNATURE_MARK) + KEY_ID_CHARS + MAC_CHARS
+# The most an entry may occupy in Redis: the envelope cap and a signature. Redis-side
+# guards (``penny_cache.redis.lua``) drop anything longer unread.
+MAX_STORED_BYTES: Final = MAX_ENTRY_BYTES + SIGNATURE_BYTES
 _MESSAGE_TAG_CHARS: Final = KEY_ID_CHARS + MAC_CHARS
 _MARK: Final = SIGNATURE_MARK[0]
 _ENTRY_DOMAIN: Final = b"penny-cache entry v1\x00"

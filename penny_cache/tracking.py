@@ -70,6 +70,12 @@ def _blocking(call: Callable[[], object]) -> TrackerFlow[object]:
     return (yield Blocking(call))
 
 
+def _publish_checked(cache: CachePolicy, store: PersonalityStore, state: PersonalityState) -> bool:
+    """The outbox's replay: a refusal is checked against SQL's current state, never
+    taken for a delivery (``policy.ahead``)."""
+    return cache.publish_committed(state, partial(store.load, state.user_id))
+
+
 def _checked_version(min_version: object) -> int:
     if min_version.__class__ is not int or min_version < 0:
         raise InvalidInputError(f"min_version must be a whole number >= 0, got {min_version!r}")
@@ -118,7 +124,7 @@ class TrackerPolicy:
             self._outbox = shared_sweeper(
                 store,
                 cache,
-                cache.publish_committed,
+                partial(_publish_checked, cache, store),
                 interval=outbox_interval,
                 grace=outbox_grace,
                 history_days=history_days,
@@ -282,8 +288,10 @@ class TrackerPolicy:
         if self._strict:  # under the row lock, before COMMIT (``policy.strict``)
             args["before_commit"] = lambda _current, version: self._policy.seal(user_id, version)
         state = yield Blocking(partial(self._store.update_dimension, **args))
-        yield from self._policy.write_through_flow(state, sealed=self._strict)
-        self._confirm_delivery(state)
+        sql_state = partial(self._store.load, user_id)  # a refusal is checked against it
+        write = self._policy.checked_write_through_flow(state, sql_state, sealed=self._strict)
+        if (yield from write):
+            self._confirm_delivery(state)
         self._observe("update", began)
         return self._view(state)
 

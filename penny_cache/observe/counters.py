@@ -64,6 +64,7 @@ COUNTERS: Final = (
     "stale_served",
     "malformed_messages",
     "integrity_failures",
+    "version_ahead",
 )
 # what a read found unusable (totals keys beside the counters, never written to Redis)
 FIELDS_INVALID: Final = "stats_fields_invalid"

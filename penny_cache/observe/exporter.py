@@ -65,6 +65,10 @@ COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
         "penny_cache_stale_served",
         "Reads answered with a last known state because SQL was down (fail-safe mode).",
     ),
+    "version_ahead": (
+        "penny_cache_version_ahead",
+        "Entries found ahead of SQL's committed version and replaced by it.",
+    ),
 }
 
 

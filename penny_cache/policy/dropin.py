@@ -16,8 +16,9 @@ from typing import Any, Final, NamedTuple
 from penny_cache.errors import CacheDecodeError, CacheError, CacheIntegrityError
 from penny_cache.keys import LogIds, encode_user_id
 from penny_cache.observe.counters import LocalCounters
+from penny_cache.policy.entries import EntryChecks
 from penny_cache.policy.flows import Flow
-from penny_cache.policy.ops import CountIndexed, DeleteIndexed, GetTicket, SetTicketed
+from penny_cache.policy.ops import CountIndexed, DeleteIndexed, Dropped, GetTicket, SetTicketed
 from penny_cache.policy.writes import WritePolicy
 from penny_cache.values import ClassNotLoadedError
 
@@ -37,7 +38,7 @@ class Lookup(NamedTuple):
     ticket: str
 
 
-class DropInPolicy(WritePolicy):
+class DropInPolicy(WritePolicy, EntryChecks):
     """The drop-in's flows; the state they use is declared by ``WritePolicy`` (and the
     lock-free counters here), set by ``CachePolicy.__init__``."""
 
@@ -66,7 +67,9 @@ class DropInPolicy(WritePolicy):
             self._redis_failed("get", exc)
             payload, ticket = None, UNVERIFIED
         found, value = False, None
-        if payload is not None:
+        if isinstance(payload, Dropped):  # Redis unlinked it (over the cap, wrong type)
+            self.count_unreadable(user_id, f"Redis dropped it ({payload.reason})")
+        elif payload is not None:
             try:
                 payload = self._signer.open(self._keys.legacy(user_id), payload)
                 found, value = True, decode(payload, user_id)

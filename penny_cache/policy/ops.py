@@ -24,12 +24,16 @@ __all__ = [
     "Delete",
     "DeleteIndexed",
     "DropPublish",
+    "Dropped",
     "Fill",
     "Get",
     "GetTicket",
+    "Held",
+    "Inspect",
     "InvalidatePublish",
     "Op",
     "PublishFlush",
+    "ReplacePublish",
     "Set",
     "SetTicketed",
     "Shared",
@@ -42,8 +46,18 @@ __all__ = [
 
 
 @dataclass(frozen=True, slots=True)
+class Dropped:
+    """The answer to a read whose entry Redis unlinked before sending it (see
+    ``penny_cache.redis.lua``): ``reason`` is ``"oversized"`` (over
+    ``signing.MAX_STORED_BYTES``) or ``"wrong type"`` (a key that is not a string). A miss,
+    counted as a decode error."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Get:
-    """Read one entry: its bytes, or None."""
+    """Read one entry: its bytes, None, or ``Dropped``."""
 
     key: str
 
@@ -71,6 +85,37 @@ class WritePublish:
     """Version-checked write-through plus its invalidation message: True if written."""
 
     entry: Entry
+    seq_key: str
+    channel: str
+    encoded_user: str
+
+
+@dataclass(frozen=True, slots=True)
+class Held:
+    """What an entry that refused a write holds: the version it claims, whether it is a
+    strict-mode tombstone, and its bytes (what ``ReplacePublish`` compares)."""
+
+    version: int
+    tombstone: bool
+    found: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Inspect:
+    """What refused a write-through: ``Held``, or None when there is no entry or its
+    version is unreadable (a write replaces such an entry)."""
+
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReplacePublish:
+    """Replace an entry ahead of SQL with ``entry`` (SQL's version), only while the entry
+    is still exactly ``found``, and tell every near cache to drop the user whatever its
+    version. True if replaced."""
+
+    entry: Entry
+    found: bytes
     seq_key: str
     channel: str
     encoded_user: str
@@ -120,8 +165,9 @@ class PublishFlush:
 
 @dataclass(frozen=True, slots=True)
 class TryLease:
-    """The entry's bytes if present, else True when this caller may load (lease taken),
-    False when another process holds the lease."""
+    """The entry's bytes if present (``Dropped`` if Redis unlinked it: no lease taken),
+    else True when this caller may load (lease taken), False when another process holds
+    the lease."""
 
     key: str
     lease_key: str
@@ -152,7 +198,8 @@ class CountMatching:
 
 @dataclass(frozen=True, slots=True)
 class GetTicket:
-    """The drop-in's read: ``(bytes, "")`` on a hit; on a miss ``(None, ticket)``, the
+    """The drop-in's read: ``(bytes, "")`` on a hit; on a miss ``(None, ticket)`` (or
+    ``(Dropped, ticket)`` when Redis unlinked a bad entry), the
     key's current fill ticket (``token`` becomes it when there is none; it lives
     ``ttl_ms``), and ``member`` leaves ``index_key`` (the entry is gone). The three keys
     share a slot."""
@@ -235,6 +282,8 @@ CacheOp = (
     | DropPublish
     | InvalidatePublish
     | PublishFlush
+    | Inspect
+    | ReplacePublish
     | TryLease
     | Delete
     | UnlinkMatching

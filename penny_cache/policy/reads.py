@@ -18,22 +18,18 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from penny_cache.codec import decode_state, is_tombstone
+from penny_cache.codec import decode_state
 from penny_cache.config import positive_seconds, validate_jitter
-from penny_cache.errors import (
-    CacheDecodeError,
-    CacheError,
-    CacheIntegrityError,
-    StoreMismatchError,
-)
+from penny_cache.errors import CacheError, StoreMismatchError
 from penny_cache.keys import UNBOUND_SCOPE, KeySchema, LogIds
 from penny_cache.observe.counters import SharedCounters, stats_view
 from penny_cache.observe.metrics import ProcessMetrics
 from penny_cache.observe.ratelog import RateLimitedLog
 from penny_cache.policy.dropin import DropInPolicy
+from penny_cache.policy.entries import UNREADABLE
 from penny_cache.policy.flows import Flow
 from penny_cache.policy.near import NearCache, Ticket
-from penny_cache.policy.ops import Delete, Fill, Get, TryLease
+from penny_cache.policy.ops import Delete, Dropped, Fill, Get, TryLease
 from penny_cache.policy.ports import Listener, ListenerFactory, ListenerHooks, SyncTransport
 from penny_cache.policy.recovery import Recovery
 from penny_cache.signing import UNSIGNED, Signer
@@ -44,7 +40,6 @@ __all__ = ["CachePolicy"]
 log = logging.getLogger("penny_cache")
 _T = TypeVar("_T")
 _V = TypeVar("_V")
-_UNREADABLE: Any = object()  # what _decode returns for an entry to drop
 _LISTENER_COUNTERS = {
     "reconnect": "listener_reconnects",
     "gap": "sequence_gaps",
@@ -287,39 +282,19 @@ class CachePolicy(DropInPolicy):
         except CacheError as exc:
             self._redis_failed("get", exc)
             payload = None
-        value = None if payload is None else self._decode(payload, user_id, decode, key)
-        if value is _UNREADABLE:
+        value = None if payload is None else self.decode_entry(payload, user_id, decode, key)
+        if value is UNREADABLE:
             yield from self._quiet(Delete(key))
             value = None
         self.count_lookup(hit=value is not None)
         return value
-
-    def _decode(
-        self, payload: bytes, user_id: str, decode: Callable[[bytes, str], _V], key: str
-    ) -> Any:
-        """The value, None for a strict-mode tombstone (a miss that must stay), or
-        ``_UNREADABLE`` (counted and logged; the caller deletes it). With a value key
-        an entry that does not verify is unreadable, a tombstone included."""
-        try:
-            payload = self._signer.open(key, payload)
-            if is_tombstone(payload):
-                return None
-            return decode(payload, user_id)
-        except CacheDecodeError as exc:
-            self._counters.incr("decode_errors")
-            if isinstance(exc, CacheIntegrityError):
-                self._counters.incr("integrity_failures")
-            self._errors.warning(
-                "decode", f"dropping an undecodable cache entry of {self._log_ids(user_id)}: {exc}"
-            )
-            return _UNREADABLE
 
     def peek_flow(self, user_id: str) -> Flow[PersonalityState | None]:
         """Read Redis without counting a lookup (a loader waiting on another's lease)."""
         try:
             key = self._keys.state(user_id)
             payload = yield Get(key)
-            if payload is None:
+            if not isinstance(payload, bytes):
                 return None
             return decode_state(self._signer.open(key, payload), user_id)
         except CacheError:
@@ -345,9 +320,9 @@ class CachePolicy(DropInPolicy):
             result = False
             token = ""
         state = None
-        if isinstance(result, bytes):
-            state = self._decode(result, user_id, decode_state, key)
-            if state is _UNREADABLE:
+        if isinstance(result, bytes | Dropped):
+            state = self.decode_entry(result, user_id, decode_state, key)
+            if state is UNREADABLE:
                 yield from self._quiet(Delete(key))
                 state = None
             elif state is not None and state.version < min_version:

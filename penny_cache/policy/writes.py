@@ -16,14 +16,19 @@ from penny_cache.errors import CacheError, InvalidStateError
 from penny_cache.keys import KeySchema, encode_user_id
 from penny_cache.observe.counters import SharedCounters
 from penny_cache.observe.ratelog import RateLimitedLog
-from penny_cache.policy.flows import Flow, drive
+from penny_cache.policy.ahead import SqlState, VersionAhead
+from penny_cache.policy.flows import Flow, TrackerFlow, drive
 from penny_cache.policy.near import NearCache
 from penny_cache.policy.ops import (
+    Blocking,
     CacheOp,
     CountMatching,
     DropPublish,
     InvalidatePublish,
+    Op,
     PublishFlush,
+    Shared,
+    Sleep,
     UnlinkMatching,
     WritePublish,
 )
@@ -42,7 +47,7 @@ def _refused(exc: CacheError) -> bool:
     return type(exc) is CacheError
 
 
-class WritePolicy(StrictWrites):
+class WritePolicy(StrictWrites, VersionAhead):
     """Write flows; the attributes below are set by ``CachePolicy.__init__``."""
 
     _keys: KeySchema
@@ -74,7 +79,8 @@ class WritePolicy(StrictWrites):
         """Publish a just-committed state; this process sees it at once. If Redis cannot
         take it, it is kept and written before this process trusts Redis for that user
         again (newest version per user wins). ``sealed``: a strict-mode tombstone of this
-        version is in Redis and was announced, and must stay if this write fails."""
+        version is in Redis and was announced, and must stay if this write fails. A
+        tracker checks a refusal (``VersionAhead.checked_write_through_flow``)."""
         entry = self._entry(state.user_id, state)
         if self._near is not None:
             self._near.invalidate(state.user_id, state.version)
@@ -114,15 +120,24 @@ class WritePolicy(StrictWrites):
         if self._pending:
             self._drive_in_background(self._drain_flow(None))
 
-    def publish_committed(self, state: PersonalityState) -> bool:
+    def publish_committed(self, state: PersonalityState, sql_state: SqlState) -> bool:
         """Write a committed state through from a background thread (the outbox
-        sweeper); True once Redis has it."""
-        self._drive_in_background(self.write_through_flow(state))
-        return not self.is_pending(state.user_id)
+        sweeper); True once Redis holds a version SQL committed. A refusal is not a
+        delivery: it is checked against ``sql_state`` (``policy.ahead``), and an entry
+        ahead of SQL is replaced."""
+        flow = self.checked_write_through_flow(state, sql_state)
+        return bool(self._drive_in_background(flow)) and not self.is_pending(state.user_id)
 
-    def _drive_in_background(self, flow: Flow[Any]) -> None:
-        """Run a flow on the sync backend (a thread's work, also for an asyncio cache)."""
-        drive(flow, self._sync_backend.run)
+    def _drive_in_background(self, flow: TrackerFlow[Any]) -> Any:
+        """Run a flow on the sync backend (a thread's work, also for an asyncio cache);
+        its ``Blocking`` calls (SQL) are made here, in this thread."""
+        return drive(flow, self._run_in_background)
+
+    def _run_in_background(self, op: Op) -> Any:
+        if isinstance(op, Blocking):
+            return op.call()
+        assert not isinstance(op, Sleep | Shared), "a cache flow sleeps and shares nothing"
+        return self._sync_backend.run(op)
 
     def is_pending(self, user_id: str) -> bool:
         """Whether a write-through of ``user_id`` still waits for Redis."""

@@ -25,7 +25,7 @@ from redis.retry import Retry
 
 from penny_cache.config import Settings
 from penny_cache.policy.flows import adrive, drive
-from penny_cache.policy.ops import CacheOp, Get
+from penny_cache.policy.ops import CacheOp, Dropped, Get
 from penny_cache.redis import scripts
 from penny_cache.redis.boundary import ErrorBoundary, boundary_options
 from penny_cache.redis.clients import (
@@ -45,6 +45,7 @@ from penny_cache.redis.commands import (
     Scan,
     Step,
 )
+from penny_cache.signing import MAX_STORED_BYTES
 
 __all__ = ["AsyncRedisBackend", "RedisBackend"]
 
@@ -125,18 +126,24 @@ class RedisBackend(_Transport):
         # redis-py mid-call (found under failover: a TypeError from its socket check)
         return client.connection_pool.disconnect(inuse_connections=False)
 
-    def get(self, key: str) -> bytes | None:
-        """``run(Get(key))`` with the boundary inlined: a Redis hit costs one call."""
+    def get(self, key: str) -> bytes | Dropped | None:
+        """``run(Get(key))`` with the boundary inlined: a Redis hit costs one call (the
+        bounded read of ``Commands.get``); an entry over the cap, a key of another type
+        (an error reply) or a retry takes the plan."""
         breaker = self._breaker
-        if not breaker.healthy:
-            return cast("bytes | None", drive(self._plan(Get(key)), self._send))
-        started = self._monotonic()
-        try:
-            return cast("bytes | None", self._client.get(key))
-        except Exception as exc:  # anything redis-py raises (see _translate)
-            if not self._may_retry(exc, started):
-                raise self._translate(exc) from exc
-            return cast("bytes | None", self._guarded(Call("get", (key,))))
+        raw: Any = None
+        if breaker.healthy:
+            started = self._monotonic()
+            try:
+                raw = self._client.getrange(key, 0, MAX_STORED_BYTES)
+            except redis.ResponseError:
+                pass  # WRONGTYPE: the plan unlinks the key
+            except Exception as exc:  # anything else redis-py raises (see _translate)
+                if not self._may_retry(exc, started):
+                    raise self._translate(exc) from exc
+            if isinstance(raw, bytes) and len(raw) <= MAX_STORED_BYTES:
+                return raw or None
+        return cast("bytes | Dropped | None", drive(self._plan(Get(key)), self._send))
 
     # -- the counters', listener's and tools' operations (sync only) ------------------------
 

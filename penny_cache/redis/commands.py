@@ -17,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import Any, Final, NamedTuple, assert_never
 
+import redis
+
 from penny_cache.codec import Entry, version_prefix
 from penny_cache.errors import CacheNotReplicatedError
 from penny_cache.keys import INVALIDATION_SHARDS, invalidation_shard, shard_channel, shard_sequence
@@ -26,12 +28,16 @@ from penny_cache.policy.ops import (
     CountMatching,
     Delete,
     DeleteIndexed,
+    Dropped,
     DropPublish,
     Fill,
     Get,
     GetTicket,
+    Held,
+    Inspect,
     InvalidatePublish,
     PublishFlush,
+    ReplacePublish,
     Set,
     SetTicketed,
     Tombstone,
@@ -41,7 +47,7 @@ from penny_cache.policy.ops import (
 )
 from penny_cache.redis import scripts
 from penny_cache.redis.scripts import Script
-from penny_cache.signing import UNSIGNED, Signer
+from penny_cache.signing import MAX_STORED_BYTES, UNSIGNED, Signer
 
 __all__ = [
     "SCAN_BATCH",
@@ -55,12 +61,14 @@ __all__ = [
     "Scan",
     "Step",
     "entry_args",
+    "read_answer",
 ]
 
 SCAN_BATCH: Final = 500
 _PREFIX: Final = version_prefix()
 _FLUSH: Final = "flush"
 _ANY_VERSION: Final = "*"
+_DROPPED: Final = {-1: Dropped("oversized"), -2: Dropped("wrong type")}
 
 
 class Call(NamedTuple):
@@ -107,6 +115,21 @@ def entry_args(entry: Entry) -> list[Any]:
     return [entry.version, entry.payload, entry.ttl_ms, _PREFIX]
 
 
+def read_answer(raw: Any) -> Any:
+    """A guarded read's answer (``lua.GUARD``) as the policy takes it: bytes, None, a
+    ``Dropped``, or (from LEASE) the lease's True/False."""
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return _DROPPED[raw] if raw < 0 else bool(raw)
+    return raw
+
+
+def _held(raw: Any) -> Held | None:
+    if not raw:
+        return None
+    digits, tomb, found = raw
+    return Held(int(digits), bool(tomb), found)
+
+
 class Commands:
     """The plans of a standalone or Sentinel-managed Redis."""
 
@@ -121,7 +144,7 @@ class Commands:
         """The plan that carries out ``op``."""
         match op:
             case Get(key):
-                return (yield Call("get", (key,)))
+                return (yield from self.get(key))
             case Set(key, payload, ttl_ms):
                 return (yield Call("set", (key, payload), {"px": ttl_ms}))
             case Fill(entry, lease_key, token):
@@ -138,8 +161,11 @@ class Commands:
             case PublishFlush():
                 return (yield from self.publish_flush(op))
             case TryLease(key, lease_key, token, ttl_ms):
-                result = yield Eval(scripts.LEASE, [key, lease_key], [token, ttl_ms])
-                return result if isinstance(result, bytes) else bool(result)
+                return read_answer((yield Eval(scripts.LEASE, [key, lease_key], [token, ttl_ms])))
+            case Inspect(key):
+                return _held((yield Eval(scripts.INSPECT, [key], [_PREFIX])))
+            case ReplacePublish():
+                return (yield from self.replace_publish(op))
             case Delete(key):
                 return bool((yield Call("unlink", (key,))))
             case UnlinkMatching(pattern):
@@ -162,7 +188,7 @@ class Commands:
             case GetTicket(key, ticket_key, index_key, member, token, ttl_ms):
                 keys = [key, ticket_key, index_key]
                 entry, ticket = yield Eval(scripts.GET_TICKET, keys, [member, token, ttl_ms])
-                return entry, _text(ticket)
+                return read_answer(entry), _text(ticket)
             case SetTicketed(key, ticket_key, index_key, member, payload, ttl_ms, ticket):
                 keys = [key, ticket_key, index_key]
                 args = [member, payload, ttl_ms, ticket]
@@ -175,10 +201,34 @@ class Commands:
             case _:
                 assert_never(op)
 
+    def get(self, key: str) -> Plan:
+        """One plain command, as cheap as GET: ``GETRANGE`` sends at most one byte over
+        the cap, so an oversized entry costs 64 KB once (then it is unlinked), never its
+        whole size; a key of another type answers WRONGTYPE and is unlinked."""
+        try:
+            raw = yield Call("getrange", (key, 0, MAX_STORED_BYTES))
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            yield Call("unlink", (key,))
+            return _DROPPED[-2]
+        if len(raw) > MAX_STORED_BYTES:
+            yield Call("unlink", (key,))
+            return _DROPPED[-1]
+        return raw or None  # a missing key reads as b"" (an empty entry is no entry)
+
     def write_publish(self, op: WritePublish) -> Plan:
         user = self.signer.tag(str(op.entry.version), op.encoded_user)
         args = [*entry_args(op.entry), op.channel, user]
         written, _seq = yield Eval(scripts.WRITE_PUBLISH, [op.entry.key, op.seq_key], args)
+        yield from self.replicated()
+        return bool(written)
+
+    def replace_publish(self, op: ReplacePublish) -> Plan:
+        entry = op.entry
+        user = self.signer.tag(_ANY_VERSION, op.encoded_user)
+        args = [op.found, entry.payload, entry.ttl_ms, op.channel, user]
+        written, _seq = yield Eval(scripts.REPLACE_PUBLISH, [entry.key, op.seq_key], args)
         yield from self.replicated()
         return bool(written)
 
@@ -241,6 +291,13 @@ class ClusterCommands(Commands):
         entry = op.entry
         written = yield Eval(scripts.FILL, [entry.key, entry.key], [*entry_args(entry), ""])
         yield _shard_publish(op.channel, op.encoded_user, str(entry.version), self.signer)
+        return bool(written)
+
+    def replace_publish(self, op: ReplacePublish) -> Plan:
+        entry = op.entry
+        args = [op.found, entry.payload, entry.ttl_ms]
+        written = yield Eval(scripts.REPLACE, [entry.key], args)
+        yield _shard_publish(op.channel, op.encoded_user, _ANY_VERSION, self.signer)
         return bool(written)
 
     def tombstone(self, op: Tombstone) -> Plan:

@@ -4,14 +4,24 @@ The transports run them with EVALSHA and reloads on NOSCRIPT, so a restarted Red
 (scripts gone) costs one extra round trip, never an error.
 
 The version compare-and-set is one Lua function (``_CAS``) shared by the scripts that
-write entries; an entry whose version cannot be read is overwritten (a read would drop
-it anyway).
+write entries; an entry whose version cannot be read (``lua.VERSION``: not a string,
+over the cap, a version that is not plain digits of bounded length) is overwritten (a
+read would drop it anyway). Every script that reads an entry guards it (``lua.GUARD``;
+a plain read is ``commands.Commands.get``). The drop-in's scripts are in
+``penny_cache.redis.dropin_scripts``.
 """
 
 from __future__ import annotations
 
-import hashlib
 from typing import Final
+
+from penny_cache.redis.dropin_scripts import (
+    COUNT_INDEXED,
+    DELETE_INDEXED,
+    GET_TICKET,
+    SET_TICKETED,
+)
+from penny_cache.redis.lua import GUARD, NOW_US, VERSION, Script
 
 __all__ = [
     "ALL_SCRIPTS",
@@ -20,9 +30,12 @@ __all__ = [
     "DROP_PUBLISH",
     "FILL",
     "GET_TICKET",
+    "INSPECT",
     "INVALIDATE_PUBLISH",
     "LEASE",
     "PUBLISH_FLUSH",
+    "REPLACE",
+    "REPLACE_PUBLISH",
     "RETIRE_COUNTERS",
     "SET_TICKETED",
     "SHARD_PUBLISH",
@@ -33,51 +46,16 @@ __all__ = [
 ]
 
 
-class Script:
-    """A named Lua source and its SHA1, for EVALSHA (``SCRIPT LOAD`` on NOSCRIPT)."""
-
-    __slots__ = ("name", "sha", "source")
-
-    def __init__(self, name: str, source: str) -> None:
-        self.name = name
-        self.source = source
-        self.sha = hashlib.sha1(source.encode(), usedforsecurity=False).hexdigest()
-
-    def __repr__(self) -> str:
-        return f"Script({self.name!r}, sha={self.sha[:8]})"
-
-
-# The publish time (Redis TIME, microseconds) goes into every message: receivers measure
-# the invalidation lag against it. Scripts may call TIME: Redis 7 replicates effects.
-_NOW_US: Final = """
-local function now_us()
-  local t = redis.call('TIME')
-  return t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
-end
-"""
-
 # A strict-mode tombstone (``codec.encode_tombstone``) holds a version and no state: it
 # refuses everything below its version, and the committed version itself replaces it.
 # With a value key its marker sits in front of the 73-byte signature (``signing``).
-_CAS: Final = """
-local function is_tombstone(current)
-  local tail = string.sub(current, -14)
-  if tail ~= '"tombstone":1}' and string.sub(current, -73, -73) == '~' then
-    tail = string.sub(current, -87, -74)
-  end
-  return tail == '"tombstone":1}'
-end
-local function stored_version(current, prefix)
-  if current and string.sub(current, 1, #prefix) == prefix then
-    return tonumber(string.match(current, '^(%d+),', #prefix + 1))
-  end
-  return nil
-end
+_CAS: Final = (
+    VERSION
+    + """
 local function cas(key, version, payload, ttl_ms, prefix)
-  local current = redis.call('GET', key)
-  local stored = stored_version(current, prefix)
+  local stored = stored_version(key, prefix)
   if stored and stored >= tonumber(version) then
-    if not (is_tombstone(current) and stored == tonumber(version)) then
+    if not (stored == tonumber(version) and is_tombstone(key)) then
       return 0
     end
   end
@@ -85,7 +63,7 @@ local function cas(key, version, payload, ttl_ms, prefix)
   return 1
 end
 local function tombstone(key, version, payload, ttl_ms, prefix)
-  local stored = stored_version(redis.call('GET', key), prefix)
+  local stored = stored_version(key, prefix)
   if stored and stored >= tonumber(version) then
     return 0
   end
@@ -93,6 +71,7 @@ local function tombstone(key, version, payload, ttl_ms, prefix)
   return 1
 end
 """
+)
 
 FILL: Final = Script(
     "FILL",
@@ -109,7 +88,7 @@ FILL: Final = Script(
         + _CAS
         + """
 local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
-if ARGV[5] ~= '' and redis.call('GET', KEYS[2]) == ARGV[5] then
+if ARGV[5] ~= '' and redis.pcall('GET', KEYS[2]) == ARGV[5] then
   redis.call('DEL', KEYS[2])
 end
 return written
@@ -119,21 +98,90 @@ return written
 
 LEASE: Final = Script(
     "LEASE",
-    """
+    GUARD
+    + """
 -- Elect one loader per user: the entry if another loader already filled it, else the
 -- lease if nobody holds it. Checking the entry first closes the race where a reader
 -- missed just before a fill and would otherwise take a fresh lease after it.
 -- KEYS[1]  entry key          KEYS[2]  lease key (same slot)
 -- ARGV[1]  token              ARGV[2]  lease TTL in ms
--- returns  the entry (string) if present; else 1 when the lease is ours, 0 when held
-local current = redis.call('GET', KEYS[1])
+-- returns  the entry (string) if present; -1 (over the cap) or -2 (not a string) when
+--          it was unlinked here (no lease taken: load without one); else 1 when the
+--          lease is ours, 0 when held. A lease key of another type is dropped.
+local current = guarded_get(KEYS[1])
 if current then
   return current
 end
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
   return 1
 end
+if type(redis.pcall('GET', KEYS[2])) == 'table' then
+  redis.call('UNLINK', KEYS[2])
+  if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    return 1
+  end
+end
 return 0
+""",
+)
+
+INSPECT: Final = Script(
+    "INSPECT",
+    VERSION
+    + """
+-- What refused a write-through: the stored version, whether it is a tombstone, and the
+-- whole entry (what REPLACE_PUBLISH compares before replacing it; at most the cap).
+-- KEYS[1]  entry key          ARGV[1]  envelope prefix up to the version digits
+-- returns  {version digits, 1 if a tombstone else 0, entry}, or false when there is
+--          no entry or its version is unreadable (a write replaces it)
+local digits = stored_digits(KEYS[1], ARGV[1])
+if not digits then
+  return false
+end
+local tomb = is_tombstone(KEYS[1]) and 1 or 0
+return {digits, tomb, redis.call('GET', KEYS[1])}
+""",
+)
+
+_REPLACE: Final = """
+local function replace(key, found, payload, ttl_ms)
+  if redis.pcall('GET', key) == found then
+    redis.call('SET', key, payload, 'PX', ttl_ms)
+    return 1
+  end
+  return 0
+end
+"""
+
+REPLACE: Final = Script(
+    "REPLACE",
+    _REPLACE
+    + """
+-- Replace an entry ahead of SQL with SQL's version, only if it is still exactly the
+-- entry that was found (so a write that landed since is never overwritten). Redis
+-- Cluster: the announcement is a second step.
+-- KEYS[1]  entry key          ARGV[1]  the entry found (INSPECT)
+-- ARGV[2]  SQL's envelope     ARGV[3]  TTL in ms
+-- returns  1 when replaced, 0 when the entry had changed
+return replace(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+""",
+)
+
+REPLACE_PUBLISH: Final = Script(
+    "REPLACE_PUBLISH",
+    _REPLACE
+    + NOW_US
+    + """
+-- REPLACE, then tell every near cache to drop the user whatever its version (a near
+-- cache holding the version that was ahead would keep it: it is not older than SQL's).
+-- KEYS[1]  entry key          KEYS[2]  sequence key
+-- ARGV[1]  the entry found    ARGV[2]  SQL's envelope    ARGV[3]  TTL in ms
+-- ARGV[4]  channel            ARGV[5]  encoded user id
+-- returns  {replaced (1/0), sequence number published}
+local written = replace(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+local seq = redis.call('INCR', KEYS[2])
+redis.call('PUBLISH', ARGV[4], seq .. '|*|' .. now_us() .. '|' .. ARGV[5])
+return {written, seq}
 """,
 )
 
@@ -150,7 +198,7 @@ WRITE_PUBLISH: Final = Script(
 -- it only ever makes caches drop more.
 """
         + _CAS
-        + _NOW_US
+        + NOW_US
         + """
 local written = cas(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 local seq = redis.call('INCR', KEYS[2])
@@ -190,7 +238,7 @@ TOMBSTONE_PUBLISH: Final = Script(
 -- returns  {written (1/0), sequence number published}
 """
         + _CAS
-        + _NOW_US
+        + NOW_US
         + """
 local written = tombstone(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 local seq = redis.call('INCR', KEYS[2])
@@ -212,7 +260,7 @@ DROP_PUBLISH: Final = Script(
 -- KEYS[1]  entry key          ARGV[1]  channel          ARGV[2]  encoded user id
 -- returns  1
 """
-        + _NOW_US
+        + NOW_US
         + """
 redis.call('UNLINK', KEYS[1])
 redis.call('PUBLISH', ARGV[1], '0|*|' .. now_us() .. '|' .. ARGV[2])
@@ -230,7 +278,7 @@ INVALIDATE_PUBLISH: Final = Script(
 -- ARGV[1]  channel            ARGV[2]  encoded user id
 -- returns  the sequence number published
 """
-        + _NOW_US
+        + NOW_US
         + """
 redis.call('UNLINK', KEYS[1])
 local seq = redis.call('INCR', KEYS[2])
@@ -248,7 +296,7 @@ PUBLISH_FLUSH: Final = Script(
 -- KEYS[1]  sequence key       ARGV[1]  channel
 -- returns  the sequence number published
 """
-        + _NOW_US
+        + NOW_US
         + """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('PUBLISH', ARGV[1], seq .. '|flush|' .. now_us() .. '|')
@@ -267,7 +315,7 @@ SHARD_PUBLISH: Final = Script(
 -- ARGV[1]  the shard's channel    ARGV[2]  version, '*' or 'flush'    ARGV[3]  encoded user
 -- returns  the sequence number published
 """
-        + _NOW_US
+        + NOW_US
         + """
 local seq = redis.call('INCR', KEYS[1])
 redis.call('SPUBLISH', ARGV[1], seq .. '|' .. ARGV[2] .. '|' .. now_us() .. '|' .. ARGV[3])
@@ -299,97 +347,6 @@ return 1
 )
 
 
-# The drop-in's scripts (``PersonalityStateCache``). Its fills follow memcache's leases: a
-# miss hands out the key's current ticket, any write or invalidation ends every ticket of
-# the key, and a fill presenting an ended ticket is refused, so a fill that read the
-# database before a change cannot land after it. Tickets are unique tokens (never
-# counters), so a deleted or expired ticket key can never make an old ticket current
-# again. The index (entries scored by expiry, server time in ms) gives the cache's size
-# without SCAN.
-_NOW_MS: Final = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
-GET_TICKET: Final = Script(
-    "GET_TICKET",
-    """
--- The drop-in's read: the entry, or on a miss the key's current fill ticket.
--- KEYS[1]  entry key      KEYS[2]  ticket key      KEYS[3]  index (all in one slot)
--- ARGV[1]  index member   ARGV[2]  token to become the ticket if none is current
--- ARGV[3]  ticket TTL in ms
--- returns  {entry, ''} on a hit; {false, ticket} on a miss (the member leaves the index)
-local current = redis.call('GET', KEYS[1])
-if current then
-  return {current, ''}
-end
-redis.call('ZREM', KEYS[3], ARGV[1])
-local ticket = redis.call('GET', KEYS[2])
-if not ticket then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-  ticket = ARGV[2]
-end
-return {false, ticket}
-""",
-)
-
-SET_TICKETED: Final = Script(
-    "SET_TICKETED",
-    (
-        """
--- The drop-in's write. With a ticket, only while it is the key's current one (no write
--- or invalidation since the miss that handed it out). A write ends every ticket.
--- KEYS[1]  entry key      KEYS[2]  ticket key      KEYS[3]  index (all in one slot)
--- ARGV[1]  index member   ARGV[2]  payload         ARGV[3]  TTL in ms
--- ARGV[4]  ticket ('' = write unconditionally)
--- returns  1 when written, 0 when the ticket was no longer current
-"""
-        + _NOW_MS
-        + """
-if ARGV[4] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[4] then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-redis.call('DEL', KEYS[2])
-redis.call('ZADD', KEYS[3], now_ms() + tonumber(ARGV[3]), ARGV[1])
-return 1
-"""
-    ),
-)
-
-DELETE_INDEXED: Final = Script(
-    "DELETE_INDEXED",
-    """
--- The drop-in's invalidation: the entry, every ticket of the key, the index member.
--- KEYS[1]  entry key      KEYS[2]  ticket key      KEYS[3]  index (all in one slot)
--- ARGV[1]  index member
--- returns  1 when the entry existed, else 0
-local existed = redis.call('UNLINK', KEYS[1])
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[1])
-return existed
-""",
-)
-
-COUNT_INDEXED: Final = Script(
-    "COUNT_INDEXED",
-    (
-        """
--- The drop-in's size: drop members whose expiry has passed, count the rest.
--- KEYS[1]  index
--- returns  the number of entries not yet expired
-"""
-        + _NOW_MS
-        + """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms())
-return redis.call('ZCARD', KEYS[1])
-"""
-    ),
-)
-
-
 # Every script the service runs: ``penny-cache load-scripts`` loads them for an ACL user
 # that may only EVALSHA.
 ALL_SCRIPTS: Final = (
@@ -407,4 +364,7 @@ ALL_SCRIPTS: Final = (
     SET_TICKETED,
     DELETE_INDEXED,
     COUNT_INDEXED,
+    INSPECT,
+    REPLACE,
+    REPLACE_PUBLISH,
 )

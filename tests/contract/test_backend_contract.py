@@ -60,6 +60,7 @@ from penny_cache.redis.commands import SCAN_BATCH
 from penny_cache.redis.listener import Message, parse_message
 from penny_cache.wiring import async_backend, sync_backend
 from tests.contract.dropin_contract import DropInContract
+from tests.contract.guard_contract import GuardContract
 from tests.contract.samples import CACHE_OPS, envelope
 from tests.topologies import RedisClusterProcesses, SentinelGroup, running
 
@@ -156,7 +157,7 @@ def keys(namespace: str) -> KeySchema:
     return KeySchema(namespace, "s")
 
 
-class BackendContract(DropInContract):
+class BackendContract(DropInContract, GuardContract):
     """The tests every backend must pass (the drop-in's: ``DropInContract``). Subclasses
     provide the ``harness`` fixture."""
 
@@ -516,13 +517,14 @@ class BackendContract(DropInContract):
     def test_error_reply_becomes_a_cache_error_and_keeps_the_breaker_closed(
         self, harness: Harness, keys: KeySchema
     ) -> None:
-        """A Redis error reply (WRONGTYPE) is a plain ``CacheError``, not an outage: Redis
-        answered, so it is neither Unavailable nor Timeout."""
-        harness.raw.hset(keys.state(USER), "field", "value")
-        for op in (Get(keys.state(USER)), Fill(_entry(keys, 1), keys.lease(USER))):
-            with pytest.raises(CacheError) as caught:
-                harness.run(op)
-            assert not isinstance(caught.value, CacheUnavailableError | CacheTimeoutError)
+        """A Redis error reply (a sequence key that is not a number) is a plain
+        ``CacheError``, not an outage: Redis answered, so it is neither Unavailable nor
+        Timeout. (A key of the wrong type is no longer one: ``GuardContract``.)"""
+        for _channel, seq_key in harness.announced_on(keys, encode_user_id(USER)):
+            harness.raw.set(seq_key, "not a number")
+        with pytest.raises(CacheError) as caught:
+            harness.run(self._write_publish(keys, 1))
+        assert not isinstance(caught.value, CacheUnavailableError | CacheTimeoutError)
 
 
 def test_every_cache_op_has_a_contract_test() -> None:

@@ -32,10 +32,13 @@ def _answer(step: Step) -> Any:
     if isinstance(step, Eval):
         if step.script is scripts.GET_TICKET:
             return [None, b"ticket"]
-        pairs = (scripts.WRITE_PUBLISH, scripts.TOMBSTONE_PUBLISH)
+        if step.script is scripts.INSPECT:
+            return [b"3", 0, b"digest"]
+        pairs = (scripts.WRITE_PUBLISH, scripts.TOMBSTONE_PUBLISH, scripts.REPLACE_PUBLISH)
         return [1, 1] if step.script in pairs else 1
     assert isinstance(step, Call), f"a cache operation's plan sent {step!r}"
-    return {"get": b"x", "set": True, "unlink": 1, "wait": 1, "spublish": 1}[step.method]
+    answers = {"get": b"x", "getrange": b"x", "set": True, "unlink": 1, "wait": 1, "spublish": 1}
+    return answers[step.method]
 
 
 def _drive(plan: Plan) -> tuple[list[Step], Any]:
@@ -73,7 +76,14 @@ def test_only_announcements_wait_for_a_replica(op_type: type[Any]) -> None:
     op: CacheOp = sample(op_type)
     sentinel, _ = _drive(FLAVOURS["sentinel"].plan(op))
     standalone, _ = _drive(FLAVOURS["standalone"].plan(op))
-    announcers = {"WritePublish", "Tombstone", "DropPublish", "InvalidatePublish", "PublishFlush"}
+    announcers = {
+        "WritePublish",
+        "Tombstone",
+        "DropPublish",
+        "InvalidatePublish",
+        "PublishFlush",
+        "ReplacePublish",
+    }
     announces = op_type.__name__ in announcers
     waits = [s for s in sentinel if isinstance(s, Call) and s.method == "wait"]
     assert len(waits) == (1 if announces else 0)

@@ -54,7 +54,8 @@ def test_half_open_lets_exactly_one_trial_through(clock: FakeClock) -> None:
 
 
 class _Client:
-    """A redis-py stand-in whose GET fails as scripted, advancing the clock."""
+    """A redis-py stand-in whose GET (and the bounded read's GETRANGE) fails as
+    scripted, advancing the clock."""
 
     def __init__(self, clock: FakeClock, script: list[tuple[float, BaseException | None]]):
         self.clock = clock
@@ -68,6 +69,9 @@ class _Client:
         if error is not None:
             raise error
         return b"value"
+
+    def getrange(self, key: str, start: int, end: int) -> Any:
+        return self.get(key)
 
     def ping(self) -> bool:
         return self.get("ping") is not None

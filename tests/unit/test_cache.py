@@ -132,7 +132,7 @@ def test_newer_version_replaces_older(cache: PersonalityCache) -> None:
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"\x80\x04pickle", b"{not json", b'{"schema":0,"version":1,"user":"alice","state":{}}', b""],
+    [b"\x80\x04pickle", b"{not json", b'{"schema":0,"version":1,"user":"alice","state":{}}'],
 )
 def test_corrupted_entry_is_a_counted_miss_and_deleted(
     fake_redis: fakeredis.FakeRedis, cache: PersonalityCache, garbage: bytes
@@ -144,6 +144,22 @@ def test_corrupted_entry_is_a_counted_miss_and_deleted(
     assert fake_redis.exists(key) == 0
     stats = cache.get_stats()
     assert (stats["decode_errors"], stats["misses"], stats["hits"]) == (1, 1, 0)
+
+
+def test_an_empty_entry_is_a_plain_miss_and_a_fill_replaces_it(
+    fake_redis: fakeredis.FakeRedis, cache: PersonalityCache
+) -> None:
+    """A read is one bounded ``GETRANGE`` (no script on the hit path), which cannot tell
+    an empty string from no key: an empty entry is a plain miss (not a decode error, not
+    deleted by the read), and the next fill replaces it (its version is unreadable)."""
+    key = cache.keys.state("alice")
+    fake_redis.set(key, b"")
+    assert cache.get("alice") is None
+    stats = cache.get_stats()
+    assert (stats["decode_errors"], stats["misses"], stats["hits"]) == (0, 1, 0)
+    assert cache.fill(state_of("alice", 1), None)
+    cached = cache.get("alice")
+    assert cached is not None and cached.version == 1
 
 
 def test_garbage_does_not_block_a_fill(

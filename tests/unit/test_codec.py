@@ -280,3 +280,49 @@ def test_mutated_real_entries_only_raise_decode_error(data: st.DataObject) -> No
     except CacheDecodeError:
         return
     assert state.user_id == "alice"
+
+
+def test_a_deeply_nested_entry_is_a_decode_error_not_a_recursion_error() -> None:
+    """Used to happen: a 6 KB entry nested 1,000 levels deep raised ``RecursionError``
+    past the decoder's guard (every read of that user a 500, the entry never deleted).
+    Now it is a ``CacheDecodeError``, like every other undecodable entry."""
+    nested = b"[" * 1000 + b"]" * 1000
+    payload = version_prefix().encode() + b'3,"user":"alice","state":' + nested + b"}"
+    with pytest.raises(CacheDecodeError):
+        decode_state(payload, "alice")
+    with pytest.raises(CacheDecodeError):
+        decode_mapping(payload, "alice")
+    with pytest.raises(CacheDecodeError):
+        decode_state(b'{"schema":' + nested + b"}", "alice")
+
+
+def test_a_duplicate_version_key_is_malformed() -> None:
+    """Used to happen: ``{"version": 10^12, ..., "version": 3}`` was accepted as version 3
+    while the Lua compare-and-set read 10^12 from the prefix and refused every write.
+    Now the version the prefix shows must be the decoded one, or the entry is malformed."""
+    good = encode_state(state_at("alice", 3))
+    assert decode_state(good, "alice").version == 3
+    body = good[len(version_prefix()) + 1 :]  # ',"user":...' after the digits
+    forged = version_prefix().encode() + b"1000000000000" + body[:-1] + b',"version":3}'
+    with pytest.raises(CacheDecodeError, match="version"):
+        decode_state(forged, "alice")
+
+
+@pytest.mark.parametrize(
+    ("digits", "read"),
+    [("7", 7), ("0", 0), ("007", None), ("4611686018427387904", None), ("1e3", None)],
+)
+def test_prefix_version_reads_what_the_scripts_read(digits: str, read: int | None) -> None:
+    """``prefix_version`` follows ``lua.VERSION``: digits only, no leading zero, at most
+    ``MAX_VERSION_DIGITS``; anything else is unreadable (None)."""
+    from penny_cache.codec import prefix_version
+
+    payload = f'{version_prefix()}{digits},"user":"alice"}}'.encode()
+    assert prefix_version(payload) == read
+
+
+def test_a_version_beyond_what_lua_reads_exactly_is_malformed() -> None:
+    """Used to happen: a state at version 2^62 (inside and out) decoded and was served.
+    Now a version the scripts cannot read exactly is malformed: a miss, deleted."""
+    with pytest.raises(CacheDecodeError):
+        decode_state(encode_state(state_at("alice", 2**62)), "alice")

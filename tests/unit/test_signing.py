@@ -104,15 +104,16 @@ def test_rotation_verifies_the_previous_key_and_signs_with_the_new() -> None:
 def test_a_signed_tombstone_keeps_the_marker_lua_reads() -> None:
     """The compare-and-set (``scripts._CAS``) lets a committed version replace its own
     tombstone by finding ``"tombstone":1}`` at the end, or just before a signature of
-    ``SIGNATURE_BYTES``: the offsets written in Lua must match the suffix's length, and
+    ``SIGNATURE_BYTES`` (``lua.VERSION`` reads the last 14 + ``SIGNATURE_BYTES``): the
+    offsets written in Lua must match the suffix's length, and
     the version prefix must stay where Lua reads it."""
     sealed = Signer(KEY).seal(KEYS.state("alice"), encode_tombstone(7))
     assert sealed[-SIGNATURE_BYTES : -SIGNATURE_BYTES + 1] == b"~"
     assert sealed[-SIGNATURE_BYTES - 14 : -SIGNATURE_BYTES] == b'"tombstone":1}'
     assert sealed.startswith(encode_tombstone(7)[:-15])
     lua = scripts.FILL.source
-    assert f"string.sub(current, -{SIGNATURE_BYTES}, -{SIGNATURE_BYTES})" in lua
-    assert f"string.sub(current, -{SIGNATURE_BYTES + 14}, -{SIGNATURE_BYTES + 1})" in lua
+    assert f"redis.call('GETRANGE', key, -{SIGNATURE_BYTES + 14}, -1)" in lua
+    assert f"string.sub(tail, -{SIGNATURE_BYTES}, -{SIGNATURE_BYTES}) == '~'" in lua
     assert not is_tombstone(sealed)  # readers open (verify) first, then look
     assert is_tombstone(Signer(KEY).open(KEYS.state("alice"), sealed))
 
