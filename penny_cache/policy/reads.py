@@ -240,10 +240,11 @@ class CachePolicy(DropInPolicy):
         return self._recovery.run(self._deliver_own)
 
     def _deliver_own(self) -> bool:
+        """Recovered once Redis answers and every queued write-through was tried: one
+        Redis keeps refusing stays queued, and only its user keeps reading SQL."""
         if not self._sync_backend.probe(force=True):
             return False
-        self.deliver_pending()
-        return not self._pending
+        return bool(self._drive_in_background(self.deliver_queued_flow()))
 
     def add_recovery_step(self, step: Callable[[], bool]) -> None:
         """Run ``step`` (a bound method, held weakly) on every recovery: a tracker's

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from penny_cache.codec import Entry, encode_state
-from penny_cache.errors import CacheError, InvalidStateError
+from penny_cache.errors import (
+    CacheError,
+    CacheTimeoutError,
+    CacheUnavailableError,
+    InvalidStateError,
+)
 from penny_cache.keys import KeySchema, encode_user_id
 from penny_cache.observe.counters import SharedCounters
 from penny_cache.observe.ratelog import RateLimitedLog
@@ -39,6 +44,8 @@ from penny_cache.signing import Signer
 from penny_cache.state import PersonalityState
 
 __all__ = ["WritePolicy"]
+
+_T = TypeVar("_T")
 
 
 def _refused(exc: CacheError) -> bool:
@@ -152,18 +159,29 @@ class WritePolicy(StrictWrites, VersionAhead):
 
     def _drain_flow(self, user_id: str | None) -> Flow[bool]:
         """Deliver queued write-throughs; False while ``user_id``'s is still undelivered."""
+        yield from self.deliver_queued_flow()
+        return user_id not in self._pending
+
+    def deliver_queued_flow(self) -> Flow[bool]:
+        """Try every queued write-through once; False only when Redis was out of reach.
+        A write Redis refuses for its own key (an error reply: a permission, a bad key)
+        stays queued, and its user reads SQL, but it no longer stops the ones after it:
+        one permanently refused user used to keep every later user queued, and this
+        process from ever trusting Redis again after a lost proof."""
         with self._pending_lock:
             queued = list(self._pending.values())
         for state in queued:
             try:
                 entry = self._entry(state.user_id, state)
                 yield from self._publish_flow(entry, state.user_id, "invalidations")
+            except (CacheUnavailableError, CacheTimeoutError):
+                return False
             except CacheError:
-                break
+                continue
             with self._pending_lock:
                 if self._pending.get(state.user_id) is state:
                     del self._pending[state.user_id]
-        return user_id not in self._pending
+        return True
 
     def _entry(self, user_id: str, state: PersonalityState) -> Entry:
         if not isinstance(state, PersonalityState):

@@ -10,7 +10,12 @@ import fakeredis
 import pytest
 
 from penny_cache.cache import PersonalityCache
-from penny_cache.errors import CacheUnavailableError, InvalidStateError, InvalidUserIdError
+from penny_cache.errors import (
+    CacheError,
+    CacheUnavailableError,
+    InvalidStateError,
+    InvalidUserIdError,
+)
 from penny_cache.policy.flows import drive
 from penny_cache.policy.ops import CacheOp, WritePublish
 from penny_cache.redis.backend import RedisBackend
@@ -301,3 +306,42 @@ def test_read_or_lease_elects_one_loader_and_hands_later_ones_the_fill(
     assert hit is not None and hit.version == 2
     stats = cache.local_stats()
     assert (stats["misses"], stats["hits"]) == (2, 1)
+
+
+class _RefusingBackend(RedisBackend):
+    """A fakeredis backend that refuses (an error reply, not an outage) every write of
+    the users in ``refused`` and, while ``down`` is set, is out of reach for writes."""
+
+    refused: frozenset[str] = frozenset()
+    down = False
+
+    def run(self, op: CacheOp) -> Any:
+        if isinstance(op, WritePublish):
+            if self.down:
+                raise CacheUnavailableError("down")
+            if any(op.entry.key.endswith(f"{{{user}}}") for user in self.refused):
+                raise CacheError("NOPERM this user has no permissions to access that key")
+        return super().run(op)
+
+
+def test_one_refused_write_through_blocks_neither_others_nor_recovery(
+    fake_redis: fakeredis.FakeRedis, namespace: str
+) -> None:
+    """What used to happen: the queue of undelivered write-throughs stopped at the first
+    one Redis refused, so one user whose key Redis refuses forever kept every user queued
+    after it undelivered, and ``recover()`` (which waited for an empty queue) never
+    succeeded: after one lost proof the process never trusted Redis again. Now the
+    refused one stays queued (its user reads SQL), the others are delivered, and
+    recovery completes."""
+    backend = _RefusingBackend(fake_redis)
+    cache = PersonalityCache(backend, namespace=namespace, stats_flush_interval=None)
+    backend.down = True
+    assert not cache.write_through(state_of("mallory", 2))
+    assert not cache.write_through(state_of("alice", 3))
+    assert cache.pending_writes == 2
+    backend.down, backend.refused = False, frozenset({"mallory"})
+    assert cache.recover()
+    assert cache.pending_writes == 1
+    delivered = cache.get("alice")
+    assert delivered is not None and delivered.version == 3
+    assert cache.get("mallory") is None, "its write is still queued: SQL answers"
