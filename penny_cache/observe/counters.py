@@ -14,9 +14,11 @@ nothing in them: a field that does not parse (not ``<process>|<known counter>``,
 non-negative integer below 2**53) is skipped and counted in ``stats_fields_invalid``, and
 a shard that is not a hash (a ``SET`` over it) is skipped and counted in
 ``stats_keys_invalid``; one bad field must not fail the requests that show the totals.
-A flush that fails (Redis down, a shard of the wrong type) is logged at most once per
-interval and retried on the next tick; ``SharedCounters.counting`` turns False while Redis
-keeps refusing them (readiness).
+A flush that fails (Redis down, refused) is logged at most once per interval and retried
+on the next tick. A refusal by a shard of another type is repaired at once (the key holds
+no counts of ours: unlinked, remade by the next flush), so a planted key costs one flush,
+not the fleet's readiness; ``SharedCounters.counting`` turns False only while Redis keeps
+refusing flushes that repair did not cure (an ACL without HSET: readiness).
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class CounterBackend(Protocol):
     """What the counters need from Redis (``RedisBackend`` provides it)."""
 
     def write_fields(self, key: str, fields: Mapping[str, int | float | str]) -> None: ...
+    def repair_counters(self, key: str) -> str: ...
     def read_fields_many(self, keys: list[str]) -> Sequence[Mapping[str, str] | None]: ...
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
@@ -199,6 +202,7 @@ class SharedCounters:
         self.flush_failures = 0  # consecutive failed flushes (0: the last one landed)
         self.flush_failures_total = 0
         self._refusals = 0  # of those, the ones Redis answered with an error
+        self.keys_repaired = 0  # counters keys of another type this process unlinked
         self.process_id = new_process_id()
         forks.track(self)
 
@@ -255,14 +259,31 @@ class SharedCounters:
 
     def _flush_failed(self, key: str, exc: CacheError) -> None:
         """Counted and logged (once per interval); the next tick retries with absolutes,
-        so nothing is lost while the totals stay in memory."""
+        so nothing is lost while the totals stay in memory. A refusal may be a key of
+        another type over the hash: it is unlinked here, so the next flush lands."""
         self.flush_failures += 1
         self.flush_failures_total += 1
         if not isinstance(exc, CacheUnavailableError | CacheTimeoutError):
             self._refusals += 1
+            if self._repair(key):
+                return
         _bad_state_log.warning(
             "flush", f"could not write this process's counters to {key} ({exc}); retrying"
         )
+
+    def _repair(self, key: str) -> bool:
+        """Without this, one key of another type (a SET over a counters hash) kept every
+        process writing there from counting, and out of rotation (``counting``)."""
+        try:
+            kind = self._backend.repair_counters(key)
+        except CacheError:
+            return False  # not even that is allowed: a configuration to fix, reported
+        if kind:
+            self.keys_repaired += 1
+            _bad_state_log.warning(
+                "repair", f"{key} was a {kind}, not a hash: unlinked; the next flush remakes it"
+            )
+        return bool(kind)
 
     @property
     def counting(self) -> bool:

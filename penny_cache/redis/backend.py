@@ -172,6 +172,11 @@ class RedisBackend(_Transport):
         """UNLINK each key (pipelined, one key per call: they may be in different slots)."""
         self._guarded(Pipeline(tuple(Call("unlink", (key,)) for key in keys)))
 
+    def repair_counters(self, key: str) -> str:
+        """Unlink ``key`` if it is not a hash (nor missing): the type it had, or ''."""
+        kind = self._guarded(Eval(scripts.REPAIR_COUNTERS, [key], []))
+        return kind.decode() if isinstance(kind, bytes) else str(kind or "")
+
     def retire_counters(
         self, key: str, marker: str, process_id: str, totals: Mapping[str, int]
     ) -> bool:

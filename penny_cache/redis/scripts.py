@@ -34,6 +34,7 @@ __all__ = [
     "INVALIDATE_PUBLISH",
     "LEASE",
     "PUBLISH_FLUSH",
+    "REPAIR_COUNTERS",
     "REPLACE",
     "REPLACE_PUBLISH",
     "RETIRE_COUNTERS",
@@ -346,6 +347,23 @@ return 1
 """,
 )
 
+REPAIR_COUNTERS: Final = Script(
+    "REPAIR_COUNTERS",
+    """
+-- A counters key that is not a hash (whoever can write to Redis put it there) refuses
+-- every flush of every process writing to it. It holds no counts of ours: unlink it, so
+-- the next flush recreates the hash. Never touches a hash or a missing key.
+-- KEYS[1]  a counters hash key
+-- returns  the type it had when it was unlinked, or '' when it was left alone
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'hash' or kind == 'none' then
+  return ''
+end
+redis.call('UNLINK', KEYS[1])
+return kind
+""",
+)
+
 
 # Every script the service runs: ``penny-cache load-scripts`` loads them for an ACL user
 # that may only EVALSHA.
@@ -359,6 +377,7 @@ ALL_SCRIPTS: Final = (
     PUBLISH_FLUSH,
     LEASE,
     RETIRE_COUNTERS,
+    REPAIR_COUNTERS,
     SHARD_PUBLISH,
     GET_TICKET,
     SET_TICKETED,

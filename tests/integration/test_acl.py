@@ -27,6 +27,7 @@ from penny_cache.app.embedded import RedisServerProcess, wait_until
 from penny_cache.app.exporter import registry_for_settings
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings
+from penny_cache.keys import KeySchema
 from penny_cache.redis.scripts import ALL_SCRIPTS
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import PersonalityTracker
@@ -421,3 +422,25 @@ def test_an_unrendered_acl_file_does_not_start(tmp_path: Path) -> None:
             server.start(timeout=10)
     finally:
         server.stop()
+
+
+def test_the_service_user_repairs_a_counters_key_it_finds_of_another_type(
+    acl_server: AclServer, sqlite_url: str
+) -> None:
+    """The service's own credential may SET over a counters hash (that is the attack:
+    it used to leave every process writing there unable to count, and not ready). The
+    repair runs as penny-service too (``TYPE`` and ``UNLINK`` inside a loaded script):
+    the first flush is refused and repairs, the next lands."""
+    loaded = acl_server.cli("load-scripts", "penny-admin", sqlite_url)
+    assert loaded.returncode == 0, loaded.stderr
+    service = acl_server.client("penny-service")
+    keys = KeySchema("penny").all_counters()
+    for key in keys:
+        service.set(key, "planted")
+    settings = acl_server.settings("penny-service", sqlite_url)
+    with PersonalityCache.from_settings(settings) as cache:
+        cache.get("frank")
+        assert cache.flush_stats() is False
+        assert cache.flush_stats() is True
+        assert cache.counting is True
+        assert sum(service.type(key) == b"hash" for key in keys) == 1
