@@ -49,7 +49,8 @@ __all__ = [
 class Dropped:
     """The answer to a read whose entry Redis unlinked before sending it (see
     ``penny_cache.redis.lua``): ``reason`` is ``"oversized"`` (over
-    ``signing.MAX_STORED_BYTES``) or ``"wrong type"`` (a key that is not a string). A miss,
+    ``signing.MAX_STORED_BYTES``), ``"wrong type"`` (a key that is not a string) or a
+    lifetime no entry of ours has (``TryLease.max_entry_ttl_ms``). A miss,
     counted as a decode error."""
 
     reason: str
@@ -173,6 +174,7 @@ class TryLease:
     lease_key: str
     token: str
     ttl_ms: int
+    max_entry_ttl_ms: int = 0  # an entry with no TTL or a longer one: dropped (0: kept)
 
 
 @dataclass(frozen=True, slots=True)

@@ -75,6 +75,7 @@ class CachePolicy(DropInPolicy):
         self._ttl = positive_seconds(ttl, "ttl")
         self._jitter = validate_jitter(ttl_jitter, "ttl_jitter")
         self._lease_ms = int(positive_seconds(lease_ttl, "lease_ttl") * 1000)
+        self._max_ttl_ms = int(self._ttl * 1000) + 1
         self._rand = rand
         self._monotonic = monotonic
         self._bind_lock = threading.Lock()
@@ -315,7 +316,10 @@ class CachePolicy(DropInPolicy):
             return None, ""
         token = f"{self.process_id}:{next(self._tokens)}"
         try:
-            result = yield TryLease(key, self._keys.lease(user_id), token, self._lease_ms)
+            lease = TryLease(
+                key, self._keys.lease(user_id), token, self._lease_ms, self._max_ttl_ms
+            )
+            result = yield lease
         except CacheError as exc:
             self._redis_failed("read-or-lease", exc)
             result = False

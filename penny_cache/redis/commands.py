@@ -68,7 +68,11 @@ SCAN_BATCH: Final = 500
 _PREFIX: Final = version_prefix()
 _FLUSH: Final = "flush"
 _ANY_VERSION: Final = "*"
-_DROPPED: Final = {-1: Dropped("oversized"), -2: Dropped("wrong type")}
+_DROPPED: Final = {
+    -1: Dropped("oversized"),
+    -2: Dropped("wrong type"),
+    -3: Dropped("no TTL, or a longer one than PENNY_CACHE_TTL"),
+}
 
 
 class Call(NamedTuple):
@@ -160,8 +164,9 @@ class Commands:
                 return (yield from self.invalidate_publish(op))
             case PublishFlush():
                 return (yield from self.publish_flush(op))
-            case TryLease(key, lease_key, token, ttl_ms):
-                return read_answer((yield Eval(scripts.LEASE, [key, lease_key], [token, ttl_ms])))
+            case TryLease(key, lease_key, token, ttl_ms, max_entry_ttl_ms):
+                args = [token, ttl_ms, max_entry_ttl_ms or ""]
+                return read_answer((yield Eval(scripts.LEASE, [key, lease_key], args)))
             case Inspect(key):
                 return _held((yield Eval(scripts.INSPECT, [key], [_PREFIX])))
             case ReplacePublish():

@@ -54,11 +54,15 @@ local function now_ms()
 end
 """
 
-# guarded_get answers the entry, false (none), -1 (larger than the cap: unlinked) or -2
-# (not a string: unlinked). redis.pcall returns an error as a table instead of raising.
+# guarded_get answers the entry, false (none), -1 (larger than the cap: unlinked), -2
+# (not a string: unlinked) or -3 (no TTL, or more left than ``max_ttl_ms``: unlinked).
+# Every entry penny_cache writes has a TTL of at most PENNY_CACHE_TTL, so one without,
+# or with more, was written by someone else: dropping it bounds how long a forged entry
+# is served to one cache TTL. ``max_ttl_ms`` '' skips that check (the drop-in's TTLs are
+# the caller's). redis.pcall returns an error as a table instead of raising.
 GUARD: Final = f"""
 local ENTRY_CAP = {MAX_STORED_BYTES}
-local function guarded_get(key)
+local function guarded_get(key, max_ttl_ms)
   local size = redis.pcall('STRLEN', key)
   if type(size) == 'table' then
     redis.call('UNLINK', key)
@@ -67,6 +71,13 @@ local function guarded_get(key)
   if size > ENTRY_CAP then
     redis.call('UNLINK', key)
     return -1
+  end
+  if size > 0 and max_ttl_ms and max_ttl_ms ~= '' then
+    local left = redis.call('PTTL', key)
+    if left == -1 or left > tonumber(max_ttl_ms) then
+      redis.call('UNLINK', key)
+      return -3
+    end
   end
   return redis.call('GET', key)
 end

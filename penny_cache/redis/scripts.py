@@ -106,10 +106,12 @@ LEASE: Final = Script(
 -- missed just before a fill and would otherwise take a fresh lease after it.
 -- KEYS[1]  entry key          KEYS[2]  lease key (same slot)
 -- ARGV[1]  token              ARGV[2]  lease TTL in ms
--- returns  the entry (string) if present; -1 (over the cap) or -2 (not a string) when
---          it was unlinked here (no lease taken: load without one); else 1 when the
---          lease is ours, 0 when held. A lease key of another type is dropped.
-local current = guarded_get(KEYS[1])
+-- ARGV[3]  the longest TTL an entry of ours may have left, in ms
+-- returns  the entry (string) if present; -1 (over the cap), -2 (not a string) or -3
+--          (no TTL, or a longer one than ours) when it was unlinked here (no lease
+--          taken: load without one); else 1 when the lease is ours, 0 when held. A
+--          lease key of another type is dropped.
+local current = guarded_get(KEYS[1], ARGV[3])
 if current then
   return current
 end

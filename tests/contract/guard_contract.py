@@ -86,6 +86,24 @@ class GuardContract:
         assert harness.run(op) is True
         assert harness.raw.get(keys.lease(USER)) == b"tok"
 
+    def test_try_lease_drops_an_entry_that_outlives_any_of_ours(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """What used to happen: a forged entry with no TTL (or a TTL of years) and a
+        plausible future version was served to every reader until that user's next
+        write, which might never come. Now the tracker's read drops an entry with no TTL
+        or with more left than the longest an entry of ours has (``max_entry_ttl_ms``):
+        a miss, no lease taken, so a forged entry lives at most one cache TTL. An entry
+        within that lifetime is a hit."""
+        key, op = keys.state(USER), TryLease(keys.state(USER), keys.lease(USER), "tok", 250, 5_000)
+        harness.raw.set(key, envelope(10**12, USER))
+        assert harness.run(op) == Dropped("no TTL, or a longer one than PENNY_CACHE_TTL")
+        assert harness.raw.exists(key) == 0
+        harness.raw.set(key, envelope(10**12, USER), px=5_000_000)
+        assert isinstance(harness.run(op), Dropped)
+        harness.raw.set(key, envelope(4, USER), px=4_000)
+        assert harness.run(op) == envelope(4, USER)
+
     def test_fill_overwrites_an_entry_of_the_wrong_type_or_size(
         self, harness: Harness, keys: KeySchema
     ) -> None:

@@ -40,6 +40,8 @@ OTHER = "a-key-this-deployment-never-configured"
 DIM = "communication_formality"
 AT = datetime(2026, 1, 1, tzinfo=UTC)
 Forge = Callable[[str, bytes, str], bytes]
+# A TTL an entry of ours could have: without one, the TTL guard drops a forgery first.
+PLAUSIBLE_TTL_MS = 60_000
 
 
 def _forged(state: PersonalityState) -> PersonalityState:
@@ -94,7 +96,11 @@ def test_a_forged_entry_is_a_miss_and_replaced_from_sql(
         key = tracker.cache.keys.state("alice")
         signer = Signer(KEY, namespace=namespace)
         assert signer.open(key, _bytes(raw, key)) == encode_state(committed)
-        raw.set(key, FORGERIES[forgery](key, encode_state(_forged(committed)), namespace))
+        raw.set(
+            key,
+            FORGERIES[forgery](key, encode_state(_forged(committed)), namespace),
+            px=PLAUSIBLE_TTL_MS,
+        )
 
         assert tracker.get_current_personality_state("alice") == committed
         assert tracker.cache.local_stats()["integrity_failures"] == 1
@@ -120,7 +126,11 @@ def test_a_forged_entry_is_a_miss_on_the_asyncio_face(
         async with AsyncPersonalityTracker(store, cache, outbox_interval=None) as tracker:
             committed = await tracker.update_personality_dimension("alice", DIM, 0.2)
             key = cache.keys.state("alice")
-            raw.set(key, FORGERIES[forgery](key, encode_state(_forged(committed)), namespace))
+            raw.set(
+                key,
+                FORGERIES[forgery](key, encode_state(_forged(committed)), namespace),
+                px=PLAUSIBLE_TTL_MS,
+            )
             assert await tracker.get_current_personality_state("alice") == committed
             assert cache.local_stats()["integrity_failures"] == 1
             assert Signer(KEY, namespace=namespace).open(key, _bytes(raw, key)) == encode_state(
@@ -143,7 +153,7 @@ def test_an_entry_moved_to_another_users_key_is_a_miss(
         alice = tracker.update_personality_dimension("alice", DIM, 0.9)
         bob = tracker.update_personality_dimension("bob", DIM, 0.1)
         keys = tracker.cache.keys
-        raw.set(keys.state("bob"), _bytes(raw, keys.state("alice")))
+        raw.set(keys.state("bob"), _bytes(raw, keys.state("alice")), px=PLAUSIBLE_TTL_MS)
         assert tracker.get_current_personality_state("bob") == bob != alice
         assert tracker.cache.local_stats()["integrity_failures"] == 1
     finally:

@@ -260,3 +260,47 @@ def _stored_version(client: redis.Redis, tracker: PersonalityTracker) -> int:
 def _bytes(value: Any) -> bytes:
     assert isinstance(value, bytes)
     return value
+
+
+def test_a_forged_entry_without_a_ttl_is_never_served_to_a_reader(
+    redis_url: str, sqlite_url: str, namespace: str, raw: redis.Redis
+) -> None:
+    """Used to happen: a forged entry at a plausible future version (10^12) with no TTL
+    (or one of years) was served by every worker that read Redis until that user's
+    next write, which may never come: nothing else compared it with SQL. Now a read
+    through the tracker (sync and asyncio, the HTTP service's) drops an entry whose TTL
+    is missing or longer than ``PENNY_CACHE_TTL``, since no entry penny_cache writes has
+    one: SQL's version is served and the refill carries a TTL again. With a TTL within
+    ours a forged entry is served at most one cache TTL."""
+    writer = _tracker(redis_url, sqlite_url, namespace)
+    try:
+        state = writer.update_personality_dimension("ann", DIM, 0.1)
+        key = writer.cache.keys.state("ann")
+        for lifetime in (None, 10 * 365 * 86400 * 1000):
+            raw.set(key, encode_state(_at(state, AHEAD)), px=lifetime)
+            fresh = _tracker(redis_url, sqlite_url, namespace)
+            try:
+                assert fresh.get_current_personality_state("ann").version == 1
+            finally:
+                _close(fresh)
+            assert 0 < raw.pttl(key) <= writer.cache.ttl * 1000
+
+        raw.set(key, encode_state(_at(state, AHEAD)))
+
+        async def read_async() -> int:
+            cache = AsyncPersonalityCache.from_url(
+                redis_url, namespace=namespace, max_staleness=STALENESS, timeout=0.5
+            )
+            tracker = AsyncPersonalityTracker(
+                PersonalityStore(sqlite_url), cache, outbox_interval=None
+            )
+            try:
+                return (await tracker.get_current_personality_state("ann")).version
+            finally:
+                tracker.close()
+                await cache.aclose()
+                tracker.store.close()
+
+        assert asyncio.run(read_async()) == 1
+    finally:
+        _close(writer)

@@ -37,12 +37,16 @@ def _tracker(
     return PersonalityTracker(store, cache, outbox_interval=None)
 
 
+FORGED_TTL_MS = 60_000
+
+
 def _forge(
     server: fakeredis.FakeServer, tracker: PersonalityTracker, payload: bytes
 ) -> fakeredis.FakeRedis:
-    """Put ``payload`` under ann's entry key, as whoever holds the Redis credential can."""
+    """Put ``payload`` under ann's entry key, as whoever holds the Redis credential can,
+    with a TTL an entry of ours could have (one without is dropped on the next read)."""
     raw = fakeredis.FakeRedis(server=server)
-    raw.set(tracker.cache.keys.state("ann"), payload)
+    raw.set(tracker.cache.keys.state("ann"), payload, px=FORGED_TTL_MS)
     return raw
 
 
@@ -82,7 +86,7 @@ def test_the_asyncio_tracker_replaces_an_entry_ahead_of_sql(
         tracker = AsyncPersonalityTracker(store, cache, outbox_interval=None)
         first = await tracker.update_personality_dimension("ann", DIM, 0.6)
         raw = fakeredis.FakeRedis(server=server)
-        raw.set(cache.keys.state("ann"), encode_state(_at(first, AHEAD)))
+        raw.set(cache.keys.state("ann"), encode_state(_at(first, AHEAD)), px=FORGED_TTL_MS)
         await tracker.update_personality_dimension("ann", DIM, 0.7)
         read = await tracker.get_current_personality_state("ann")
         return read.version, cache.local_stats()["version_ahead"]
