@@ -2,6 +2,11 @@
 
 penny-cache demo [--workers N] [--duration S] [--users N]   the `make run` job
 penny-cache stats [--json]                                  cross-process totals
+penny-cache stats --reset --yes                             zero the shared counters
+penny-cache inspect USER [--json]                           one user's entry beside SQL
+penny-cache invalidate USER                                 drop one user's entry everywhere
+penny-cache verify [--sample N | --all] [--progress]        Redis against SQL, exit 1 on
+                                                            divergence
 penny-cache check                                           exit 1 unless Redis and SQL answer
 penny-cache exporter [--host H] [--port P]                  Prometheus /metrics, all processes
 penny-cache serve [--host H] [--port P] [--workers N]       the HTTP service (uvicorn workers)
@@ -24,6 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from penny_cache.app import admin_cli
 from penny_cache.app.demo import DemoConfig, format_report, run_demo
 from penny_cache.app.embedded import embedded_redis
 from penny_cache.app.maintenance import after_restore, history_sweep
@@ -68,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=_positive_int, default=1000)
     stats = sub.add_parser("stats", help="print the hit rate and counters of all processes")
     stats.add_argument("--json", action="store_true", help="machine-readable output")
+    stats.add_argument(
+        "--reset",
+        action="store_true",
+        help="zero the namespace's shared counters (needs --yes; running workers' counts "
+        "return with their next flush)",
+    )
+    stats.add_argument("--yes", action="store_true", help="confirm --reset")
+    admin_cli.add_parsers(sub)
     sub.add_parser("check", help="exit non-zero unless Redis and SQL are reachable")
     sub.add_parser(
         "load-scripts",
@@ -159,6 +173,8 @@ def _run_demo(args: argparse.Namespace, redis_url: str, database_url: str, timeo
 
 
 def _stats(args: argparse.Namespace, settings: Settings) -> int:
+    if args.reset:
+        return admin_cli.reset_stats(args, settings)
     with PersonalityCache.from_settings(settings) as cache:
         problem = cache.check()
         stats = None if problem else cache.get_stats()
@@ -217,6 +233,7 @@ def _dispatch(args: argparse.Namespace, environ: dict[str, str]) -> int:
         "check": lambda _args, settings: _check(settings),
         "history-sweep": lambda args, settings: history_sweep(settings, args.days, args.batch),
         "after-restore": lambda args, settings: after_restore(settings, args.yes),
+        **admin_cli.commands(),
     }
     return commands[args.command](args, settings)
 

@@ -23,6 +23,8 @@ __all__ = [
     "CountMatching",
     "Delete",
     "DeleteIndexed",
+    "Describe",
+    "Described",
     "DropPublish",
     "Dropped",
     "Fill",
@@ -31,6 +33,7 @@ __all__ = [
     "Held",
     "Inspect",
     "InvalidatePublish",
+    "ListMatching",
     "Op",
     "PublishFlush",
     "ReplacePublish",
@@ -199,6 +202,30 @@ class CountMatching:
 
 
 @dataclass(frozen=True, slots=True)
+class ListMatching:
+    """SCAN a pattern (admin tools, not hot paths): the matching keys, as text."""
+
+    pattern: str
+
+
+@dataclass(frozen=True, slots=True)
+class Described:
+    """One entry as an operator sees it: its stored bytes (None: absent; ``Dropped``: a
+    key of another type) and its remaining lifetime in ms (-1: none, -2: absent)."""
+
+    payload: bytes | Dropped | None
+    ttl_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Describe:
+    """Read entries without changing them (no lease, no delete, no count), in one
+    round trip: one ``Described`` per key, in order."""
+
+    keys: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class GetTicket:
     """The drop-in's read: ``(bytes, "")`` on a hit; on a miss ``(None, ticket)`` (or
     ``(Dropped, ticket)`` when Redis unlinked a bad entry), the
@@ -290,6 +317,8 @@ CacheOp = (
     | Delete
     | UnlinkMatching
     | CountMatching
+    | ListMatching
+    | Describe
     | GetTicket
     | SetTicketed
     | DeleteIndexed

@@ -124,6 +124,11 @@ class CachePolicy(DropInPolicy):
         return self._keys
 
     @property
+    def signer(self) -> Signer:
+        """How entries are signed and checked (``PENNY_VALUE_KEY``; tools read with it)."""
+        return self._signer
+
+    @property
     def process_id(self) -> str:
         """This process's id in the shared counters hash."""
         return self._counters.process_id

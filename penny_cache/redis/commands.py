@@ -28,6 +28,8 @@ from penny_cache.policy.ops import (
     CountMatching,
     Delete,
     DeleteIndexed,
+    Describe,
+    Described,
     Dropped,
     DropPublish,
     Fill,
@@ -36,6 +38,7 @@ from penny_cache.policy.ops import (
     Held,
     Inspect,
     InvalidatePublish,
+    ListMatching,
     PublishFlush,
     ReplacePublish,
     Set,
@@ -134,6 +137,13 @@ def _held(raw: Any) -> Held | None:
     return Held(int(digits), bool(tomb), found)
 
 
+def _described(payload: Any, ttl_ms: Any) -> Described:
+    """A pipelined GET and PTTL; a GET Redis refused (WRONGTYPE) is a key of another type."""
+    if isinstance(payload, Exception):
+        return Described(Dropped("wrong type"), int(ttl_ms))
+    return Described(payload, int(ttl_ms))
+
+
 class Commands:
     """The plans of a standalone or Sentinel-managed Redis."""
 
@@ -181,6 +191,12 @@ class Commands:
                 return removed
             case CountMatching(pattern):
                 return len((yield Scan(pattern)))
+            case ListMatching(pattern):
+                return list(dict.fromkeys(_text(key) for key in (yield Scan(pattern))))
+            case Describe(keys):
+                calls = [Call(name, (key,)) for key in keys for name in ("get", "pttl")]
+                answers = yield Pipeline(tuple(calls), raise_on_error=False)
+                return [_described(*answers[k : k + 2]) for k in range(0, len(answers), 2)]
             case GetTicket() | SetTicketed() | DeleteIndexed() | CountIndexed():
                 return (yield from self.drop_in(op))
             case _:

@@ -41,7 +41,7 @@ from penny_cache.state import (
     apply_update,
     default_state,
 )
-from penny_cache.store import history_rows, outbox_rows
+from penny_cache.store import audit, history_rows, outbox_rows
 from penny_cache.store.engines import ENGINES, WRITE, make_engine
 from penny_cache.store.schema import dimensions, meta, metadata, users
 
@@ -268,6 +268,18 @@ class PersonalityStore:
         self._ensure_schema()
         with _translated(), self._engine.connect() as conn, conn.begin():
             return outbox_rows.due_page(conn, older_than, after, limit)
+
+    def versions(self, user_ids: Sequence[str]) -> dict[str, int]:
+        """Committed versions of those of ``user_ids`` SQL has (one read-only query)."""
+        self._ensure_schema()
+        with _translated(), self._engine.connect() as conn, conn.begin():
+            return audit.versions(conn, user_ids)
+
+    def outbox_row(self, user_id: str) -> audit.OutboxRow | None:
+        """The user's unconfirmed delivery (see ``store.outbox_rows``), if any."""
+        self._ensure_schema()
+        with _translated(), self._engine.connect() as conn, conn.begin():
+            return audit.outbox_row(conn, user_id)
 
     def now(self) -> datetime:
         """This store's clock (UTC): the outbox dates confirmations with it."""

@@ -63,6 +63,7 @@ FACES: Final = frozenset(
         "personality_state_cache",
         "_moved",
         "penny",
+        "admin",
     }
 )
 # folder -> (rank, group); a group may import itself and any lower rank.
