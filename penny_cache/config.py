@@ -139,6 +139,7 @@ class Settings:
     value_key_previous: str | None = field(default=None, repr=False)
     log_id_key: str | None = field(default=None, repr=False)
     history_days: float | None = None
+    shadow_sample: float = 0.01  # share of Redis hits compared with SQL (0: off)
 
     def __post_init__(self) -> None:
         validate_redis_url(self.redis_url, source=_label("redis_url"))
@@ -158,6 +159,7 @@ class Settings:
             _check_duration(self.near_cache_ttl, "near_cache_ttl", 0, _NEAR_CACHE_TTL_MAX)
         self._check_relations()
         self._check_keys()
+        _check_share(self.shadow_sample, "shadow_sample")
         size = self.near_cache_size
         if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 10_000_000:
             raise ConfigurationError(
@@ -272,6 +274,12 @@ class Settings:
 def _check_int(value: object, name: str, low: int, high: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise ConfigurationError(f"{_label(name)} must be an integer {low}..{high}, got {value!r}")
+
+
+def _check_share(value: object, name: str) -> None:
+    """A share of events in [0, 1] (NaN, infinities and booleans refused)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ConfigurationError(f"{_label(name)} must be a share in 0..1, got {value!r}")
 
 
 # duration setting -> (lowest, highest) in seconds; the lowest is exclusive when 0

@@ -60,6 +60,7 @@ ENV_NAMES: Final = {
     "value_key_previous": "PENNY_VALUE_KEY_PREVIOUS",
     "log_id_key": "PENNY_LOG_ID_KEY",
     "history_days": "PENNY_HISTORY_DAYS",
+    "shadow_sample": "PENNY_SHADOW_SAMPLE",
 }
 
 # The project's own PENNY_* variables that are not settings: known, so never "unknown".
@@ -115,6 +116,7 @@ _PARSERS: Final[Mapping[str, Callable[[str], object]]] = {
             "outbox_interval",
             "outbox_grace",
             "history_days",
+            "shadow_sample",
         ),
         float,
     ),

@@ -148,6 +148,8 @@ def _policy_options(settings: Settings, sync: RedisBackend, flush: Any) -> dict[
         "lease_ttl": settings.lease_ttl,
         "signer": Signer.from_settings(settings),
         "log_ids": LogIds.for_settings(settings),
+        "shadow_sample": settings.shadow_sample,
+        "max_staleness": settings.max_staleness,
     }
 
 

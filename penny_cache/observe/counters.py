@@ -67,6 +67,8 @@ COUNTERS: Final = (
     "malformed_messages",
     "integrity_failures",
     "version_ahead",
+    "divergence_older",
+    "divergence_newer",
 )
 # what a read found unusable (totals keys beside the counters, never written to Redis)
 FIELDS_INVALID: Final = "stats_fields_invalid"

@@ -23,6 +23,7 @@ from penny_cache.observe.ratelog import RateLimitedLog
 
 __all__ = [
     "COUNTER_HELP",
+    "DIVERGENCE_KINDS",
     "EXPORTED_METRICS",
     "INVALID_HELP",
     "RedisCountersCollector",
@@ -72,6 +73,16 @@ COUNTER_HELP: Final[Mapping[str, tuple[str, str]]] = {
 }
 
 
+# kind label -> counter: the shadow check's findings (``penny_cache.policy.shadow``)
+DIVERGENCE_KINDS: Final[Mapping[str, str]] = {
+    "older": "divergence_older",
+    "newer": "divergence_newer",
+}
+DIVERGENCE_HELP: Final = (
+    "Sampled Redis hits still disagreeing with SQL's committed version after the staleness "
+    "bound (older: Redis behind SQL; newer: Redis ahead of SQL or of a user SQL lacks)."
+)
+
 # what the read skipped: gauges (the count of bad fields or keys present now)
 INVALID_HELP: Final[Mapping[str, tuple[str, str]]] = {
     FIELDS_INVALID: (
@@ -94,6 +105,7 @@ EXPORTED_METRICS: Final = frozenset(
         "penny_cache_scrape_duration_seconds",
         "penny_cache_requests_total",
         "penny_cache_hits_total",
+        "penny_cache_divergence_total",
         *(f"{name}_total" for name, _ in COUNTER_HELP.values()),
         *(name for name, _ in INVALID_HELP.values()),
     }
@@ -168,6 +180,12 @@ class RedisCountersCollector(Collector):
             family = CounterMetricFamily(name, help_text, labels=labels)
             family.add_metric(values, totals[counter])
             yield family
+        divergence = CounterMetricFamily(
+            "penny_cache_divergence", DIVERGENCE_HELP, labels=[*labels, "kind"]
+        )
+        for kind, counter in DIVERGENCE_KINDS.items():
+            divergence.add_metric([*values, kind], totals.get(counter, 0))
+        yield divergence
         for key, (name, help_text) in INVALID_HELP.items():
             gauge = GaugeMetricFamily(name, help_text, labels=labels)
             gauge.add_metric(values, totals.get(key, 0))

@@ -67,11 +67,15 @@ class CachePolicy(DropInPolicy):
         metrics: ProcessMetrics | None = None,
         signer: Signer = UNSIGNED,
         log_ids: LogIds | None = None,
+        shadow_sample: float = 0.0,
+        max_staleness: float = 0.5,
         rand: Callable[[], float] = random.random,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._keys = KeySchema(namespace)
         self._signer = signer
+        self.shadow_sample = shadow_sample  # the trackers' shadow check (policy.shadow)
+        self.max_staleness = max_staleness
         self._ttl = positive_seconds(ttl, "ttl")
         self._jitter = validate_jitter(ttl_jitter, "ttl_jitter")
         self._lease_ms = int(positive_seconds(lease_ttl, "lease_ttl") * 1000)
@@ -306,6 +310,16 @@ class CachePolicy(DropInPolicy):
             return decode_state(self._signer.open(key, payload), user_id)
         except CacheError:
             return None
+
+    def peek_version(self, user_id: str) -> int | None:
+        """The version a worker would read from Redis now, uncounted (a background
+        thread's call: the shadow check's re-read)."""
+        state = self._drive_in_background(self.peek_flow(user_id))
+        return None if state is None else int(state.version)
+
+    def count_event(self, counter: str) -> None:
+        """Add one to a shared counter (``observe.counters.COUNTERS``)."""
+        self._counters.incr(counter)
 
     # -- loads ----------------------------------------------------------------------------
 

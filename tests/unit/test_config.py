@@ -47,6 +47,7 @@ ALL_VARIABLES = {
     "PENNY_VALUE_KEY_PREVIOUS": "p" * 32,
     "PENNY_LOG_ID_KEY": "l" * 32,
     "PENNY_HISTORY_DAYS": "90",
+    "PENNY_SHADOW_SAMPLE": "0.5",
 }
 # Sentinel and Cluster exclude each other: the all-variables case uses Sentinel.
 SENTINEL_VARIABLES = {k: v for k, v in ALL_VARIABLES.items() if k != "PENNY_REDIS_CLUSTER"}
@@ -110,6 +111,7 @@ def test_every_variable_is_parsed() -> None:
         value_key_previous="p" * 32,
         log_id_key="l" * 32,
         history_days=90.0,
+        shadow_sample=0.5,
     )
     assert isinstance(settings.cache_ttl, float)
     assert settings.redis_topology == "sentinel"
@@ -332,6 +334,9 @@ def test_write_mode_defaults_to_available_and_names_the_choices() -> None:
         ("PENNY_HISTORY_DAYS", "0"),
         ("PENNY_HISTORY_DAYS", "36501"),
         ("PENNY_HISTORY_DAYS", "nan"),
+        ("PENNY_SHADOW_SAMPLE", "-0.1"),
+        ("PENNY_SHADOW_SAMPLE", "1.5"),
+        ("PENNY_SHADOW_SAMPLE", "nan"),
         ("PENNY_VALUE_KEY", "short"),
         ("PENNY_VALUE_KEY_PREVIOUS", "x" * 31),
     ],
