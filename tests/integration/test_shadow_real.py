@@ -5,14 +5,19 @@ samples Redis hits, and the exporter shows it as ``penny_cache_divergence_total`
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from penny_cache.cache import AsyncPersonalityCache, PersonalityCache
 from penny_cache.codec import encode_state
@@ -20,6 +25,8 @@ from penny_cache.observe.exporter import RedisCountersCollector
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import AsyncPersonalityTracker, PersonalityTracker
+from tests.conftest import unavailable
+from tests.package_walk import ROOT
 
 pytestmark = pytest.mark.integration
 OPTIONS: dict[str, Any] = {"near_cache": False, "shadow_sample": 1.0, "max_staleness": 0.1}
@@ -66,12 +73,56 @@ def behind_and_ahead(tracker: PersonalityTracker, raw: redis.Redis) -> None:
     raw.set(keys.state("bob"), encode_state(_at(store.load("bob"), 7)), px=60_000)
 
 
+def alert_fires_for(exposition: str, tmp_path: Path) -> None:
+    """``promtool test rules`` on the exporter's real divergence samples, after 20
+    minutes of zeros: PennyCacheDivergence fires for each kind."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        unavailable("promtool is not installed (apt-get install prometheus)")
+        return
+    series, expected = [], []
+    for family in text_string_to_metric_families(exposition):
+        for sample in family.samples:
+            if sample.name != "penny_cache_divergence_total":
+                continue
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            series.append(
+                {"series": f"{sample.name}{{{labels}}}", "values": f"0x20 {sample.value:g}x20"}
+            )
+            alert = {**sample.labels, "alertname": "PennyCacheDivergence", "alertstate": "firing",
+                     "severity": "page"}  # fmt: skip
+            shown = ",".join(f'{k}="{v}"' for k, v in sorted(alert.items()))
+            expected.append({"labels": f"ALERTS{{{shown}}}", "value": 1})
+    assert len(expected) == 2
+    rules = ROOT / "deploy" / "prometheus" / "rules" / "penny_cache_alerts.yml"
+    test = {
+        "rule_files": [str(rules)],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [{
+                "expr": 'ALERTS{alertname="PennyCacheDivergence"}',
+                "eval_time": "22m",
+                "exp_samples": expected,
+            }],
+        }],
+    }  # fmt: skip
+    path = tmp_path / "divergence_test.yml"
+    path.write_text(json.dumps(test))  # JSON is YAML
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_shadow_check_counts_older_and_newer_entries(
-    redis_url: str, database_url: str, raw: redis.Redis
+    redis_url: str, database_url: str, raw: redis.Redis, tmp_path: Path
 ) -> None:
     """Finding: a divergence in production was seen by nobody. Now a sampled Redis hit
-    that still disagrees with SQL after the bound is counted by kind, and the exporter
-    shows it as ``penny_cache_divergence_total{kind}``."""
+    that still disagrees with SQL after the bound is counted by kind, the exporter shows
+    it as ``penny_cache_divergence_total{kind}``, and the alert fires on those samples."""
     namespace = f"shadow-{uuid.uuid4().hex[:8]}"
     cache = PersonalityCache.from_url(redis_url, namespace=namespace, **OPTIONS)
     store = PersonalityStore(database_url)
@@ -88,6 +139,7 @@ def test_shadow_check_counts_older_and_newer_entries(
         for kind in ("older", "newer"):
             labels = {"namespace": namespace, "kind": kind}
             assert registry.get_sample_value("penny_cache_divergence_total", labels) == 1
+        alert_fires_for(generate_latest(registry).decode(), tmp_path)
     finally:
         tracker.close()
         cache.clear(f"{cache.keys.base}:*")
