@@ -21,7 +21,6 @@ from penny_cache.policy.flows import TrackerFlow
 from penny_cache.policy.near import Ticket
 from penny_cache.policy.ops import Blocking, Shared, Sleep
 from penny_cache.policy.reads import CachePolicy
-from penny_cache.policy.shadow import ShadowCheck
 from penny_cache.state import (
     EvolutionRecord,
     PersonalityState,
@@ -83,6 +82,10 @@ def _checked_version(min_version: object) -> int:
     return min_version
 
 
+def _sql_version(store: PersonalityStore, user_id: str) -> int | None:
+    return store.versions([user_id]).get(user_id)
+
+
 class TrackerPolicy:
     """Validation and the read/update flows, shared by the sync and async trackers.
 
@@ -136,13 +139,7 @@ class TrackerPolicy:
             cache.add_recovery_step(self._outbox.recover)
         self._monotonic = monotonic
         self._recent: dict[str, tuple[float, PersonalityState]] = {}
-        self.shadow = ShadowCheck(
-            share=cache.shadow_sample,
-            recheck_after=cache.max_staleness,
-            redis_version=cache.peek_version,
-            sql_version=lambda user: store.versions([user]).get(user),
-            count=cache.count_event,
-        )
+        self._sql_version = partial(_sql_version, store)  # the shadow check's SQL read
 
     @property
     def store(self) -> PersonalityStore:
@@ -170,7 +167,6 @@ class TrackerPolicy:
         """Give back this tracker's share of the outbox sweeper (the last one stops its
         thread); the store and cache belong to the caller. Idempotent."""
         self._release_outbox()
-        self.shadow.stop()
 
     def _load_flow(
         self, user_id: str, ticket: Ticket | None, lease: str | None
@@ -265,7 +261,7 @@ class TrackerPolicy:
         read = self._policy.read_or_lease_flow(user_id, ticket, min_version)
         cached, lease = yield from read
         if cached is not None:
-            self.shadow.offer(user_id, cached.version)
+            self._policy.shadow.offer(user_id, cached.version, self._sql_version)
             return cached, True
         state = self._recent_load(user_id, began, min_version)
         if state is None:

@@ -32,6 +32,7 @@ from penny_cache.policy.near import NearCache, Ticket
 from penny_cache.policy.ops import Delete, Dropped, Fill, Get, TryLease
 from penny_cache.policy.ports import Listener, ListenerFactory, ListenerHooks, SyncTransport
 from penny_cache.policy.recovery import Recovery
+from penny_cache.policy.shadow import ShadowCheck
 from penny_cache.signing import UNSIGNED, Signer
 from penny_cache.state import PersonalityState
 
@@ -74,8 +75,6 @@ class CachePolicy(DropInPolicy):
     ) -> None:
         self._keys = KeySchema(namespace)
         self._signer = signer
-        self.shadow_sample = shadow_sample  # the trackers' shadow check (policy.shadow)
-        self.max_staleness = max_staleness
         self._ttl = positive_seconds(ttl, "ttl")
         self._jitter = validate_jitter(ttl_jitter, "ttl_jitter")
         self._lease_ms = int(positive_seconds(lease_ttl, "lease_ttl") * 1000)
@@ -91,7 +90,14 @@ class CachePolicy(DropInPolicy):
             sync_backend,
             self._keys,
             flush_interval=stats_flush_interval,
-            on_tick=self._tick,
+            on_tick=self._counters_tick,
+        )
+        self.shadow = ShadowCheck(
+            share=shadow_sample,
+            recheck_after=max_staleness,
+            redis_version=self.peek_version,
+            count=self.count_event,
+            monotonic=monotonic,
         )
         self._local_counters = self._counters.local  # reset in place after a fork
         self._errors = RateLimitedLog(log, error_log_interval, monotonic)
@@ -416,6 +422,12 @@ class CachePolicy(DropInPolicy):
         if self.metrics is not None and self._near is not None:
             self.metrics.observe_near(len(self._near), self._near.flushes)
 
+    def _counters_tick(self) -> None:
+        """The counters thread's tick: the shared work, then the shadow check's (SQL
+        reads: never on the listener's tick, where they would delay invalidations)."""
+        self._tick()
+        self.shadow.run()
+
     def _applied(self, lag: float) -> None:
         if self.metrics is not None:
             self.metrics.invalidations_received.inc()
@@ -424,6 +436,7 @@ class CachePolicy(DropInPolicy):
     def after_fork(self) -> None:
         """Forget the parent's listener thread; the child starts its own on first read."""
         self._recovery.after_fork()
+        self.shadow.after_fork()
         if self._listener is not None:
             self._listener.after_fork()
 

@@ -11,6 +11,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,17 @@ from penny_cache.observe.exporter import RedisCountersCollector
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 from penny_cache.tracker import AsyncPersonalityTracker, PersonalityTracker
+from penny_cache.tracking import _sql_version
 from tests.conftest import unavailable
 from tests.package_walk import ROOT
 
 pytestmark = pytest.mark.integration
-OPTIONS: dict[str, Any] = {"near_cache": False, "shadow_sample": 1.0, "max_staleness": 0.1}
+OPTIONS: dict[str, Any] = {
+    "near_cache": False,
+    "shadow_sample": 1.0,
+    "max_staleness": 0.1,
+    "stats_flush_interval": 0.05,  # the counters' tick runs the check
+}
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -158,10 +165,13 @@ def test_shadow_check_agreeing_hits_count_nothing(
     tracker = PersonalityTracker(store, cache, outbox_interval=None)
     try:
         tracker.update_personality_dimension("ann", "communication_formality", 0.2)
-        assert tracker.shadow.check("ann", 1) is None
-        assert cache.local_stats()["divergence_older"] == 0
+        sql = partial(_sql_version, store)
+        cache.shadow.offer("ann", 1, sql)
+        assert cache.shadow.run(now=0.0) == [] and cache.shadow.run(now=9.0) == []
         raw.set(cache.keys.state("ann"), encode_state(_at(store.load("ann"), 5)), px=60_000)
-        assert tracker.shadow.check("ann", 5) == "newer"
+        cache.shadow.offer("ann", 5, sql)
+        assert cache.shadow.run(now=10.0) == []  # a suspect, re-read after the bound
+        assert cache.shadow.run(now=11.0) == ["newer"]
         assert cache.local_stats()["divergence_newer"] == 1
     finally:
         tracker.close()
