@@ -144,6 +144,9 @@ def test_verify_async_face_reports_the_same(world: World) -> None:
             report = await admin.verify(sample=6)
             check = await admin.inspect("cy")
             assert (check.kind, check.redis_version, check.sql_version) == ("newer", 9, 1)
+            assert await admin.invalidate("cy")
+            assert (await admin.inspect("cy")).status == "absent"
+            assert cache.local_stats()["invalidations"] == 1
             return dict(report.kinds)
         finally:
             await cache.aclose()
@@ -210,6 +213,18 @@ def test_inspect_names_undecodable_and_forged_entries(world: World) -> None:
     key = "k" * 40
     signed = world.cli("inspect", "ann", "--json", PENNY_VALUE_KEY=key)
     assert json.loads(signed.stdout)["status"] == "unsigned-or-forged", signed.stderr
+
+
+def test_a_key_of_another_type_is_undecodable(world: World) -> None:
+    """A state key holding a hash (written behind the cache's back) is reported as
+    undecodable (wrong type) by ``inspect`` and ``verify``, and left in place."""
+    world.raw.delete(world.key("ann"))
+    world.raw.hset(world.key("ann"), "version", "1")
+    admin = CacheAdmin(world.cache, world.store, recheck_after=0.0)
+    check = admin.inspect("ann")
+    assert (check.status, check.why, check.kind) == ("undecodable", "wrong type", "undecodable")
+    assert admin.verify().kinds["undecodable"] == 1
+    assert world.raw.type(world.key("ann")) == b"hash"
 
 
 def test_invalidate_goes_through_the_publish_path_and_is_counted(world: World) -> None:
