@@ -39,6 +39,8 @@ def _value(op: type[Any], field: dataclasses.Field[Any]) -> Any:
         return _USER
     if field.name == "pattern":
         return "sample:*"
+    if field.name == "keys":
+        return (f"sample:{{{_USER}}}",)
     if kind in _BY_TYPE:
         return _BY_TYPE[kind]
     raise AssertionError(f"no sample value for {op.__name__}.{field.name}: {kind}")

@@ -44,10 +44,14 @@ from penny_cache.policy.ops import (
     CacheOp,
     CountMatching,
     Delete,
+    Describe,
+    Described,
+    Dropped,
     DropPublish,
     Fill,
     Get,
     InvalidatePublish,
+    ListMatching,
     PublishFlush,
     Set,
     Tombstone,
@@ -511,6 +515,42 @@ class BackendContract(DropInContract, GuardContract):
         finally:
             harness.run(UnlinkMatching(keys.state_pattern()))
             harness.raw.delete(*others)
+
+    # -- ListMatching / Describe (the admin commands) --------------------------------------
+
+    def test_list_matching_lists_each_key_once_as_text(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """ListMatching answers every key of the pattern once, as text (SCAN may return
+        a key twice), past one SCAN batch, and removes nothing."""
+        others = self._populate(harness, keys, SCAN_BATCH + 3)
+        try:
+            listed = harness.run(ListMatching(keys.state_pattern()))
+            assert sorted(listed) == sorted(keys.state(f"u{n}") for n in range(SCAN_BATCH + 3))
+            assert harness.run(CountMatching(keys.state_pattern())) == SCAN_BATCH + 3
+        finally:
+            harness.run(UnlinkMatching(keys.state_pattern()))
+            harness.raw.delete(*others)
+
+    def test_describe_reads_bytes_and_lifetimes_without_changing_them(
+        self, harness: Harness, keys: KeySchema
+    ) -> None:
+        """Describe answers each key's bytes and remaining lifetime in one round trip: a
+        key of another type is ``Dropped("wrong type")`` (not an error for the others),
+        an absent key None and -2, a key without TTL -1; nothing is deleted."""
+        live, bare, wrong, gone = (keys.state(f"u{n}") for n in range(4))
+        harness.raw.set(live, envelope(1, "u0"), px=60_000)
+        harness.raw.set(bare, b"x")
+        harness.raw.hset(wrong, "f", "v")
+        try:
+            found = harness.run(Describe((live, bare, wrong, gone)))
+            assert found[0].payload == envelope(1, "u0") and 0 < found[0].ttl_ms <= 60_000
+            assert found[1:] == [
+                Described(b"x", -1), Described(Dropped("wrong type"), -1), Described(None, -2),
+            ]  # fmt: skip
+            assert harness.raw.exists(live, bare, wrong) == 3
+        finally:
+            harness.raw.delete(live, bare, wrong)
 
     # -- errors ---------------------------------------------------------------------------
 

@@ -15,7 +15,16 @@ import pytest
 
 from penny_cache.policy.ops import CacheOp
 from penny_cache.redis import scripts
-from penny_cache.redis.commands import Call, ClusterCommands, Commands, Eval, Plan, Scan, Step
+from penny_cache.redis.commands import (
+    Call,
+    ClusterCommands,
+    Commands,
+    Eval,
+    Pipeline,
+    Plan,
+    Scan,
+    Step,
+)
 from tests.contract.samples import CACHE_OPS, sample
 
 FLAVOURS = {
@@ -36,8 +45,13 @@ def _answer(step: Step) -> Any:
             return [b"3", 0, b"digest"]
         pairs = (scripts.WRITE_PUBLISH, scripts.TOMBSTONE_PUBLISH, scripts.REPLACE_PUBLISH)
         return [1, 1] if step.script in pairs else 1
+    if isinstance(step, Pipeline):
+        return [_answer(call) for call in step.calls]
     assert isinstance(step, Call), f"a cache operation's plan sent {step!r}"
-    answers = {"get": b"x", "getrange": b"x", "set": True, "unlink": 1, "wait": 1, "spublish": 1}
+    answers = {
+        "get": b"x", "getrange": b"x", "set": True, "unlink": 1, "wait": 1, "spublish": 1,
+        "pttl": 1000,
+    }  # fmt: skip
     return answers[step.method]
 
 
