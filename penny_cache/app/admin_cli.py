@@ -49,12 +49,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     inspect = sub.add_parser(
         "inspect", help="one user's Redis entry (version, TTL, bytes, status) beside SQL's"
     )
-    inspect.add_argument("user", metavar="USER")
+    inspect.add_argument("user", metavar="USER", nargs="?")  # absent: our one-line error
     inspect.add_argument("--json", action="store_true", help="machine-readable output")
     invalidate = sub.add_parser(
         "invalidate", help="drop one user's entry in Redis and every near cache (counted)"
     )
-    invalidate.add_argument("user", metavar="USER")
+    invalidate.add_argument("user", metavar="USER", nargs="?")
     verify = sub.add_parser(
         "verify", help="compare Redis entries with SQL", description=VERIFY_HELP
     )
@@ -69,7 +69,9 @@ def commands() -> dict[str, Callable[[argparse.Namespace, Settings], int]]:
     return {"inspect": _inspect, "invalidate": _invalidate, "verify": _verify}
 
 
-def _user(text: str) -> str:
+def _user(text: str | None) -> str:
+    if text is None:
+        raise _RefusedError("give the USER whose entry to look at", 2)
     try:
         return validate_user_id(text)
     except InvalidInputError as exc:
@@ -203,6 +205,8 @@ def _bar(stream: TextIO) -> Callable[[int, int], None]:
 
 def format_report(report: VerifyReport) -> str:
     lines = [f"checked {report.checked} of {report.total} entries"]
+    if not report.total:
+        lines.append("  (no entries: check PENNY_NAMESPACE and PENNY_DATABASE_URL)")
     lines += [f"  {kind:<12} {report.kinds[kind]}" for kind in ("agree", "tombstone", *DIVERGENT)]
     for kind, users in sorted(report.examples.items()):
         lines.append(f"{kind}: {' '.join(users)} (see: penny-cache inspect USER)")

@@ -272,6 +272,7 @@ def test_stats_reset_needs_yes_and_zeroes_the_counters(world: World) -> None:
     ("args", "says"),
     [
         (("inspect", ""), "not a user id"),
+        (("inspect",), "give the USER"),
         (("invalidate", "x" * 300), "not a user id"),
         (("verify", "--sample", "0"), "--sample must be a positive integer"),
         (("verify", "--sample", "3", "--all"), "not both"),
