@@ -194,6 +194,7 @@ def _start_children(stack: _Stack, options: StackOptions) -> None:
     serve_args = ["serve", "--host", options.host, "--port", str(stack.http_port)]
     serve_args += ["--workers", str(options.workers)]
     exporter_args = ["exporter", "--host", options.host, "--port", str(stack.exporter_port)]
+    print(f"starting         the service ({options.workers} workers) and the exporter ...")
     for args in (serve_args, exporter_args):
         stack.children.append(
             # our own interpreter and fixed arguments: nothing untrusted reaches the command
@@ -320,17 +321,22 @@ def _counted_requests(stack: _Stack, made: int, *, exact: bool) -> str:
 
 
 def _print_urls(stack: _Stack) -> None:
+    """Only URLs that answer 200 (``/`` of the service is its landing page)."""
     api = stack.url()
+    exporter = f"http://127.0.0.1:{stack.exporter_port}"
     print()
-    print(f"service          {api}/docs  (OpenAPI: {api}/openapi.json)")
-    print(f"exporter         http://127.0.0.1:{stack.exporter_port}/metrics")
+    print(f"service          {api}/  (API docs: {api}/docs; {api}/healthz, {api}/readyz)")
+    print(f"                 {api}/metrics  (this host's workers, Prometheus format)")
+    print(f"exporter         {exporter}/  (live chart: hit ratio, request rate, last 15 min)")
+    print(f"                 {exporter}/metrics  (the shared counters of all processes)")
     print("try:")
     print(f"  curl -s {api}/personality/alice")
     print(
         f"  curl -s -X PUT {api}/personality/alice/dimensions/communication_formality "
         "-H 'Content-Type: application/json' -d '{\"value\": 0.9, \"confidence\": 0.7}'"
     )
-    print(f"  curl -s {api}/readyz; curl -s {api}/metrics | head")
+    redis = redact_url(stack.settings.redis_url)
+    print(f"  PENNY_REDIS_URL={redis} .venv/bin/penny-cache stats")
     print("Ctrl-C stops everything.", flush=True)
 
 
