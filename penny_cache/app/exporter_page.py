@@ -57,8 +57,9 @@ def read_totals(registry: CollectorRegistry) -> Mapping[str, float] | None:
         for sample in family.samples:
             if sample.name == "penny_cache_up":
                 found["up"] = sample.value
-            elif sample.name in wanted:
-                found[wanted[sample.name]] = sample.value
+            elif sample.name in wanted:  # hits: one sample per tier (near, redis)
+                short = wanted[sample.name]
+                found[short] = found.get(short, 0.0) + sample.value
     if found.pop("up", 0.0) != 1.0 or len(found) != len(SAMPLED):
         return None
     return found
