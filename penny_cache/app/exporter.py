@@ -97,7 +97,7 @@ class _QuietHandler(WSGIRequestHandler):
     # HTTP/1.0 (wsgiref's default): every response closes its connection, which pushes
     # out the last segment, so a keep-alive client never waits on a delayed ACK. wsgiref
     # writes headers and body separately; TCP_NODELAY keeps that true if this handler
-    # ever speaks HTTP/1.1 keep-alive (the stall the service had, see the README).
+    # ever speaks HTTP/1.1 keep-alive (the stall the service had, see docs/http.md).
     disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:

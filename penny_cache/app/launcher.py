@@ -41,7 +41,7 @@ __all__ = ["SERVER_STACK", "StackOptions", "run_stack", "serve", "server_options
 # algorithm on for connections accepted from the socket uvicorn binds for ``--workers``
 # (proto 0), and each response goes out in two writes (headers, body), so a keep-alive
 # client waited ~40 ms (its delayed ACK) per request; uvloop sets TCP_NODELAY on every
-# TCP connection (Kludex/uvicorn#3149). See the README's "Server stack".
+# TCP connection (Kludex/uvicorn#3149). See docs/http.md, "Server stack".
 SERVER_STACK: Final[Mapping[str, str]] = MappingProxyType({"loop": "uvloop", "http": "httptools"})
 
 _READY_TIMEOUT = 60.0
@@ -285,7 +285,7 @@ class _AfterUpdate:
 
 def _reads_after_update(port: int, version: int, workers: set[str], bound: float) -> _AfterUpdate:
     """Read user-0 until every worker has answered twice with ``version`` (or 10 s).
-    An older answer is stale (the README's bounded staleness broken) when the read
+    An older answer is stale (docs/how-it-works.md's bounded staleness broken) when the read
     started more than ``bound`` seconds after the update returned, or after the same
     worker had already answered ``version``."""
     updated = time.monotonic()
