@@ -206,7 +206,9 @@ function draw(id, points, fixedMax) {
     '<text x="2" y="' + y(0) + '" font-size="10">0</text>' +
     '<text x="' + (W - 60) + '" y="' + (H - 2) + '" font-size="10">now</text>' +
     '<text x="' + PAD + '" y="' + (H - 2) + '" font-size="10">-15 min</text>' +
-    '<path d="' + d + '" fill="none" stroke="#2a6fdb" stroke-width="2"/>';
+    '<path d="' + d + '" fill="none" stroke="#2a6fdb" stroke-width="2"/>' +
+    (shown.length ? '<text x="' + (W - 170) + '" y="12" font-size="11">last interval: ' +
+      label(shown[shown.length - 1][1]) + '</text>' : "");
 }
 async function refresh() {
   try {
