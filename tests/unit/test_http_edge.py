@@ -89,3 +89,10 @@ def test_cannot_listen_names_a_taken_port() -> None:
             f"port {port} is already in use on 127.0.0.1: stop its listener or pass --port"
         )
     assert cannot_listen("127.0.0.1", 0) is None
+
+
+def test_the_check_sees_past_a_root_path() -> None:
+    """uvicorn's ``raw_path`` starts with ``--root-path``: the id after it is checked."""
+    scope = {"raw_path": b"/penny/personality/%FF", "root_path": "/penny"}
+    assert undecodable_path(scope) == "user id is not valid UTF-8"
+    assert undecodable_path({**scope, "raw_path": b"/penny/personality/ok"}) is None
