@@ -25,6 +25,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker, __version__
+from penny_cache.app.edge import (
+    JSON_REQUIRED,
+    install_pages,
+    needs_json_content_type,
+    undecodable_path,
+)
 from penny_cache.app.problems import MAX_BODY_BYTES, install_error_handlers, problem, responses
 from penny_cache.app.schema import (
     NO_SHARED_TOTALS,
@@ -123,7 +129,9 @@ def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
 
 
 class _BodyLimitAndWorker:
-    """ASGI middleware: refuse bodies over ``MAX_BODY_BYTES`` (413) whether or not they
+    """ASGI middleware: refuse a path that is not UTF-8 (422) and a JSON body route
+    called without a JSON Content-Type (415, ``penny_cache.app.edge``), bodies over
+    ``MAX_BODY_BYTES`` (413) whether or not they
     declare a Content-Length (a chunked body is counted as it arrives, buffered, and
     replayed to the app), name the worker on every response, and answer a near-cache
     hit of ``GET /personality/{user_id}`` itself (``_near_hit``)."""
@@ -145,6 +153,10 @@ class _BodyLimitAndWorker:
                 ]
             await send(message)
 
+        refused = _refused_before_routing(scope)
+        if refused is not None:
+            await refused(scope, receive, named)
+            return
         buffered = await self._read_limited(scope, receive)
         if buffered is None:
             detail = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
@@ -177,6 +189,17 @@ class _BodyLimitAndWorker:
                 return None
             if message["type"] != "http.request" or not message.get("more_body"):
                 return messages
+
+
+def _refused_before_routing(scope: Any) -> Response | None:
+    """A 422 for a path that is not UTF-8 (before Starlette's decoding makes distinct
+    ids one), a 415 for a JSON body route called without a JSON Content-Type."""
+    wrong = undecodable_path(scope)
+    if wrong is not None:
+        return problem(422, wrong)
+    if needs_json_content_type(scope):
+        return problem(415, JSON_REQUIRED)
+    return None
 
 
 async def _near_hit(scope: Any, send: Any) -> bool:
@@ -236,7 +259,7 @@ def _install_routes(app: FastAPI) -> None:
     @app.put(
         "/personality/{user_id}/dimensions/{name}",
         response_model=PersonalityView,
-        responses=responses(404, 409, 413, 422, 500, 503, **{"200": _ETAG_DOC}),
+        responses=responses(404, 409, 413, 415, 422, 500, 503, **{"200": _ETAG_DOC}),
     )
     async def put_dimension(
         user_id: UserId, name: str, update: DimensionUpdate, request: Request
@@ -322,10 +345,18 @@ def create_app(
         version=__version__,
         description="Per-user personality state, cached in Redis and shared by every worker.",
         lifespan=lifespan,
+        docs_url=None,  # install_pages serves /docs and /redoc from local assets
+        redoc_url=None,
     )
-    install_error_handlers(app, settings.redis_cooldown, log_interval=settings.error_log_interval)
+    install_error_handlers(
+        app,
+        settings.redis_cooldown,
+        log_interval=settings.error_log_interval,
+        catalogue=catalogue,
+    )
     app.add_middleware(_BodyLimitAndWorker)
     _install_routes(app)
+    install_pages(app)
     return app
 
 
