@@ -50,13 +50,14 @@ from penny_cache.errors import (
     ConfigurationError,
     StoreError,
 )
-from penny_cache.observe.metrics import for_worker
+from penny_cache.observe.metrics import for_worker, worker_identity
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 
 __all__ = ["MAX_BODY_BYTES", "STATS_MAX_AGE", "app_from_env", "create_app"]
 
 STATS_MAX_AGE: Final = 1.0  # seconds between a worker's reads of the shared totals
+PROCESS_METRICS_INTERVAL: Final = 5.0  # seconds between a worker's reads of /proc/self
 
 _log = logging.getLogger(__name__)
 
@@ -120,6 +121,7 @@ class _Service:
     stats: _Stats
     registry: CollectorRegistry
     write_mode: str = "available"
+    refresh_process: Callable[[], None] = lambda: None
 
 
 def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
@@ -296,8 +298,20 @@ def _install_routes(app: FastAPI) -> None:
     @app.get("/metrics", response_class=Response, responses=responses(413))
     async def metrics(request: Request) -> Response:
         """This worker's (or, in multiprocess mode, all workers') Prometheus metrics."""
-        payload = generate_latest(_service(request).registry)
+        service = _service(request)
+        service.refresh_process()  # this worker's own; the others refresh on their tick
+        payload = generate_latest(service.registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+
+async def _refresh_every(refresh: Callable[[], None], interval: float) -> None:
+    """Keep this worker's process metrics current for scrapes another worker answers."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            refresh()
+        except OSError as exc:  # /proc unreadable: a gap in the metrics, not a dead task
+            _log.warning("reading this worker's process metrics failed: %s", exc)
 
 
 async def _sql_answers(store: PersonalityStore) -> bool:
@@ -321,16 +335,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics, registry = for_worker(multiprocess_dir)
+        refresh = worker_identity(multiprocess_dir, registry, __version__)
         cache = AsyncPersonalityCache.from_settings(settings, metrics=metrics)
         store = PersonalityStore(settings.database_url, catalogue=catalogue)
         tracker = AsyncPersonalityTracker(store, cache, **settings.tracker_options())
         stats = _Stats(cache.get_stats, monotonic)
-        app.state.service = _Service(tracker, stats, registry, settings.write_mode)
+        app.state.service = _Service(tracker, stats, registry, settings.write_mode, refresh)
+        ticker = asyncio.create_task(_refresh_every(refresh, PROCESS_METRICS_INTERVAL))
         try:
             stats.current()  # the first read, awaited here so the first answer has it
             await stats.settle()
             yield
         finally:
+            ticker.cancel()
             await stats.settle()
             tracker.close()
             await cache.aclose()
