@@ -16,9 +16,6 @@ import pytest
 from penny_cache.app.embedded import free_port
 
 pytestmark = pytest.mark.integration
-# The service's landing page at ``/`` is issue 15's item 4 (another change); until it
-# lands, ``/`` of the service answers 404 and is left out here.
-AWAITING_LANDING_PAGE = True
 
 
 def status(url: str) -> int:
@@ -32,8 +29,8 @@ def status(url: str) -> int:
 def test_every_printed_url_answers_200() -> None:
     """``make run`` printed ``service http://127.0.0.1:8000/`` (a 404) and only the
     exporter's ``/metrics``, with its live page unnamed. Now every URL it prints after
-    the self-check (the service's docs, probes and metrics, the exporter's page and
-    metrics) answers 200 while the stack runs, and Ctrl-C stops it."""
+    the self-check (the service's landing page, docs, probes and metrics, the exporter's
+    page and metrics) answers 200 while the stack runs, and Ctrl-C stops it."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("PENNY_")}
     environ.update(PENNY_HTTP_PORT=str(free_port()), PENNY_EXPORTER_PORT=str(free_port()))
     command = [sys.executable, "-m", "penny_cache.app.cli", "run", "--workers", "2"]
@@ -59,9 +56,9 @@ def test_every_printed_url_answers_200() -> None:
         assert service_root is not None
         exporter = [u for u in urls if u.rstrip("/").count("/") == 2 and u not in service_root[1]]
         assert exporter, f"the exporter's page is not among {urls}"
-        checked = [u for u in urls if not (AWAITING_LANDING_PAGE and u == service_root[1])]
-        assert len(checked) >= 6, urls
-        for url in checked:
+        assert service_root[1] in urls
+        assert len(urls) >= 7, urls
+        for url in urls:
             assert status(url) == 200, url
     finally:
         os.killpg(proc.pid, signal.SIGINT)
