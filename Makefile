@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 # One venv, two stamps: `make run` installs only the [service] extra (what running needs,
-# about 40 packages); `make test` adds [dev] (pytest, mypy, schemathesis, the bench peers,
+# about 30 packages); `make test` adds [dev] (pytest, mypy, schemathesis, the bench peers,
 # matplotlib) to the same venv, and its stamp also stands for [service], its subset.
 SERVICE_STAMP := $(VENV)/.service-stamp
 DEV_STAMP     := $(VENV)/.dev-stamp
