@@ -2,45 +2,62 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# One venv, two stamps: `make run` installs only the [service] extra (what running needs,
+# about 30 packages); `make test` adds [dev] (pytest, mypy, schemathesis, the bench peers,
+# matplotlib) to the same venv, and its stamp also stands for [service], its subset.
+SERVICE_STAMP := $(VENV)/.service-stamp
+DEV_STAMP     := $(VENV)/.dev-stamp
+PIP := $(BIN)/pip install --disable-pip-version-check
 
-.PHONY: venv run demo test test-unit test-integration lint bench bench-quick clean
+.PHONY: venv venv-dev run demo test test-unit test-integration lint bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "penny_cache needs Python >= 3.11")'
+	@echo "==> creating $(VENV) with $$($(PYTHON) --version)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
-	@touch $(STAMP)
 
-venv: $(STAMP)
+$(SERVICE_STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing penny_cache[service] into $(VENV) (first time: under a minute)"
+	$(PIP) -e '.[service]'
+	@touch $(SERVICE_STAMP)
+	@echo "==> installed; starting"
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	@echo "==> installing penny_cache[dev] into $(VENV) (tests, linters, bench peers)"
+	$(PIP) -e '.[dev]'
+	@touch $(DEV_STAMP) $(SERVICE_STAMP)
+
+venv: $(SERVICE_STAMP)
+
+venv-dev: $(DEV_STAMP)
 
 ## run: the main job: the HTTP service on 4 workers + the exporter, sharing one cache
 ## (embedded Redis unless PENNY_REDIS_URL), a self-check, then URLs to curl until Ctrl-C
-run: $(STAMP)
+run: $(SERVICE_STAMP)
 	$(BIN)/penny-cache run --workers 4
 
 ## demo: worker processes under a Zipf workload for 5 s, then the shared hit rate
-demo: $(STAMP)
+demo: $(SERVICE_STAMP)
 	$(BIN)/penny-cache demo
 
 ## test: the whole suite (integration tests start their own redis-server)
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(BIN)/python -m pytest
 
-test-unit: $(STAMP)
+test-unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests/unit
 
-test-integration: $(STAMP)
+test-integration: $(DEV_STAMP)
 	$(BIN)/python -m pytest tests/integration
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff check penny_cache tests bench
 	$(BIN)/ruff format --check penny_cache tests bench
 	$(BIN)/mypy
 
 ## bench: every benchmark, side by side with its baselines and peers, in one run each
 ## (ratios; JSON in bench/, the charts in bench/peers.png and bench/http.png)
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	$(BIN)/python -m bench.bench_foundation --json bench/results.json
 	$(BIN)/python -m bench.bench_near --json bench/results_near.json
 	$(BIN)/python -m bench.bench_peers --json bench/results_peers.json
@@ -56,7 +73,7 @@ bench: $(STAMP)
 	@if [ -n "$$PENNY_BENCH_DATABASE_URL" ]; then \
 	    $(BIN)/python -m bench.bench_workload --json bench/results_workload_postgres.json; fi
 
-bench-quick: $(STAMP)
+bench-quick: $(DEV_STAMP)
 	$(BIN)/python -m bench.bench_foundation --quick
 	$(BIN)/python -m bench.bench_near --quick
 	$(BIN)/python -m bench.bench_peers --quick

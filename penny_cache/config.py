@@ -7,6 +7,7 @@ a misconfigured worker fails at start instead of on its first request.
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -259,9 +260,12 @@ class Settings:
         }
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str]) -> Settings:
-        """Build settings from ``PENNY_*`` variables; unset ones keep their defaults, and
-        one set to nothing is an error (see ``penny_cache.settings_env``)."""
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``PENNY_*`` variables (``environ``, by default this
+        process's ``os.environ``); unset ones keep their defaults, and one set to nothing
+        is an error (see ``penny_cache.settings_env``)."""
+        if environ is None:
+            environ = os.environ
         defaults = {f.name: f.default for f in fields(cls) if f.default is not MISSING}
         return cls(**env_values(environ, defaults))  # type: ignore[arg-type]
 

@@ -8,6 +8,7 @@ penny-cache invalidate USER                                 drop one user's entr
 penny-cache verify [--sample N | --all] [--progress]        Redis against SQL, exit 1 on
                                                             divergence
 penny-cache check                                           exit 1 unless Redis and SQL answer
+                                                            and Redis keeps keys without a TTL
 penny-cache exporter [--host H] [--port P]                  Prometheus /metrics, all processes
 penny-cache serve [--host H] [--port P] [--workers N]       the HTTP service (uvicorn workers)
 penny-cache run [--workers N] [--duration S]                the `make run` stack: service,
@@ -36,6 +37,8 @@ from penny_cache.app.maintenance import after_restore, history_sweep
 from penny_cache.cache import PersonalityCache
 from penny_cache.config import Settings, redact_url
 from penny_cache.errors import CacheError, ConfigurationError, InvalidInputError, StoreError
+from penny_cache.redis.clients import sync_client
+from penny_cache.redis.eviction import judge_eviction_policy, read_eviction_policy
 from penny_cache.store.database import PersonalityStore
 from penny_cache.wiring import sync_backend
 
@@ -82,7 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     stats.add_argument("--yes", action="store_true", help="confirm --reset")
     admin_cli.add_parsers(sub)
-    sub.add_parser("check", help="exit non-zero unless Redis and SQL are reachable")
+    sub.add_parser(
+        "check",
+        help="exit non-zero unless Redis and SQL are reachable and Redis's eviction policy "
+        "keeps keys without a TTL",
+    )
     sub.add_parser(
         "load-scripts",
         help="load the Lua scripts into Redis (admin credentials: the service's ACL user "
@@ -196,8 +203,22 @@ def _check(settings: Settings) -> int:
         redis_problem = cache.check()
     where = redact_url(settings.redis_url)
     print(f"redis   {'ok' if not redis_problem else 'UNREACHABLE'}  {where}  {redis_problem or ''}")
+    evicts_counters = False if redis_problem else _check_eviction(settings)
     sql_problem = _check_sql(settings.database_url)
-    return 1 if redis_problem or sql_problem else 0
+    return 1 if redis_problem or evicts_counters or sql_problem else 0
+
+
+def _check_eviction(settings: Settings) -> bool:
+    """Print the eviction policy's verdict; True when the policy would evict keys
+    penny_cache keeps without a TTL (an ``allkeys-*`` policy)."""
+    client = sync_client(settings)
+    try:
+        verdict = judge_eviction_policy(*read_eviction_policy(client))
+    finally:
+        client.close()
+    label = {"ok": "ok", "warning": "WARNING", "failure": "UNSAFE"}[verdict.level]
+    print(f"eviction {label}  {verdict.message}")
+    return verdict.level == "failure"
 
 
 def _check_sql(url: str) -> str | None:

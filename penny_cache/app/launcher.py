@@ -12,6 +12,7 @@ that shows the workers sharing one cache, then the URLs to ``curl`` until Ctrl-C
 from __future__ import annotations
 
 import contextlib
+import errno
 import http.client
 import json
 import os
@@ -34,26 +35,40 @@ from penny_cache.config import Settings, redact_url
 from penny_cache.errors import ConfigurationError, InvalidInputError
 from penny_cache.store.database import PersonalityStore
 
-__all__ = ["SERVER_STACK", "StackOptions", "run_stack", "serve", "server_options"]
+__all__ = [
+    "SERVER_STACK",
+    "StackOptions",
+    "cannot_listen",
+    "listen_description",
+    "run_stack",
+    "serve",
+    "server_options",
+]
 
 # uvicorn's event loop and HTTP parser, named explicitly: a missing ``[service]`` extra
 # fails at start instead of falling back to asyncio + h11. The asyncio loop leaves Nagle's
 # algorithm on for connections accepted from the socket uvicorn binds for ``--workers``
 # (proto 0), and each response goes out in two writes (headers, body), so a keep-alive
 # client waited ~40 ms (its delayed ACK) per request; uvloop sets TCP_NODELAY on every
-# TCP connection (Kludex/uvicorn#3149). See the README's "Server stack".
+# TCP connection (Kludex/uvicorn#3149). See docs/http.md, "Server stack".
 SERVER_STACK: Final[Mapping[str, str]] = MappingProxyType({"loop": "uvloop", "http": "httptools"})
 
+_EVERY_INTERFACE: Final = frozenset({"0.0.0.0", "::"})  # noqa: S104 - named, not bound
 _READY_TIMEOUT = 60.0
 _SELF_CHECK_USERS = 20
 _SELF_CHECK_READS = 200
 
 
 def serve(settings: Settings, host: str, port: int, workers: int) -> int:
-    """Run the HTTP service until interrupted (uvicorn, ``workers`` processes)."""
+    """Run the HTTP service until interrupted (uvicorn, ``workers`` processes); 1 at once,
+    with one line naming the port, when it cannot listen there."""
     import uvicorn
 
     require_usable_database(settings.database_url)
+    refused = cannot_listen(host, port)
+    if refused is not None:
+        print(f"penny-cache: {refused}", file=sys.stderr, flush=True)
+        return 1
 
     made_dir = None
     given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
@@ -66,6 +81,7 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         made_dir = tempfile.mkdtemp(prefix="penny-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = made_dir
     print(f"service          http://{host}:{port}/ ({workers} workers)", flush=True)
+    print(f"listening on     {listen_description(host, port)}", flush=True)
     print(f"redis            {_where_redis(settings)}, namespace {settings.namespace}", flush=True)
     try:
         uvicorn.run("penny_cache.app.service:app_from_env", **server_options(host, port, workers))
@@ -73,6 +89,29 @@ def serve(settings: Settings, host: str, port: int, workers: int) -> int:
         if made_dir is not None:
             shutil.rmtree(made_dir, ignore_errors=True)
     return 0
+
+
+def cannot_listen(host: str, port: int) -> str | None:
+    """Why ``host:port`` cannot be listened on (taken, not an address of this machine,
+    a privileged port), else None. uvicorn would find out too, after the workers' start,
+    with a message that (for ``--workers`` above 1) names no port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return f"port {port} is already in use on {host}: stop its listener or pass --port"
+            return f"cannot listen on {host} port {port}: {exc.strerror or exc}"
+    return None
+
+
+def listen_description(host: str, port: int) -> str:
+    """Where the service answers, in words: 0.0.0.0 is every interface, not one."""
+    if host in _EVERY_INTERFACE:
+        return f"{host}:{port}, every interface (--host 127.0.0.1: this machine only)"
+    return f"{host}:{port}"
 
 
 def require_usable_database(url: str) -> None:
@@ -194,6 +233,7 @@ def _start_children(stack: _Stack, options: StackOptions) -> None:
     serve_args = ["serve", "--host", options.host, "--port", str(stack.http_port)]
     serve_args += ["--workers", str(options.workers)]
     exporter_args = ["exporter", "--host", options.host, "--port", str(stack.exporter_port)]
+    print(f"starting         the service ({options.workers} workers) and the exporter ...")
     for args in (serve_args, exporter_args):
         stack.children.append(
             # our own interpreter and fixed arguments: nothing untrusted reaches the command
@@ -284,7 +324,7 @@ class _AfterUpdate:
 
 def _reads_after_update(port: int, version: int, workers: set[str], bound: float) -> _AfterUpdate:
     """Read user-0 until every worker has answered twice with ``version`` (or 10 s).
-    An older answer is stale (the README's bounded staleness broken) when the read
+    An older answer is stale (docs/how-it-works.md's bounded staleness broken) when the read
     started more than ``bound`` seconds after the update returned, or after the same
     worker had already answered ``version``."""
     updated = time.monotonic()
@@ -320,17 +360,22 @@ def _counted_requests(stack: _Stack, made: int, *, exact: bool) -> str:
 
 
 def _print_urls(stack: _Stack) -> None:
+    """Only URLs that answer 200 (``/`` of the service is its landing page)."""
     api = stack.url()
+    exporter = f"http://127.0.0.1:{stack.exporter_port}"
     print()
-    print(f"service          {api}/docs  (OpenAPI: {api}/openapi.json)")
-    print(f"exporter         http://127.0.0.1:{stack.exporter_port}/metrics")
+    print(f"service          {api}/  (API docs: {api}/docs; {api}/healthz, {api}/readyz)")
+    print(f"                 {api}/metrics  (this host's workers, Prometheus format)")
+    print(f"exporter         {exporter}/  (live chart: hit ratio, request rate, last 15 min)")
+    print(f"                 {exporter}/metrics  (the shared counters of all processes)")
     print("try:")
     print(f"  curl -s {api}/personality/alice")
     print(
         f"  curl -s -X PUT {api}/personality/alice/dimensions/communication_formality "
         "-H 'Content-Type: application/json' -d '{\"value\": 0.9, \"confidence\": 0.7}'"
     )
-    print(f"  curl -s {api}/readyz; curl -s {api}/metrics | head")
+    redis = redact_url(stack.settings.redis_url)
+    print(f"  PENNY_REDIS_URL={redis} .venv/bin/penny-cache stats")
     print("Ctrl-C stops everything.", flush=True)
 
 

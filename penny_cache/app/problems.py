@@ -23,7 +23,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from penny_cache.app.schema import Problem, ServerProblem
+from penny_cache.app.schema import Problem, ServerProblem, json_kind, refused_character
+from penny_cache.catalogue import PENNY, Catalogue
 from penny_cache.errors import (
     CacheError,
     InvalidInputError,
@@ -69,10 +70,15 @@ STATUS_DOCS: Final[dict[int, dict[str, Any]]] = {
         "model": Problem,
         "description": f"a request body over {MAX_BODY_BYTES} bytes (declared or counted)",
     },
+    415: {
+        "model": Problem,
+        "description": "the body was sent without Content-Type: application/json",
+    },
     422: {
         "model": Problem,
-        "description": "a bad user id, query parameter or body (not JSON, wrong types, "
-        "out of range, unknown fields); nothing was written",
+        "description": "a bad user id (not UTF-8, a refused character, too long), query "
+        "parameter or body (not JSON, wrong types, out of range, unknown fields); nothing "
+        "was written",
     },
     500: {
         "model": ServerProblem,
@@ -126,9 +132,11 @@ def install_error_handlers(
     *,
     log_interval: float = 60.0,
     monotonic: Callable[[], float] = time.monotonic,
+    catalogue: Catalogue | None = None,
 ) -> None:
     """``retry_after``: the Redis breaker's cooldown, for updates strict mode refused;
-    ``log_interval``: at most one log line per kind of unavailability per interval."""
+    ``log_interval``: at most one log line per kind of unavailability per interval;
+    ``catalogue``: what a refused ``value`` is told the dimension accepts."""
     outages = RateLimitedLog(_log, log_interval, monotonic)
     cache_seconds = str(max(1, math.ceil(retry_after)))
 
@@ -148,7 +156,7 @@ def install_error_handlers(
         )
         return problem(500, "internal error; quote error_id when reporting it", error_id=error_id)
 
-    app.add_exception_handler(RequestValidationError, _malformed)
+    app.add_exception_handler(RequestValidationError, _malformed(catalogue or PENNY))
     app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(UnknownDimensionError, _status_of(404))
     app.add_exception_handler(InvalidInputError, _status_of(422))
@@ -169,17 +177,59 @@ def _status_of(status: int) -> Callable[[Request, Exception], Any]:
     return handler
 
 
-async def _malformed(_: Request, exc: Exception) -> Response:
-    # Never echo the input back: it may hold NaN (not JSON) or be huge.
-    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
-    parts = [_where(error.get("loc", ())) + _message(error) for error in errors]
-    return problem(422, "; ".join(parts) or "invalid request")
+def _malformed(catalogue: Catalogue) -> Callable[[Request, Exception], Any]:
+    """The 422 for what FastAPI's validation refused, in plain words: pydantic's own
+    messages name its internals (a union's branches, a regex, "JSON decode error" at a
+    character offset). Never echoes the input back: it may hold NaN or be huge."""
+
+    async def handler(request: Request, exc: Exception) -> Response:
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        body = exc.body if isinstance(exc, RequestValidationError) else None
+        dimension = request.scope.get("path_params", {}).get("name")
+        parts = [_described(error, body, catalogue, dimension) for error in errors]
+        return problem(422, "; ".join(parts) or "invalid request")
+
+    return handler
+
+
+def _described(error: Any, body: Any, catalogue: Catalogue, dimension: object) -> str:
+    kind, location = error.get("type"), tuple(error.get("loc", ()))
+    if kind == "json_invalid" and isinstance(body, str):
+        return _json_error(error, body)
+    if location == ("body",) and kind in {"model_attributes_type", "dict_type"}:
+        return 'body must be a JSON object, e.g. {"value": 0.5}'
+    if location == ("body", "value") and kind == "value_error":
+        return "body.value: " + _accepted_values(catalogue, dimension, error.get("input"))
+    return _where(location) + _message(error)
+
+
+def _json_error(error: Any, document: str) -> str:
+    """ "Expecting ',' delimiter at line 1, column 9", as ``json.JSONDecodeError`` counts."""
+    position = error["loc"][-1] if isinstance(error["loc"][-1], int) else 0
+    line = document.count("\n", 0, position) + 1
+    column = position - document.rfind("\n", 0, position)
+    reason = error.get("ctx", {}).get("error", "unreadable")
+    return f"body is not valid JSON: {reason} at line {line}, column {column}"
+
+
+def _accepted_values(catalogue: Catalogue, dimension: object, given: object) -> str:
+    """What the dimension takes, instead of pydantic's "should be a valid number; should
+    be a valid integer; should be a valid string"."""
+    spec = catalogue.specs.get(dimension) if isinstance(dimension, str) else None
+    if spec is None:
+        accepted = "a number (numeric dimensions) or one of the dimension's categories"
+    elif spec.value_type == "continuous":
+        accepted = f"{spec.name} takes a number in [{spec.minimum:g}, {spec.maximum:g}]"
+    else:
+        accepted = f"{spec.name} takes one of {', '.join(spec.options)}"
+    return f"{accepted}, not {json_kind(given)}"
 
 
 def _message(error: Any) -> str:
     """pydantic's message, without the pattern (a user id's is a page of ranges)."""
     if error.get("type") == "string_pattern_mismatch":
-        return "holds a character it may not (control or format characters, noncharacters, U+FFFD)"
+        found = refused_character(str(error.get("input", "")))
+        return f"{found or 'a character'} is not allowed in a user id"
     return str(error.get("msg", "")).removeprefix("Value error, ")
 
 

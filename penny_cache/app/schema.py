@@ -11,6 +11,7 @@ checks that every encoded answer validates against it.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Annotated, Any, Final
@@ -43,7 +44,9 @@ __all__ = [
     "acceptable_user_id",
     "cache_block",
     "encode_personality",
+    "json_kind",
     "plain_min_version",
+    "refused_character",
 ]
 
 
@@ -107,6 +110,42 @@ def acceptable_user_id(user_id: str) -> bool:
     return _USER_ID.fullmatch(user_id) is not None
 
 
+def refused_character(user_id: str) -> str | None:
+    """The first character ``UserId`` refuses, as its code point and kind ("U+200B, a
+    format character"): what to fix, without echoing the id or the pattern."""
+    for char in user_id:
+        if _USER_ID.fullmatch(char) is None:
+            return f"U+{ord(char):04X}, {_kind_of(char)},"
+    return None
+
+
+def _kind_of(char: str) -> str:
+    if char == "\ufffd":
+        return "the replacement character"
+    category = unicodedata.category(char)
+    if category == "Cc":
+        return "a control character"
+    if category == "Cf":
+        return "a format character"
+    return "a noncharacter"
+
+
+def json_kind(value: object) -> str:
+    """What a decoded JSON value was, in JSON's words ("true", "an array")."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    kinds = {type(None): "null", list: "an array", dict: "an object", str: "a string"}
+    return kinds.get(type(value), "a number")
+
+
+def _number_or_string(value: object) -> object:
+    """``value`` is a JSON number or string; anything else is refused with one message
+    (the handler names what the dimension accepts) rather than a union's three."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError(f"must be a number or a string, not {json_kind(value)}")
+    return value
+
+
 def _json_number(value: object) -> object:
     """As strict as ``value``: a JSON number only (true is not 1.0, "0.5" is not 0.5)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -123,9 +162,11 @@ class DimensionUpdate(BaseModel):
     """The body of ``PUT .../dimensions/{name}``."""
 
     model_config = ConfigDict(extra="forbid")
-    value: StrictFloat | StrictInt | StrictStr = Field(
-        description="a number in the dimension's range ([0, 1] for Penny's) for a "
-        "continuous dimension, else one of its options"
+    value: Annotated[StrictFloat | StrictInt | StrictStr, BeforeValidator(_number_or_string)] = (
+        Field(
+            description="a number in the dimension's range ([0, 1] for Penny's) for a "
+            "continuous dimension, else one of its options"
+        )
     )
     confidence: _Confidence | None = Field(
         default=None, description="the new confidence, a JSON number; omitted: unchanged"

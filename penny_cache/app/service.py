@@ -25,6 +25,12 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from penny_cache import AsyncPersonalityCache, AsyncPersonalityTracker, __version__
+from penny_cache.app.edge import (
+    JSON_REQUIRED,
+    install_pages,
+    needs_json_content_type,
+    undecodable_path,
+)
 from penny_cache.app.problems import MAX_BODY_BYTES, install_error_handlers, problem, responses
 from penny_cache.app.schema import (
     NO_SHARED_TOTALS,
@@ -44,13 +50,14 @@ from penny_cache.errors import (
     ConfigurationError,
     StoreError,
 )
-from penny_cache.observe.metrics import for_worker
+from penny_cache.observe.metrics import for_worker, worker_identity
 from penny_cache.state import PersonalityState
 from penny_cache.store.database import PersonalityStore
 
 __all__ = ["MAX_BODY_BYTES", "STATS_MAX_AGE", "app_from_env", "create_app"]
 
 STATS_MAX_AGE: Final = 1.0  # seconds between a worker's reads of the shared totals
+PROCESS_METRICS_INTERVAL: Final = 5.0  # seconds between a worker's reads of /proc/self
 
 _log = logging.getLogger(__name__)
 
@@ -114,6 +121,7 @@ class _Service:
     stats: _Stats
     registry: CollectorRegistry
     write_mode: str = "available"
+    refresh_process: Callable[[], None] = lambda: None
 
 
 def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
@@ -123,7 +131,9 @@ def _answer(state: PersonalityState, stats: _Stats, **headers: str) -> Response:
 
 
 class _BodyLimitAndWorker:
-    """ASGI middleware: refuse bodies over ``MAX_BODY_BYTES`` (413) whether or not they
+    """ASGI middleware: refuse a path that is not UTF-8 (422) and a JSON body route
+    called without a JSON Content-Type (415, ``penny_cache.app.edge``), bodies over
+    ``MAX_BODY_BYTES`` (413) whether or not they
     declare a Content-Length (a chunked body is counted as it arrives, buffered, and
     replayed to the app), name the worker on every response, and answer a near-cache
     hit of ``GET /personality/{user_id}`` itself (``_near_hit``)."""
@@ -145,6 +155,10 @@ class _BodyLimitAndWorker:
                 ]
             await send(message)
 
+        refused = _refused_before_routing(scope)
+        if refused is not None:
+            await refused(scope, receive, named)
+            return
         buffered = await self._read_limited(scope, receive)
         if buffered is None:
             detail = f"request bodies are limited to {MAX_BODY_BYTES} bytes"
@@ -177,6 +191,17 @@ class _BodyLimitAndWorker:
                 return None
             if message["type"] != "http.request" or not message.get("more_body"):
                 return messages
+
+
+def _refused_before_routing(scope: Any) -> Response | None:
+    """A 422 for a path that is not UTF-8 (before Starlette's decoding makes distinct
+    ids one), a 415 for a JSON body route called without a JSON Content-Type."""
+    wrong = undecodable_path(scope)
+    if wrong is not None:
+        return problem(422, wrong)
+    if needs_json_content_type(scope):
+        return problem(415, JSON_REQUIRED)
+    return None
 
 
 async def _near_hit(scope: Any, send: Any) -> bool:
@@ -236,7 +261,7 @@ def _install_routes(app: FastAPI) -> None:
     @app.put(
         "/personality/{user_id}/dimensions/{name}",
         response_model=PersonalityView,
-        responses=responses(404, 409, 413, 422, 500, 503, **{"200": _ETAG_DOC}),
+        responses=responses(404, 409, 413, 415, 422, 500, 503, **{"200": _ETAG_DOC}),
     )
     async def put_dimension(
         user_id: UserId, name: str, update: DimensionUpdate, request: Request
@@ -273,8 +298,20 @@ def _install_routes(app: FastAPI) -> None:
     @app.get("/metrics", response_class=Response, responses=responses(413))
     async def metrics(request: Request) -> Response:
         """This worker's (or, in multiprocess mode, all workers') Prometheus metrics."""
-        payload = generate_latest(_service(request).registry)
+        service = _service(request)
+        service.refresh_process()  # this worker's own; the others refresh on their tick
+        payload = generate_latest(service.registry)
         return Response(payload, media_type=CONTENT_TYPE_LATEST)
+
+
+async def _refresh_every(refresh: Callable[[], None], interval: float) -> None:
+    """Keep this worker's process metrics current for scrapes another worker answers."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            refresh()
+        except OSError as exc:  # /proc unreadable: a gap in the metrics, not a dead task
+            _log.warning("reading this worker's process metrics failed: %s", exc)
 
 
 async def _sql_answers(store: PersonalityStore) -> bool:
@@ -298,16 +335,19 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics, registry = for_worker(multiprocess_dir)
+        refresh = worker_identity(multiprocess_dir, registry, __version__)
         cache = AsyncPersonalityCache.from_settings(settings, metrics=metrics)
         store = PersonalityStore(settings.database_url, catalogue=catalogue)
         tracker = AsyncPersonalityTracker(store, cache, **settings.tracker_options())
         stats = _Stats(cache.get_stats, monotonic)
-        app.state.service = _Service(tracker, stats, registry, settings.write_mode)
+        app.state.service = _Service(tracker, stats, registry, settings.write_mode, refresh)
+        ticker = asyncio.create_task(_refresh_every(refresh, PROCESS_METRICS_INTERVAL))
         try:
             stats.current()  # the first read, awaited here so the first answer has it
             await stats.settle()
             yield
         finally:
+            ticker.cancel()
             await stats.settle()
             tracker.close()
             await cache.aclose()
@@ -322,10 +362,18 @@ def create_app(
         version=__version__,
         description="Per-user personality state, cached in Redis and shared by every worker.",
         lifespan=lifespan,
+        docs_url=None,  # install_pages serves /docs and /redoc from local assets
+        redoc_url=None,
     )
-    install_error_handlers(app, settings.redis_cooldown, log_interval=settings.error_log_interval)
+    install_error_handlers(
+        app,
+        settings.redis_cooldown,
+        log_interval=settings.error_log_interval,
+        catalogue=catalogue,
+    )
     app.add_middleware(_BodyLimitAndWorker)
     _install_routes(app)
+    install_pages(app)
     return app
 
 

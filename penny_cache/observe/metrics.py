@@ -14,12 +14,20 @@ gauge sums live processes).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.multiprocess import MultiProcessCollector
 
-__all__ = ["OPERATIONS", "PROCESS_METRICS", "ProcessMetrics", "for_worker"]
+__all__ = [
+    "OPERATIONS",
+    "OS_PROCESS_METRICS",
+    "PROCESS_METRICS",
+    "ProcessMetrics",
+    "for_worker",
+    "worker_identity",
+]
 
 OPERATIONS: Final = ("redis_hit", "miss", "update")
 
@@ -39,6 +47,16 @@ _LATENCY_BUCKETS: Final = (
 )
 _LAG_BUCKETS: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0)
 
+# prometheus_client's process collector, per worker: name -> help (``worker_identity``).
+OS_PROCESS_METRICS: Final = {
+    "process_cpu_seconds_total": "User and system CPU time this worker spent, in seconds.",
+    "process_resident_memory_bytes": "Resident memory of this worker, in bytes.",
+    "process_virtual_memory_bytes": "Virtual memory of this worker, in bytes.",
+    "process_open_fds": "File descriptors this worker has open.",
+    "process_max_fds": "This worker's limit of open file descriptors.",
+    "process_start_time_seconds": "When this worker started, in seconds since the epoch.",
+}
+
 # Every sample name these metrics expose (dashboards and alerts are tested against them).
 PROCESS_METRICS: Final = frozenset(
     {
@@ -57,6 +75,8 @@ PROCESS_METRICS: Final = frozenset(
         "penny_cache_outbox_backoff_rows",
         "penny_cache_history_deleted_total",
         "penny_cache_stats_flush_failures_total",
+        "penny_cache_build_info",
+        *OS_PROCESS_METRICS,
     }
 )
 
@@ -170,3 +190,49 @@ def for_worker(multiprocess_dir: str | None) -> tuple[ProcessMetrics, CollectorR
         MultiProcessCollector(registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
         return ProcessMetrics(), registry
     return ProcessMetrics(registry), registry
+
+
+def worker_identity(
+    multiprocess_dir: str | None, registry: CollectorRegistry, version: str
+) -> Callable[[], None]:
+    """Register ``penny_cache_build_info{version}`` and the process metrics of this
+    worker; the callable refreshes the process metrics (call it at scrape time and on a
+    tick).
+
+    prometheus_client's ``ProcessCollector`` reads ``/proc/self``: in multiprocess mode
+    the worker that answers a scrape would report itself for all, so each worker copies
+    its values into ``liveall`` gauges (one series per live worker, a ``pid`` label
+    added by the multiprocess collector; a dead worker's series go with its files).
+    """
+    if not multiprocess_dir:
+        ProcessCollector(registry=registry)
+        _build_info(registry, "max").labels(version).set(1)
+        return lambda: None
+    _build_info(None, "livemax").labels(version).set(1)
+    gauges = {
+        name: Gauge(name, text, registry=None, multiprocess_mode="liveall")
+        for name, text in OS_PROCESS_METRICS.items()
+    }
+    source = ProcessCollector(registry=None)
+
+    def refresh() -> None:
+        for family in source.collect():
+            for sample in family.samples:
+                gauge = gauges.get(sample.name)
+                if gauge is not None:
+                    gauge.set(sample.value)
+
+    refresh()
+    return refresh
+
+
+def _build_info(registry: CollectorRegistry | None, mode: str) -> Gauge:
+    """The service's version (the exporter has its own, with a namespace label): with
+    ``count by (instance, version)`` it tells which replicas run which version."""
+    return Gauge(
+        "penny_cache_build_info",
+        "Always 1; the version of penny_cache this service runs.",
+        ["version"],
+        registry=registry,
+        multiprocess_mode=mode,  # type: ignore[arg-type]
+    )

@@ -299,6 +299,9 @@ def test_exporters_and_cli_read_the_counters(acl_server: AclServer, sqlite_url: 
         assert re.search(r'penny_cache_misses_total\{namespace="penny"\} [1-9]', text), text
     check = acl_server.cli("check", "penny-service", sqlite_url)
     assert check.returncode == 0, check.stdout + check.stderr
+    # no CONFIG for the service: the eviction policy is a warning with the manual check
+    assert "eviction WARNING  could not verify maxmemory-policy" in check.stdout
+    assert "redis-cli CONFIG GET maxmemory-policy" in check.stdout
     stats = acl_server.cli("stats", "penny-service", sqlite_url)
     assert stats.returncode == 0, stats.stdout + stats.stderr
 

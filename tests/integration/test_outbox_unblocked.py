@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Iterator
 from typing import Any, Final
 
 import pytest
@@ -47,14 +46,6 @@ class _RefusingBackend(RedisBackend):
         if isinstance(op, WritePublish) and op.encoded_user in self._refused:
             raise CacheError("redis error: ResponseError: refused for this test")
         return super().run(op)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield request.getfixturevalue("sqlite_url")
-    else:
-        yield request.getfixturevalue("postgres_url")
 
 
 def _commit_behind_failures(store: PersonalityStore) -> set[str]:

@@ -1,5 +1,5 @@
 """Penny's tracker API on a real redis-server: a new event loop per call, two processes'
-views, and the README's migration snippet run as written."""
+views, and docs/migrating.md's migration snippet run as written."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from penny_cache.penny import (
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+MIGRATING = Path(__file__).resolve().parents[2] / "docs" / "migrating.md"
 
 
 @pytest.fixture
@@ -73,11 +73,11 @@ def test_two_processes_see_one_state(settings: Settings, sqlite_url: str) -> Non
 
 
 def _migration_snippet() -> str:
-    """The first python block of the README's "Migrating Penny" section."""
-    text = README.read_text(encoding="utf-8")
+    """The first python block of the "Migrating Penny" section of docs/migrating.md."""
+    text = MIGRATING.read_text(encoding="utf-8")
     section = text.split("\n## Migrating Penny\n", 1)[1].split("\n## ", 1)[0]
     found = re.search(r"```python\n(.*?)```", section, re.DOTALL)
-    assert found, "the README's migration section lost its snippet"
+    assert found, "docs/migrating.md's migration section lost its snippet"
     return found.group(1)
 
 
@@ -88,7 +88,7 @@ def test_readme_migration_snippet_runs(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """The README's migration snippet runs as written (Redis from PENNY_REDIS_URL, the
+    """The migration snippet (docs/migrating.md) runs as written (Redis from PENNY_REDIS_URL, the
     database in the working directory) and prints what it says it reads."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PENNY_REDIS_URL", redis_url)
@@ -96,7 +96,7 @@ def test_readme_migration_snippet_runs(
     reset_cache()
     scope: dict[str, object] = {"__name__": "readme_snippet"}
     try:
-        exec(compile(_migration_snippet(), str(README), "exec"), scope)
+        exec(compile(_migration_snippet(), str(MIGRATING), "exec"), scope)
         printed = capsys.readouterr().out.split()
         assert printed[:3] == ["dry", "dry", "0.15"]
         assert 0.0 <= float(printed[3]) <= 1.0

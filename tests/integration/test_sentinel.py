@@ -98,7 +98,6 @@ def test_failover_under_traffic_loses_no_request_and_serves_nothing_stale(
     replica promoted: every call succeeds (a worker would exit non-zero otherwise), no
     read is staler than the bound, all converge, the counters are exact, and every
     process flushed its near cache after the switch (a listener reconnect each)."""
-    old = group.primary.port
     run = run_history(
         group,
         sqlite_url,
@@ -109,7 +108,10 @@ def test_failover_under_traffic_loses_no_request_and_serves_nothing_stale(
         duration=6.0,
     )
     print(f"\n[sentinel, primary {hurt}] {run.summary()}")
-    assert group.master_port() != old
+    # the fault loop stamps the hurt and, once the sentinels named another primary, the
+    # promotion (the primary at the end may be either: on a loaded machine sentinels
+    # have been seen to fail back once the old one rejoined)
+    assert len(run.faults) == 2, "the sentinels never promoted the replica"
     assert len(run.faults) == 2, "the failover did not happen during the workload"
     assert run.stats["listener_reconnects"] >= WORKERS
     assert_coherent(run)

@@ -2,7 +2,7 @@
 
 With uvicorn on the asyncio loop, a connection accepted from the socket uvicorn binds for
 ``--workers`` kept Nagle's algorithm on, and every keep-alive request waited ~40 ms for
-the client's delayed ACK (README, "Server stack"). These tests fail if a dependency or
+the client's delayed ACK (docs/http.md, "Server stack"). These tests fail if a dependency or
 launcher change brings that stack back.
 """
 

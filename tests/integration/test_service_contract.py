@@ -277,6 +277,16 @@ def _call(client: TestClient, method: str, path: str, **kwargs: Any) -> int:
     return client.request(method, path, content=body, headers=headers, **kwargs).status_code
 
 
+def _bad_bodies(client: TestClient, method: str, path: str) -> set[int]:
+    """What a body route answers to bodies it cannot take, and to a body without a JSON
+    Content-Type (415: not JSON, or none at all)."""
+    bodies = [b"\xff", b'{"value": "loud"}', b'{"value": true}', b'{"value": 0.5 "x"}']
+    seen = {_call(client, method, path, body=body) for body in bodies}
+    for content_type in ("text/plain", ""):
+        seen.add(_call(client, method, path, headers={"Content-Type": content_type}))
+    return seen
+
+
 def _provoked(client: TestClient, app: FastAPI, route: APIRoute, method: str) -> set[int]:
     """Every status this operation answered: plain, with a bad parameter or body, over
     the body limit, and with each exception the handlers map raised underneath."""
@@ -284,13 +294,20 @@ def _provoked(client: TestClient, app: FastAPI, route: APIRoute, method: str) ->
     seen = {_call(client, method, path)}
     seen.add(_call(client, method, path, headers={"Content-Length": str(MAX_BODY_BYTES + 1)}))
     if "{user_id}" in route.path:
-        bad = route.path.format(**{**_PATH_VALUES, "user_id": "a\u200bb"})
-        seen.add(_call(client, method, bad))
+        bad = [  # a refused character; not UTF-8
+            route.path.format(**{**_PATH_VALUES, "user_id": user_id})
+            for user_id in ("a\u200bb", "%FF%FE")
+        ]
+        seen |= {_call(client, method, bad_path) for bad_path in bad}
     if any(param.name == "min_version" for param in route.dependant.query_params):
         seen.add(_call(client, method, path, params={"min_version": "-1"}))
     if route.body_field is not None:
         seen.add(_call(client, method, path, body=b"\xff"))
         seen.add(_call(client, method, path, body=b'{"value": "loud"}'))
+        seen.add(_call(client, method, path, body=b'{"value": true}'))
+        seen.add(_call(client, method, path, body=b'{"value": 0.5 "x"}'))
+        for content_type in ("text/plain", ""):  # 415: not JSON, or none at all
+            seen.add(_call(client, method, path, headers={"Content-Type": content_type}))
     tracker = app.state.service.tracker
     for method_name, raised in _RAISES.items():
         for exc in raised:
@@ -316,9 +333,11 @@ def test_every_status_an_operation_answers_is_in_the_openapi_document(
     redis_url: str, sqlite_url: str, namespace: str
 ) -> None:
     """Used to be: 400 (an unparseable body) and 413 (the body limit) could be answered
-    but were in no operation of the OpenAPI document. Now: for every route and method,
-    each status it answers (plain, a bad parameter or body, over the body limit, each
-    exception the handlers map) is declared for that operation, an error with a JSON
+    but were in no operation of the OpenAPI document (and, since issue #15, 415 for a
+    body without a JSON Content-Type). Now: for every route and method, each status it
+    answers (plain, a bad parameter, a path that is not UTF-8, a bad body or
+    Content-Type, over the body limit, each exception the handlers map) is declared
+    for that operation, an error with a JSON
     schema (``Problem``, or ``ServerProblem`` with its error_id for 500), and no
     operation answers 400."""
     settings = _settings(redis_url, sqlite_url, namespace, near_cache=False)
@@ -327,9 +346,11 @@ def test_every_status_an_operation_answers_is_in_the_openapi_document(
         document = client.get("/openapi.json").json()
         routes = [route for route in app.routes if isinstance(route, APIRoute)]
         assert len(routes) >= 5
+        seen_anywhere: set[int] = set()
         for route in routes:
             for method in sorted(route.methods or ()):
                 statuses = _provoked(client, app, route, method)
+                seen_anywhere |= statuses
                 declared = document["paths"][route.path][method.lower()]["responses"]
                 assert 400 not in statuses, (route.path, method)
                 for status in statuses:
@@ -337,6 +358,7 @@ def test_every_status_an_operation_answers_is_in_the_openapi_document(
                     if status >= 400 and (route.path, status) != ("/readyz", 503):
                         schema = declared[str(status)]["content"]["application/json"]
                         assert "$ref" in schema["schema"], (route.path, method, status)
+    assert {413, 415, 422, 503} <= seen_anywhere  # the cases above provoke what they mean to
     assert document["components"]["schemas"]["ServerProblem"]["required"] == [
         "detail",
         "error_id",

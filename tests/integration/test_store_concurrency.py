@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import multiprocessing
-from collections.abc import Iterator
 
 import pytest
 
@@ -15,14 +14,6 @@ from tests.integration import workers
 pytestmark = pytest.mark.integration
 SPAWN = multiprocessing.get_context("spawn")
 PROCESSES, UPDATES = 4, 25
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def database_url(request: pytest.FixtureRequest) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield request.getfixturevalue("sqlite_url")
-    else:
-        yield request.getfixturevalue("postgres_url")
 
 
 def test_concurrent_updates_from_processes_lose_nothing(database_url: str) -> None:

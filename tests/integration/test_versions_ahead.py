@@ -58,13 +58,6 @@ def _close(*trackers: PersonalityTracker) -> None:
         tracker.store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "sqlite":
-        return sqlite_url
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @pytest.fixture
 def raw(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import pytest
@@ -71,6 +72,23 @@ def test_empty_environment_gives_defaults() -> None:
     """from_env of an environment without PENNY_* variables equals Settings()."""
     assert Settings.from_env({}) == Settings()
     assert Settings.from_env({"HOME": "/root", "REDIS_URL": "http://ignored"}) == Settings()
+
+
+def test_from_env_reads_the_process_environment_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Used to be: ``Settings.from_env()``, as the README names it, raised TypeError (a
+    required ``environ``). Now: with no argument it reads ``os.environ``; a mapping
+    given still wins, and an empty one still means every default."""
+    for name in [n for n in os.environ if n.startswith("PENNY_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("PENNY_NAMESPACE", "from-the-environment")
+    monkeypatch.setenv("PENNY_CACHE_TTL", "42")
+    settings = Settings.from_env()
+    assert settings.namespace == "from-the-environment"
+    assert settings.cache_ttl == 42
+    assert Settings.from_env({}) == Settings()
+    assert Settings.from_env({"PENNY_NAMESPACE": "given"}).namespace == "given"
 
 
 def test_every_variable_is_parsed() -> None:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import promql_parser
 import pytest
@@ -119,15 +119,28 @@ def test_dashboard_identity_is_stable() -> None:
     assert "__requires" not in DASHBOARD
 
 
+# variable -> (the metric its label_values reads, the label it lists)
+VARIABLE_SOURCES: Final = {
+    "exporter_job": ("penny_cache_up", "job"),
+    "exporter_instance": ("penny_cache_up", "instance"),
+    "namespace": ("penny_cache_up", "namespace"),
+    "service_job": ("penny_cache_build_info", "job"),
+    "service_instance": ("penny_cache_build_info", "instance"),
+}
+
+
 def test_template_variables() -> None:
-    """The datasource, job, instance and namespace variables exist; datasource picks among
-    Prometheus datasources and the others are label_values queries on exported metrics."""
+    """Finding: ``$job``/``$instance`` came from ``penny_cache_up``, which only the exporter
+    serves, so no service replica could be chosen and anything but "All" emptied the
+    per-process row. Now the exporter's and the service's jobs and instances are separate
+    label_values variables, each read from a metric that side exports (the service's
+    ``penny_cache_build_info`` is the one without a namespace label)."""
     variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
-    assert {"datasource", "job", "instance", "namespace"} <= variables.keys()
+    assert variables.keys() == {"datasource", *VARIABLE_SOURCES}
     datasource = variables["datasource"]
     assert datasource["type"] == "datasource"
     assert datasource["query"] == "prometheus"
-    for name in ("job", "instance", "namespace"):
+    for name, (metric, label) in VARIABLE_SOURCES.items():
         variable = variables[name]
         assert variable["type"] == "query"
         assert "${datasource}" in json.dumps(variable["datasource"])
@@ -135,8 +148,10 @@ def test_template_variables() -> None:
         text = query["query"] if isinstance(query, dict) else query
         match = re.fullmatch(r"label_values\((\w+)(\{.*\})?,\s*(\w+)\)", text)
         assert match, f"{name}: {text}"
-        assert match.group(1) in {"penny_cache_up", "up"}
-        assert match.group(3) == name
+        assert (match.group(1), match.group(3)) == (metric, label), name
+        if name.startswith("service_"):
+            assert 'namespace=""' in text, name
+        assert "$job" not in text and "$instance" not in text, name
 
 
 def test_every_panel_has_a_description() -> None:
@@ -299,27 +314,32 @@ def test_only_exported_metrics(title: str, expr: str) -> None:
     assert set(METRIC_LIKE.findall(expr)) <= ALLOWED_METRICS
 
 
+SELECTOR = re.compile(r"\b([a-z_:]+)\{([^}]*)\}")
+EXPORTER_SCOPE = 'job=~"$exporter_job", instance=~"$exporter_instance"'
+SERVICE_SCOPE = 'job=~"$service_job", instance=~"$service_instance"'
+
+
 @pytest.mark.parametrize(("title", "expr"), EXPRS, ids=EXPR_IDS)
 def test_selectors_are_scoped(title: str, expr: str) -> None:
-    """Exporter penny_cache selectors filter on the namespace/job/instance variables,
-    per-process selectors (no namespace label) on job/instance, and redis selectors on job
-    "redis", so the variables really narrow what every panel shows."""
-    for node in _nodes(expr):
-        if not isinstance(node, promql_parser.VectorSelector):
-            continue
-        labels = {m.name for m in node.matchers.matchers}
-        if node.name in PENNY_METRICS:
-            assert {"namespace", "job", "instance"} <= labels, f"{title}: {node}"
-        elif node.name in PROCESS_METRICS:
-            assert {"job", "instance"} <= labels, f"{title}: {node}"
-            assert "namespace" not in labels, f"{title}: {node}"
+    """Every selector of an exporter metric filters on the exporter's job and instance and
+    the namespace; every selector of a service worker's metric on the service's job and
+    instance (and no namespace); redis_exporter's on job "redis". So choosing a service
+    replica narrows the per-process panels and never empties them, and the other way
+    round."""
+    selectors = SELECTOR.findall(expr)
+    assert selectors, expr
+    for name, labels in selectors:
+        assert "$job" not in labels and "$instance" not in labels, f"{title}: {labels}"
+        if EXPORTER_SCOPE in labels:
+            assert name in PENNY_METRICS, f"{title}: {name}"
+            assert 'namespace=~"$namespace"' in labels, f"{title}: {name}"
+        elif SERVICE_SCOPE in labels:
+            assert name in PROCESS_METRICS, f"{title}: {name}"
+            assert "namespace" not in labels.replace('namespace=""', ""), f"{title}: {name}"
         else:
-            assert "job" in labels, f"{title}: {node}"
-    if _metric_names(expr) & PENNY_METRICS:
-        assert '"$namespace"' in expr
-    if _metric_names(expr) & PROCESS_METRICS:
-        assert 'job=~"$job"' in expr
-        assert 'instance=~"$instance"' in expr
+            assert name in REDIS_METRICS, f"{title}: {name}"
+            assert labels == 'job="redis"', f"{title}: {name}"
+    assert {name for name, _ in selectors} == _metric_names(expr), f"{title}: {expr}"
 
 
 def test_variable_substitution_is_sound() -> None:

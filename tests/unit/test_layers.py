@@ -83,8 +83,9 @@ DRIVERS: Final = {
     "uvicorn": ("penny_cache.app",),
     "starlette": ("penny_cache.app",),
     "pydantic": ("penny_cache.app",),
+    "fastapi_offline": ("penny_cache.app",),
 }
-SERVICE_EXTRA: Final = ("fastapi", "uvicorn", "starlette", "pydantic")
+SERVICE_EXTRA: Final = ("fastapi", "uvicorn", "starlette", "pydantic", "fastapi_offline")
 
 
 class Import(NamedTuple):

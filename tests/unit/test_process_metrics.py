@@ -61,3 +61,20 @@ def test_for_worker_without_multiprocess_registers_on_its_registry() -> None:
     metrics, registry = for_worker(None)
     metrics.invalidations_received.inc()
     assert registry.get_sample_value("penny_cache_invalidations_received_total") == 1.0
+
+
+def test_worker_identity_without_multiprocess_exports_process_and_build_info() -> None:
+    """Finding: the service exported no process metrics and no build_info. In a
+    single-process worker the standard process collector and
+    ``penny_cache_build_info{version}`` are on the registry its /metrics serves."""
+    from prometheus_client import CollectorRegistry
+
+    from penny_cache.observe.metrics import OS_PROCESS_METRICS, PROCESS_METRICS, worker_identity
+
+    registry = CollectorRegistry()
+    refresh = worker_identity(None, registry, "9.9.9")
+    refresh()
+    assert registry.get_sample_value("penny_cache_build_info", {"version": "9.9.9"}) == 1.0
+    cpu = registry.get_sample_value("process_cpu_seconds_total")
+    assert cpu is not None and cpu > 0
+    assert set(OS_PROCESS_METRICS) <= PROCESS_METRICS
