@@ -37,13 +37,6 @@ def _at(state: PersonalityState, version: int, user: str | None = None) -> Perso
     return PersonalityState.from_dict(data)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, sqlite_url: str) -> str:
-    if request.param == "sqlite":
-        return sqlite_url
-    return str(request.getfixturevalue("postgres_url"))
-
-
 @dataclass
 class World:
     """A namespace with one user per kind of entry; ``raw`` writes behind the cache."""
