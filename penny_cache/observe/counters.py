@@ -74,6 +74,9 @@ COUNTERS: Final = (
 FIELDS_INVALID: Final = "stats_fields_invalid"
 KEYS_INVALID: Final = "stats_keys_invalid"
 _SEEN: Final = "seen"
+# ``baseline|<counter>`` (zero or negative) is what a reset subtracted: the live
+# processes keep publishing absolutes, so zeroing their fields would not stick.
+BASELINE: Final = "baseline"
 _LOCK_FREE: Final = ("hits", "misses", "near_hits")
 _NAMES: Final = frozenset(COUNTERS)
 _MAX_COUNT: Final = 2**53  # a count no process reaches; above it a value is forged
@@ -94,6 +97,7 @@ class CounterBackend(Protocol):
     ) -> bool: ...
     def probe(self, *, force: bool = False) -> bool: ...
     def delete_keys(self, keys: list[str]) -> None: ...
+    def rebase_counters(self, key: str, baseline: str, names: Sequence[str]) -> None: ...
 
 
 class LocalCounters:
@@ -142,7 +146,12 @@ def sum_counters(fields: Mapping[str, str]) -> dict[str, int]:
         process, _, name = field.rpartition("|")
         if name == _SEEN:
             continue  # a timestamp, for people reading the hash
-        amount = _count(value) if name in _NAMES and 0 < len(process) <= 200 else None
+        if name not in _NAMES or not 0 < len(process) <= 200:
+            amount = None
+        elif process == BASELINE:
+            amount = _baseline(value)
+        else:
+            amount = _count(value)
         if amount is None:
             totals[FIELDS_INVALID] += 1
         else:
@@ -158,6 +167,14 @@ def _count(value: str) -> int | None:
     return amount if amount <= _MAX_COUNT else None
 
 
+def _baseline(value: str) -> int | None:
+    """A reset's baseline: minus a count, or None when no reset could have written it."""
+    negated = _count(value[1:]) if value.startswith("-") else _count(value)
+    if negated is None:
+        return None
+    return -negated if value.startswith("-") else (0 if negated == 0 else None)
+
+
 def shared_totals(backend: CounterBackend, keys: KeySchema) -> dict[str, int]:
     """Every process's totals on the namespace: the sum over all counter shards, with
     ``FIELDS_INVALID`` and ``KEYS_INVALID`` saying what was skipped (and logged)."""
@@ -169,6 +186,8 @@ def shared_totals(backend: CounterBackend, keys: KeySchema) -> dict[str, int]:
             continue
         for name, value in sum_counters(fields).items():
             totals[name] += value
+    for name in COUNTERS:  # a forged baseline must not make a count negative
+        totals[name] = max(0, totals[name])
     if totals[FIELDS_INVALID] or totals[KEYS_INVALID]:
         _bad_state_log.warning(
             "invalid",
@@ -303,13 +322,17 @@ class SharedCounters:
         return shared_totals(self._backend, self._keys)
 
     def reset_shared(self) -> None:
-        """Zero the namespace's shared totals (tests): delete every counter hash and this
-        process's counts. Raises ``CacheError`` when Redis cannot be written. Other live
-        processes' counts reappear with their next flush (they publish absolutes)."""
+        """Zero the namespace's shared totals, for every process at once: after this
+        process publishes its own counts, each counter shard's ``baseline|`` fields
+        subtract what the shard holds (atomically, in Redis), so the totals read 0 and
+        the live processes' later absolutes count from there. A count not yet published
+        by another process (at most one flush interval's) shows after the reset.
+        Raises ``CacheError`` when Redis cannot be written."""
+        if not self.flush():
+            raise CacheUnavailableError("the counters could not be published before the reset")
         with self._flush_lock:
-            self.local.reset()
-            self._published = None
-            self._backend.delete_keys(self._keys.all_counters())
+            for key in self._keys.all_counters():
+                self._backend.rebase_counters(key, BASELINE, COUNTERS)
 
     def close(self) -> None:
         """Stop the flusher and fold this process's totals into the retired ones."""

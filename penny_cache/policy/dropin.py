@@ -125,7 +125,6 @@ class DropInPolicy(WritePolicy, EntryChecks):
         return int(found)
 
     def reset_shared_stats(self) -> None:
-        """Zero the namespace's shared counters (tests): delete its counter hashes and
-        this process's counts. Other live processes' counts come back with their next
-        publication; close them first for a clean slate."""
+        """Zero the namespace's shared counters for every process
+        (``SharedCounters.reset_shared``): the live processes count on from zero."""
         self._counters.reset_shared()

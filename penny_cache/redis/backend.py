@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 import redis
@@ -171,6 +171,10 @@ class RedisBackend(_Transport):
     def delete_keys(self, keys: list[str]) -> None:
         """UNLINK each key (pipelined, one key per call: they may be in different slots)."""
         self._guarded(Pipeline(tuple(Call("unlink", (key,)) for key in keys)))
+
+    def rebase_counters(self, key: str, baseline: str, names: Sequence[str]) -> None:
+        """Make ``key``'s counts sum to zero (``scripts.REBASE_COUNTERS``)."""
+        self._guarded(Eval(scripts.REBASE_COUNTERS, [key], [baseline, *names]))
 
     def repair_counters(self, key: str) -> str:
         """Unlink ``key`` if it is not a hash (nor missing): the type it had, or ''."""

@@ -34,6 +34,7 @@ __all__ = [
     "INVALIDATE_PUBLISH",
     "LEASE",
     "PUBLISH_FLUSH",
+    "REBASE_COUNTERS",
     "REPAIR_COUNTERS",
     "REPLACE",
     "REPLACE_PUBLISH",
@@ -349,6 +350,38 @@ return 1
 """,
 )
 
+REBASE_COUNTERS: Final = Script(
+    "REBASE_COUNTERS",
+    """
+-- Reset a counters hash to zero while its processes keep publishing absolute values:
+-- subtract what it holds per counter into '<baseline>|<counter>' (zero or negative).
+-- Only integer fields of the named counters count, the baseline's own included, so a
+-- second reset subtracts only what came since the first. Atomic per hash.
+-- KEYS[1]  a counters hash    ARGV[1]  the baseline's name    ARGV[2..] counter names
+-- returns  the number of counters rebased
+local known = {}
+for i = 2, #ARGV do
+  known[ARGV[i]] = true
+end
+local sums = {}
+local fields = redis.call('HGETALL', KEYS[1])
+for i = 1, #fields, 2 do
+  local name = string.match(fields[i], '|([^|]+)$')
+  if name and known[name] and string.match(fields[i + 1], '^%-?%d+$') then
+    sums[name] = (sums[name] or 0) + tonumber(fields[i + 1])
+  end
+end
+local rebased = 0
+for name, total in pairs(sums) do
+  if total ~= 0 then
+    redis.call('HINCRBY', KEYS[1], ARGV[1] .. '|' .. name, -total)
+    rebased = rebased + 1
+  end
+end
+return rebased
+""",
+)
+
 REPAIR_COUNTERS: Final = Script(
     "REPAIR_COUNTERS",
     """
@@ -380,6 +413,7 @@ ALL_SCRIPTS: Final = (
     LEASE,
     RETIRE_COUNTERS,
     REPAIR_COUNTERS,
+    REBASE_COUNTERS,
     SHARD_PUBLISH,
     GET_TICKET,
     SET_TICKETED,

@@ -143,3 +143,19 @@ def test_a_counter_shard_of_another_type_is_skipped_and_counted(
     totals = shared_totals(RedisBackend(fake_redis), keys)
     assert totals["hits"] == 4
     assert totals[KEYS_INVALID] == 1
+
+
+def test_a_reset_baseline_subtracts_and_a_forged_one_cannot_go_below_zero() -> None:
+    """``baseline|<counter>`` fields (what ``stats --reset`` subtracted) may be zero or
+    negative and are summed; a positive or non-integer baseline is invalid (skipped,
+    counted), and a forged baseline larger than the counts leaves the total at 0, never
+    negative."""
+    fields = {"p1|hits": "10", "retired|hits": "5", "baseline|hits": "-12"}
+    assert sum_counters(fields)["hits"] == 3
+    bad = sum_counters({"baseline|hits": "7", "baseline|misses": "-1.5"})
+    assert bad[FIELDS_INVALID] == 2
+    server = fakeredis.FakeServer()
+    client = fakeredis.FakeRedis(server=server)
+    keys = KeySchema("rebase")
+    client.hset(keys.all_counters()[0], mapping={"p1|hits": "4", "baseline|hits": "-40"})
+    assert shared_totals(RedisBackend(client), keys)["hits"] == 0
