@@ -52,7 +52,7 @@ def test_the_readme_starts_with_the_user() -> None:
     before_links = text.split("\n## Further reading\n", 1)[0]
     for internal in ("Lua", "WAIT 1", "| fault |", "| bad state |", "retired|*"):
         assert internal not in before_links, f"{internal!r} belongs in docs/"
-    assert len(text.splitlines()) < 300
+    assert len(text.splitlines()) < 340  # room for the metrics table the brief asks for
 
 
 def test_the_readme_says_counters_accumulate_and_how_to_reset() -> None:
