@@ -81,6 +81,23 @@ PROCESS_METRICS: Final = frozenset(
 )
 
 
+class _TotalSeen:
+    """A Prometheus counter kept level with a cumulative total counted elsewhere (the
+    near cache's flushes, the counters' failed flushes): it adds what is new since the
+    last look, so the total's owner needs no Prometheus type."""
+
+    __slots__ = ("_counter", "_seen")
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._seen = 0
+
+    def catch_up(self, total: int) -> None:
+        if total > self._seen:
+            self._counter.inc(total - self._seen)
+            self._seen = total
+
+
 class ProcessMetrics:
     """The per-process metrics of one cache, registered on the registry passed in."""
 
@@ -123,16 +140,14 @@ class ProcessMetrics:
             "counters key of another type); each is retried at the next interval.",
             registry=registry,
         )
-        self._flushes_seen = 0
-        self._flush_failures_seen = 0
+        self._flushes_seen = _TotalSeen(self.near_flushes)
+        self._flush_failures_seen = _TotalSeen(self.stats_flush_failures)
         self.timers = {op: self.operation_seconds.labels(op) for op in OPERATIONS}
 
     def observe_near(self, entries: int, flushes: int) -> None:
         """Update the near-cache gauge and flush counter (from the listener's tick)."""
         self.near_entries.set(entries)
-        if flushes > self._flushes_seen:
-            self.near_flushes.inc(flushes - self._flushes_seen)
-            self._flushes_seen = flushes
+        self._flushes_seen.catch_up(flushes)
 
     def _add_outbox_metrics(self, registry: CollectorRegistry | None) -> None:
         self.outbox_replayed = Counter(
@@ -173,9 +188,7 @@ class ProcessMetrics:
 
     def observe_stats_flushes(self, failures: int) -> None:
         """Catch the failed-flush counter up with the counters' own total."""
-        if failures > self._flush_failures_seen:
-            self.stats_flush_failures.inc(failures - self._flush_failures_seen)
-            self._flush_failures_seen = failures
+        self._flush_failures_seen.catch_up(failures)
 
 
 def for_worker(multiprocess_dir: str | None) -> tuple[ProcessMetrics, CollectorRegistry]:
